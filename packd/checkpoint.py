@@ -1,0 +1,94 @@
+"""Checkpoints: a directory with `model.safetensors` (every weight, teacher included, so loading needs
+no hub), `config.json` (what the model is and how it was trained) and `trainer.pt` (optimizer and
+progress, read with `weights_only=True`). Written to a temporary directory, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from packd.errors import PackdError
+
+FORMAT_VERSION = 1
+MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.safetensors", "config.json", "trainer.pt"
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished directory into place; an existing one is swapped out, never half-overwritten."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def save_checkpoint(out: str | Path, model: nn.Module, config: dict[str, Any], trainer: dict[str, Any] | None = None) -> Path:
+    """Write model weights, config and (optionally) trainer state atomically to `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / MODEL_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps({"format": FORMAT_VERSION, **config}, indent=2))
+        if trainer is not None:
+            torch.save(trainer, tmp / TRAINER_FILE)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def read_config(ckpt: str | Path) -> dict[str, Any]:
+    """The checkpoint's config, checked for presence and format version."""
+    ckpt = Path(ckpt)
+    path = ckpt / CONFIG_FILE
+    if not ckpt.is_dir():
+        raise PackdError(f"checkpoint folder not found: {ckpt}")
+    if not path.is_file():
+        raise PackdError(f"{ckpt} is not a packd checkpoint: {CONFIG_FILE} missing")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackdError(f"corrupted {path}: {e}") from None
+    if config.get("format") != FORMAT_VERSION:
+        raise PackdError(f"{path} has format {config.get('format')!r}; this packd reads format {FORMAT_VERSION}")
+    return config
+
+
+def load_weights(ckpt: str | Path, model: nn.Module) -> None:
+    """Load `model.safetensors` strictly into a model built from the same config."""
+    path = Path(ckpt) / MODEL_FILE
+    if not path.is_file():
+        raise PackdError(f"{ckpt} has no {MODEL_FILE}")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise PackdError(f"corrupted weights {path}: {e}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise PackdError(f"weights in {path} do not match the model in its config: {str(e)[:300]}") from None
+
+
+def load_trainer_state(ckpt: str | Path) -> dict[str, Any] | None:
+    """Optimizer state and progress, or None if the checkpoint has none."""
+    path = Path(ckpt) / TRAINER_FILE
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise PackdError(f"corrupted trainer state {path}: {e}") from None

@@ -1,0 +1,110 @@
+"""Evaluation on a dataset's test split: metrics per category and their mean, optional PNG overlays."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from torch import nn
+from torch.utils.data import DataLoader
+
+from packd.data import AnomalyDataset, list_split, resolve_categories
+from packd.metrics import f1_max, image_auroc, pixel_metrics
+from packd.models import load_model
+from packd.models.scoring import AnomalyMap
+from packd.overlays import save_overlay
+from packd.preprocess import InputSpec
+from packd.train import pick_device
+
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: AnomalyDataset, batch_size: int = 16, device: str = "auto",
+            progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """Scores (N,), maps (N,S,S), masks (N,S,S) and labels (N,) for every sample of `dataset`."""
+    dev = pick_device(device)
+    model.to(dev).eval()
+    scorer = AnomalyMap(dataset.spec.image_size).to(dev)
+    scores, maps, masks, labels = [], [], [], []
+    task = progress.add_task("predict", total=len(dataset)) if progress else None
+    for x, m, y in DataLoader(dataset, batch_size=batch_size):
+        s, a = scorer(*model(x.to(dev)))
+        scores.append(s.cpu().numpy())
+        maps.append(a.cpu().numpy())
+        masks.append(m[:, 0].numpy() > 0.5)
+        labels.append(y.numpy())
+        if progress:
+            progress.update(task, advance=len(x))
+    return {"scores": np.concatenate(scores), "maps": np.concatenate(maps),
+            "masks": np.concatenate(masks), "labels": np.concatenate(labels)}
+
+
+def category_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """All metrics of one category's predictions."""
+    return {
+        "image_auroc": image_auroc(pred["labels"], pred["scores"]),
+        "f1_max": f1_max(pred["labels"], pred["scores"]),
+        **pixel_metrics(pred["maps"], pred["masks"]),
+    }
+
+
+def _denormalise(x: torch.Tensor, spec: InputSpec) -> np.ndarray:
+    mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+    return ((x * std + mean).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def write_overlays(folder: Path, dataset: AnomalyDataset, pred: dict[str, np.ndarray]) -> None:
+    """One PNG per test image, named <defect>_<file>.png, maps scaled by the category's range."""
+    lo, hi = float(pred["maps"].min()), float(pred["maps"].max())
+    for i, sample in enumerate(dataset.samples):
+        image = _denormalise(dataset[i][0], dataset.spec)
+        save_overlay(folder / f"{sample.defect}_{sample.path.stem}.png", image, pred["maps"][i], pred["masks"][i], lo, hi)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[str] | None = None,
+             json_path: str | Path | None = None, overlays: str | Path | None = None, batch_size: int = 16,
+             device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint on the test split of `categories` (default: the ones it was trained on, if present)."""
+    model, config = load_model(checkpoint)
+    if not categories:
+        trained = [c for c in config.get("train", {}).get("categories", []) if c in resolve_categories(data, None)]
+        categories = trained or None
+    cats = resolve_categories(data, categories)
+    spec = InputSpec.from_dict(config["input"])
+    per_cat: dict[str, dict[str, float]] = {}
+    with Progress(disable=not progress) as bar:
+        for cat in cats:
+            dataset = AnomalyDataset(list_split(data, cat, "test"), spec)
+            pred = predict(model, dataset, batch_size, device, bar)
+            per_cat[cat] = {**category_metrics(pred), "n_images": len(dataset), "n_anomalous": int(pred["labels"].sum())}
+            if overlays:
+                write_overlays(Path(overlays) / cat, dataset, pred)
+    report = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "model": config["kind"],
+        "teacher": config["teacher"]["name"],
+        "image_size": spec.image_size,
+        "categories": per_cat,
+        "mean": {k: float(np.mean([m[k] for m in per_cat.values()])) for k in METRIC_KEYS},
+    }
+    if json_path:
+        write_json(json_path, report)
+    return report

