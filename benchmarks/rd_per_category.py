@@ -14,7 +14,8 @@ from pathlib import Path
 
 import typer
 
-from packd.evaluate import METRIC_KEYS, evaluate, write_json
+from packd.atomic import write_json
+from packd.evaluate import METRIC_KEYS, evaluate
 from packd.synth import synthesize, synthesize_photos
 from packd.train import TrainSettings, train_rd
 

@@ -6,9 +6,6 @@ progress, read with `weights_only=True`). Written to a temporary directory, then
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,38 +13,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from packd.atomic import atomic_dir
 from packd.errors import PackdError
 
 FORMAT_VERSION = 1
 MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.safetensors", "config.json", "trainer.pt"
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished directory into place; an existing one is swapped out, never half-overwritten."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def save_checkpoint(out: str | Path, model: nn.Module, config: dict[str, Any], trainer: dict[str, Any] | None = None) -> Path:
     """Write model weights, config and (optionally) trainer state atomically to `out`."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps({"format": FORMAT_VERSION, **config}, indent=2))
         if trainer is not None:
             torch.save(trainer, tmp / TRAINER_FILE)
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader
 
+from packd.atomic import write_json
 from packd.data import AnomalyDataset, list_split, resolve_categories
 from packd.metrics import f1_max, image_auroc, pixel_metrics
 from packd.models import load_model
@@ -66,16 +64,6 @@ def write_overlays(folder: Path, dataset: AnomalyDataset, pred: dict[str, np.nda
     for i, sample in enumerate(dataset.samples):
         image = _denormalise(dataset[i][0], dataset.spec)
         save_overlay(folder / f"{sample.defect}_{sample.path.stem}.png", image, pred["maps"][i], pred["masks"][i], lo, hi)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[str] | None = None,

@@ -8,9 +8,6 @@ defects, so results are not only measured on images this module drew.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +16,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from packd.atomic import atomic_dir
 from packd.errors import PackdError
 
 Array = np.ndarray
@@ -311,13 +309,11 @@ def _defective(rng, draw, defect: str) -> tuple[Array, Array]:
 
 def _write_category(out: Path, name: str, draw, defects, counts: Counts, seed: int) -> None:
     """Write one category atomically: into a temporary folder next to it, then rename."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     key = sum(map(ord, name))
-    try:
-        jobs = [("train", "good", i) for i in range(counts.train)]
-        jobs += [("test", "good", i) for i in range(counts.test_good)]
-        jobs += [("test", d, i) for d in defects for i in range(counts.test_defect)]
+    jobs = [("train", "good", i) for i in range(counts.train)]
+    jobs += [("test", "good", i) for i in range(counts.test_good)]
+    jobs += [("test", d, i) for d in defects for i in range(counts.test_defect)]
+    with atomic_dir(out / name) as tmp:
         for split, kind, i in jobs:
             rng = np.random.default_rng([seed, key, split == "test", sum(map(ord, kind)), i])
             folder = tmp / split / kind
@@ -331,17 +327,6 @@ def _write_category(out: Path, name: str, draw, defects, counts: Counts, seed: i
             mdir = tmp / "ground_truth" / kind
             mdir.mkdir(parents=True, exist_ok=True)
             Image.fromarray(mask.astype(np.uint8) * 255).save(mdir / f"{i:03d}_mask.png", compress_level=1)
-        final = out / name
-        if final.exists():
-            old = out / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def synthesize(out: str | Path, seed: int = 0, size: int = 256, categories: list[str] | None = None,

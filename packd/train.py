@@ -3,6 +3,7 @@ epoch and resume after an interruption, deterministic for a given seed."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,8 +49,10 @@ def pick_device(name: str) -> torch.device:
 
 
 def _comparable(config: dict) -> dict:
+    """The settings that define a run, as JSON would store them (tuples become lists)."""
     train = {k: v for k, v in config.get("train", {}).items() if k not in RESUMABLE_KEYS + ("epochs_done", "history")}
-    return {**{k: v for k, v in config.items() if k not in ("train", "format", "packd_version")}, "train": train}
+    return json.loads(json.dumps({**{k: v for k, v in config.items() if k not in ("train", "format", "packd_version")},
+                                  "train": train}))
 
 
 def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
@@ -69,7 +72,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable[[nn.Module, Any], 
     state = load_trainer_state(out) if resume and (out / "config.json").is_file() else None
     if state is not None:
         previous = read_config(out)
-        if _comparable(previous) != _comparable({"format": 1, **config}):
+        if _comparable(previous) != _comparable(config):
             raise PackdError(f"{out} holds a run with other settings; pass another --out, or --no-resume to start over")
         load_weights(out, model)
         opt.load_state_dict(state["optimizer"])

@@ -40,9 +40,12 @@ class AnomalyMap(nn.Module):
             d = 1.0 - F.cosine_similarity(t.float(), s.float(), dim=1, eps=1e-8)
             d = F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
             total = d if total is None else total + d
-        r = self.radius
-        blurred = F.conv2d(F.pad(total, (r, r, 0, 0), mode="reflect"), self.kx)
-        blurred = F.conv2d(F.pad(blurred, (0, 0, r, r), mode="reflect"), self.ky)
-        maps = blurred[:, 0]
+        maps = self.blur(total)[:, 0]
         return maps.flatten(1).amax(dim=1), maps
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        """Separable Gaussian on (B,1,H,W) with mirror padding (scipy's mode='mirror')."""
+        r = self.radius
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), self.kx)
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), self.ky)
 
