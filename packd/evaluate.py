@@ -8,14 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 from rich.progress import Progress
-from torch import nn
 from torch.utils.data import DataLoader
 
 from packd.atomic import write_json
 from packd.data import AnomalyDataset, list_split, resolve_categories
 from packd.metrics import f1_max, image_auroc, pixel_metrics
-from packd.models import load_model
-from packd.models.scoring import AnomalyMap
+from packd.models import Scorer, load_model
 from packd.overlays import save_overlay
 from packd.preprocess import InputSpec
 from packd.train import pick_device
@@ -24,16 +22,16 @@ METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max")
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: AnomalyDataset, batch_size: int = 16, device: str = "auto",
-            progress: Progress | None = None) -> dict[str, np.ndarray]:
+def predict(scorer: Scorer, dataset: AnomalyDataset, prototypes: list[torch.Tensor] | None = None,
+            batch_size: int = 16, device: str = "auto", progress: Progress | None = None) -> dict[str, np.ndarray]:
     """Scores (N,), maps (N,S,S), masks (N,S,S) and labels (N,) for every sample of `dataset`."""
     dev = pick_device(device)
-    model.to(dev).eval()
-    scorer = AnomalyMap(dataset.spec.image_size).to(dev)
+    scorer.to(dev).eval()
+    protos = [p.to(dev) for p in prototypes] if prototypes else prototypes
     scores, maps, masks, labels = [], [], [], []
     task = progress.add_task("predict", total=len(dataset)) if progress else None
     for x, m, y in DataLoader(dataset, batch_size=batch_size):
-        s, a = scorer(*model(x.to(dev)))
+        s, a = scorer(x.to(dev), protos)
         scores.append(s.cpu().numpy())
         maps.append(a.cpu().numpy())
         masks.append(m[:, 0].numpy() > 0.5)
@@ -76,11 +74,12 @@ def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[st
         categories = trained or None
     cats = resolve_categories(data, categories)
     spec = InputSpec.from_dict(config["input"])
+    scorer = Scorer(model, spec.image_size)
     per_cat: dict[str, dict[str, float]] = {}
     with Progress(disable=not progress) as bar:
         for cat in cats:
             dataset = AnomalyDataset(list_split(data, cat, "test"), spec)
-            pred = predict(model, dataset, batch_size, device, bar)
+            pred = predict(scorer, dataset, None, batch_size, device, bar)
             per_cat[cat] = {**category_metrics(pred), "n_images": len(dataset), "n_anomalous": int(pred["labels"].sum())}
             if overlays:
                 write_overlays(Path(overlays) / cat, dataset, pred)

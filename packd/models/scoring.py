@@ -34,11 +34,15 @@ class AnomalyMap(nn.Module):
         self.register_buffer("ky", k.view(1, 1, -1, 1), persistent=False)
 
     def forward(self, teacher: list[torch.Tensor], student: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.from_distances([1.0 - F.cosine_similarity(t.float(), s.float(), dim=1, eps=1e-8)
+                                    for t, s in zip(teacher, student)])
+
+    def from_distances(self, distances: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-stage distance maps (B,h,w) -> upsampled, summed, blurred map and its max."""
         size = (self.image_size, self.image_size)
         total = None
-        for t, s in zip(teacher, student):
-            d = 1.0 - F.cosine_similarity(t.float(), s.float(), dim=1, eps=1e-8)
-            d = F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+        for d in distances:
+            d = F.interpolate(d.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False)
             total = d if total is None else total + d
         maps = self.blur(total)[:, 0]
         return maps.flatten(1).amax(dim=1), maps

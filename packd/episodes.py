@@ -1,0 +1,59 @@
+"""Episodic meta-training batches for PACKD: several categories per batch, each with queries and k supports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from packd.data import AnomalyDataset, list_split
+from packd.errors import PackdError
+from packd.preprocess import InputSpec
+
+
+class EpisodeSampler:
+    """Batches of E categories x (Q queries, k supports), all from train/good; supports never include
+    the batch's queries. An epoch shows every training image once as a query (up to rounding).
+    Decoded, preprocessed images are cached in memory (3*S*S floats each)."""
+
+    def __init__(self, data: str | Path, categories: list[str], spec: InputSpec, shots: int,
+                 queries: int = 4, categories_per_batch: int = 4, seed: int = 0):
+        if shots < 1:
+            raise PackdError(f"--shots must be at least 1, got {shots}")
+        self.datasets = {c: AnomalyDataset(list_split(data, c, "train"), spec) for c in categories}
+        small = [c for c, d in self.datasets.items() if len(d) < shots + queries]
+        if small:
+            raise PackdError(f"categories {small} have fewer than shots + queries = {shots + queries} training images")
+        self.categories, self.shots, self.queries = list(categories), shots, queries
+        self.per_batch = min(categories_per_batch, len(categories))
+        self.seed = seed
+        self._cache: dict[tuple[str, int], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        total = sum(len(d) for d in self.datasets.values())
+        return max(1, total // (self.per_batch * self.queries))
+
+    def _image(self, cat: str, i: int) -> torch.Tensor:
+        key = (cat, i)
+        if key not in self._cache:
+            self._cache[key] = self.datasets[cat][i][0]
+        return self._cache[key]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (queries (E,Q,3,S,S), supports (E,k,3,S,S)) for one epoch, seeded by (seed, epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        queues: dict[str, list[int]] = {c: [] for c in self.categories}
+        for _ in range(len(self)):
+            queries, supports = [], []
+            for cat in rng.choice(self.categories, self.per_batch, replace=False):
+                n = len(self.datasets[cat])
+                if len(queues[cat]) < self.queries:
+                    queues[cat] += rng.permutation(n).tolist()
+                q = [queues[cat].pop() for _ in range(self.queries)]
+                rest = np.setdiff1d(np.arange(n), q)
+                s = rng.choice(rest, self.shots, replace=False)
+                queries.append(torch.stack([self._image(cat, i) for i in q]))
+                supports.append(torch.stack([self._image(cat, int(i)) for i in s]))
+            yield torch.stack(queries), torch.stack(supports)

@@ -1,0 +1,41 @@
+"""Training-free PatchCore-style baseline for few-shot AD: nearest-neighbour distance to the support patches.
+
+Features: teacher stages 2 and 3, each averaged over 3x3 neighbourhoods (PatchCore's local
+aggregation), stage 3 upsampled to stage 2 and concatenated. The memory bank is every patch of
+the (rotated) supports, i.e. this model's "prototypes". Few-shot banks are small, so no coreset
+subsampling. Distance map -> `AnomalyMap.from_distances` (same upsample, blur and max as RD).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from packd.models.packd import rotate_supports
+
+
+class NearestNeighbour(nn.Module):
+    """prototypes(supports) -> [bank (n, D)]; forward(x, [bank]) -> [distance map (B,h,w)]."""
+
+    def __init__(self, teacher: nn.Module, rotations: int = 4):
+        super().__init__()
+        self.teacher, self.rotations = teacher, rotations
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        _, f2, f3 = self.teacher(x)
+        f2 = F.avg_pool2d(f2, 3, 1, 1)
+        f3 = F.interpolate(F.avg_pool2d(f3, 3, 1, 1), size=f2.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([f2, f3], dim=1)
+
+    @torch.no_grad()
+    def prototypes(self, supports: torch.Tensor) -> list[torch.Tensor]:
+        f = self.features(rotate_supports(supports, self.rotations))
+        return [f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])]
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, prototypes: list[torch.Tensor]) -> list[torch.Tensor]:
+        f = self.features(x)
+        b, d, h, w = f.shape
+        dist = torch.cdist(f.permute(0, 2, 3, 1).reshape(b, h * w, d), prototypes[0].unsqueeze(0))
+        return [dist.min(dim=-1).values.view(b, h, w)]
