@@ -54,31 +54,65 @@ def data_convert_visa(
     console.print(f"converted {len(cats)} VisA categories to {out}")
 
 
+PRESETS = {  # --preset paper: the papers' settings (too slow to train on a CPU)
+    "packd": dict(teacher="wide_resnet50_2", image_size=256, lr=5e-4, epochs=100, batch_size=32, prototypes=20, tau=0.05),
+    "rd": dict(teacher="wide_resnet50_2", image_size=256, lr=0.005, epochs=200, batch_size=16),
+    "memkd": dict(teacher="wide_resnet50_2", image_size=256, lr=0.005, epochs=200, batch_size=16, slots=50),
+}
+DEFAULTS = dict(teacher="wide_resnet50_2", image_size=256, lr=None, epochs=20, batch_size=16, prototypes=20, tau=0.05, slots=50)
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Dataset root (MVTec AD / MPDD layout or VisA).")],
     out: Annotated[Path, typer.Option(help="Checkpoint folder to write (updated every epoch).")],
-    model: Annotated[str, typer.Option(help="Model kind: rd.")] = "rd",
-    categories: Annotated[Optional[str], typer.Option(help="Comma-separated categories to train on (default: all in DATA).")] = None,
-    teacher: Annotated[str, typer.Option(help=f"timm teacher: wide_resnet50_2 (papers), resnet18, {OFFLINE_TEACHER} (weights ship with packd), ...")] = "wide_resnet50_2",
+    model: Annotated[str, typer.Option(help="Model kind: rd, memkd (per category) or packd (meta-trained few-shot).")] = "rd",
+    categories: Annotated[Optional[str], typer.Option(help="Comma-separated categories to train on (default: all in DATA). For packd: the meta-training categories, never the targets.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="'paper': the paper's settings (WRN50, 256 px, 100 epochs for packd); explicit options still win.")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help=f"timm teacher [default: wide_resnet50_2]: wide_resnet50_2 (papers), resnet18, {OFFLINE_TEACHER} (weights ship with packd), ...")] = None,
     teacher_weights: Annotated[Optional[Path], typer.Option(help="Local teacher weights (.safetensors or .pth) for air-gapped machines.")] = None,
     random_teacher: Annotated[bool, typer.Option(help="Randomly initialise the teacher (testing only: scores are meaningless).")] = False,
-    image_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = 256,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.005,
+    image_size: Annotated[Optional[int], typer.Option(help="Square input side in pixels.", show_default="256")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.", show_default="20")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch; for packd the queries per batch, split over --categories-per-batch.", show_default="16")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.", show_default="0.005 for rd/memkd, 5e-4 for packd")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run found in OUT.")] = True,
+    shots: Annotated[int, typer.Option(help="packd: support images per query in meta-training.")] = 2,
+    prototypes: Annotated[Optional[int], typer.Option(help="packd: prototypes L per support image and stage.", show_default="20")] = None,
+    rotations: Annotated[int, typer.Option(help="packd: support rotations (1-4: 0/90/180/270 degrees), in training and at test time.")] = 4,
+    categories_per_batch: Annotated[int, typer.Option(help="packd: categories per batch (the contrastive negatives come from the others).")] = 4,
+    cds_weight: Annotated[float, typer.Option(help="packd: contrastive distillation weight lambda1 (0 = PEIM only).")] = 0.5,
+    orth_weight: Annotated[float, typer.Option(help="packd: prototype orthogonality weight lambda2.")] = 0.5,
+    tau: Annotated[Optional[float], typer.Option(help="packd: contrastive temperature.", show_default="0.05")] = None,
+    slots: Annotated[Optional[int], typer.Option(help="memkd: memory slots L per decoder stage.", show_default="50")] = None,
+    exemplars: Annotated[int, typer.Option(help="memkd: normal exemplar images for normality embedding learning.")] = 16,
 ) -> None:
-    """Train a model; RD trains one model on the listed categories (normally one)."""
-    from packd.train import TrainSettings, train_rd
+    """Train a model: RD or MemKD on the listed categories (normally one), PACKD meta-trained on many."""
+    from packd.train import MemKDSettings, PACKDSettings, TrainSettings, train_memkd, train_packd, train_rd
 
-    if model != "rd":
-        raise PackdError(f"unknown --model {model!r}; available: rd")
-    _check_positive(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr)
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
-    train_rd(data, categories, out, teacher, teacher_weights, random_teacher, image_size, settings, resume)
+    if model not in PRESETS:
+        raise PackdError(f"unknown --model {model!r}; available: {', '.join(PRESETS)}")
+    if preset not in (None, "paper"):
+        raise PackdError(f"unknown --preset {preset!r}; available: paper")
+    given = dict(teacher=teacher, image_size=image_size, lr=lr, epochs=epochs, batch_size=batch_size,
+                 prototypes=prototypes, tau=tau, slots=slots)
+    base = {**DEFAULTS, "lr": 5e-4 if model == "packd" else 0.005, **(PRESETS[model] if preset else {})}
+    o = {k: v if v is not None else base[k] for k, v in given.items()}
+    _check_positive(image_size=o["image_size"], epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"])
+    settings = TrainSettings(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], seed=seed, device=device)
+    common = (data, categories, out, o["teacher"], teacher_weights, random_teacher, o["image_size"], settings)
+    if model == "rd":
+        train_rd(*common, resume=resume)
+    elif model == "memkd":
+        train_memkd(*common, memkd=MemKDSettings(slots=o["slots"], exemplars=exemplars), resume=resume)
+    else:
+        per_batch = max(1, categories_per_batch)
+        packd = PACKDSettings(shots=shots, n_prototypes=o["prototypes"], rotations=rotations,
+                              queries=max(1, o["batch_size"] // per_batch), categories_per_batch=per_batch,
+                              cds_weight=cds_weight, orth_weight=orth_weight, tau=o["tau"])
+        train_packd(*common, packd=packd, resume=resume)
     console.print(f"checkpoint written to {out}")
 
 
@@ -86,6 +120,17 @@ def _check_positive(**values: float) -> None:
     for name, v in values.items():
         if v <= 0:
             raise PackdError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+
+def _print_fewshot(report: dict) -> None:
+    table = Table(title=f"{report['model']} {report['shots']}-shot, {report['runs']} support sets (mean ± std)")
+    keys = ("image_auroc", "pixel_auroc", "aupro")
+    table.add_column("category")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for cat, m in {**report["categories"], "mean": report}.items():
+        table.add_row(cat, *(f"{m['mean'][k]:.3f} ± {m['std'][k]:.3f}" for k in keys))
+    console.print(table)
 
 
 def _print_report(report: dict) -> None:
@@ -102,18 +147,40 @@ def _print_report(report: dict) -> None:
 @app.command("eval")
 def eval_(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder written by `packd train`.")],
-    data: Annotated[Path, typer.Option(help="Dataset root with test images and masks.")],
-    categories: Annotated[Optional[str], typer.Option(help="Comma-separated categories (default: those the checkpoint was trained on).")] = None,
+    data: Annotated[Path, typer.Option(help="Dataset root with test images and masks (any dataset: cross-dataset works).")],
+    categories: Annotated[Optional[str], typer.Option(help="Comma-separated categories.", show_default="rd/memkd: those trained on; packd: every category in DATA it was not trained on")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (per category and mean) to this JSON file.")] = None,
-    overlays: Annotated[Optional[Path], typer.Option(help="Write PNG overlays (image | map | ground truth) into this folder.")] = None,
+    overlays: Annotated[Optional[Path], typer.Option(help="Write PNG overlays (image | map | ground truth) into this folder (full-shot evaluation).")] = None,
+    shots: Annotated[Optional[int], typer.Option(help="Few-shot protocol: k normal support images per run, drawn from train/good (required for packd).")] = None,
+    runs: Annotated[int, typer.Option(help="Few-shot protocol: support sets per category (mean and std over them).")] = 10,
+    seed: Annotated[int, typer.Option(help="Few-shot protocol: seed of the support draws (same seed, same sets for every model).")] = 0,
+    supports_from: Annotated[Optional[Path], typer.Option(help="Few-shot protocol: reuse the support sets saved in an earlier --json report.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
 ) -> None:
-    """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO, F1-max."""
+    """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO (and F1-max), per category and mean."""
+    from packd.data import list_categories
     from packd.evaluate import evaluate
+    from packd.fewshot import evaluate_fewshot
+    from packd.models import Scorer, load_model
+    from packd.preprocess import InputSpec
 
     _check_positive(batch_size=batch_size)
-    _print_report(evaluate(checkpoint, data, categories, json_out, overlays, batch_size, device))
+    if shots is None and supports_from is None:
+        _print_report(evaluate(checkpoint, data, categories, json_out, overlays, batch_size, device))
+        return
+    model, config = load_model(checkpoint)
+    if not categories and config["kind"] == "packd":
+        trained = set(config["train"].get("categories", []))
+        categories = [c for c in list_categories(data) if c not in trained]
+        if not categories:
+            raise PackdError(f"every category in {data} was used in meta-training; pass --categories")
+    spec = InputSpec.from_dict(config["input"])
+    report = evaluate_fewshot(Scorer(model, spec.image_size), spec, data, categories or config["train"]["categories"],
+                              shots or 0, runs, seed, json_out, supports_from, batch_size, device,
+                              meta={"checkpoint": str(checkpoint), "model": config["kind"],
+                                    "teacher": config["teacher"]["name"], "image_size": spec.image_size})
+    _print_fewshot(report)
 
 
 @app.command()

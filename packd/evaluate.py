@@ -11,6 +11,7 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader
 
 from packd.atomic import write_json
+from packd.errors import PackdError
 from packd.data import AnomalyDataset, list_split, resolve_categories
 from packd.metrics import f1_max, image_auroc, pixel_metrics
 from packd.models import Scorer, load_model
@@ -75,6 +76,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[st
     cats = resolve_categories(data, categories)
     spec = InputSpec.from_dict(config["input"])
     scorer = Scorer(model, spec.image_size)
+    if scorer.few_shot:
+        raise PackdError(f"{checkpoint} is a few-shot {config['kind']} model: evaluate it with --shots K")
     per_cat: dict[str, dict[str, float]] = {}
     with Progress(disable=not progress) as bar:
         for cat in cats:

@@ -37,5 +37,7 @@ class NearestNeighbour(nn.Module):
     def forward(self, x: torch.Tensor, prototypes: list[torch.Tensor]) -> list[torch.Tensor]:
         f = self.features(x)
         b, d, h, w = f.shape
-        dist = torch.cdist(f.permute(0, 2, 3, 1).reshape(b, h * w, d), prototypes[0].unsqueeze(0))
-        return [dist.min(dim=-1).values.view(b, h, w)]
+        q = f.permute(0, 2, 3, 1).reshape(b, h * w, d)
+        bank = prototypes[0]
+        sq = (q * q).sum(-1, keepdim=True) - 2 * q @ bank.t() + (bank * bank).sum(-1)  # (B,HW,n)
+        return [sq.amin(dim=-1).clamp_min(0).sqrt().view(b, h, w)]

@@ -1,0 +1,153 @@
+"""The k-shot table: six rows on the same support sets, for k = 1, 2, 4, 8.
+
+(0) training-free nearest-neighbour baseline (PatchCore-style) on the teacher's features and the
+    same rotated supports; (1) RD trained only on the target's k supports (rotated); (2) RD
+    meta-trained on the training categories (no PEIM, no CDS); (3) PACKD with PEIM only;
+    (4) full PACKD; (5) MemKD per target category on its full training data (full-shot reference).
+
+Targets are categories never seen in meta-training: held-out synthetic categories, and the
+scikit-image texture photographs with painted defects (cross-dataset: images the generator did
+not make). No checkpoint is selected on target data: every model is the last epoch. Reproduce:
+
+    .venv/bin/python benchmarks/fewshot_table.py --out runs/fewshot
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from packd.atomic import write_json
+from packd.data import AnomalyDataset, list_split
+from packd.evaluate import category_metrics, predict
+from packd.fewshot import FEWSHOT_KEYS, draw_support_sets, evaluate_fewshot, load_supports
+from packd.losses import kd_loss
+from packd.models import Scorer, load_model
+from packd.models.knn import NearestNeighbour
+from packd.models.packd import rotate_supports
+from packd.models.rd import ReverseDistillation, plan_for
+from packd.preprocess import InputSpec
+from packd.synth import synthesize, synthesize_photos
+from packd.teachers import create_teacher
+from packd.train import MemKDSettings, PACKDSettings, TrainSettings, train_memkd, train_packd, train_rd
+
+TEACHER = "tf_efficientnet_lite0"
+TRAIN_CATS = ["grid", "carpet", "stripes", "wood", "disc", "nut", "plate"]
+HELD_OUT = ["dots", "tiles", "capsule"]
+CROSS = ["photo_brick", "photo_grass", "photo_gravel"]
+ROWS = {
+    "knn": "(0) nearest-neighbour baseline (training-free)",
+    "rd_supports": "(1) RD trained on the k supports only",
+    "rd_meta": "(2) RD meta-trained (no PEIM, no CDS)",
+    "packd_peim": "(3) PACKD, PEIM only",
+    "packd": "(4) PACKD (PEIM + CDS)",
+    "memkd_full": "(5) MemKD per category, full training data",
+}
+
+
+def rd_on_supports(supports: torch.Tensor, steps: int, seed: int) -> ReverseDistillation:
+    """Row (1): a fresh RD trained on the rotated supports alone (Adam 0.005, betas 0.5/0.999)."""
+    torch.manual_seed(seed)
+    teacher = create_teacher(TEACHER)
+    model = ReverseDistillation(teacher, plan_for(TEACHER, teacher.channels))
+    x = rotate_supports(supports, 4)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.005, betas=(0.5, 0.999))
+    model.train()
+    for _ in range(steps):
+        loss = kd_loss(*model(x))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def main(out: Path = Path("runs/fewshot"), shots: str = "1,2,4,8", runs: int = 3, epochs: int = 20,
+         image_size: int = 128, support_steps: int = 40, seed: int = 0, quick: bool = False,
+         results: Path = Path("benchmarks/results/fewshot_table")) -> None:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = out / "data"
+    ks = [int(k) for k in shots.split(",")]
+    targets = HELD_OUT + CROSS
+    if quick:
+        targets, ks, runs, epochs, support_steps = ["dots", "photo_brick"], [2], 1, 1, 2
+    t0 = time.perf_counter()
+    synthesize(data, seed=seed, size=image_size)
+    synthesize_photos(data, seed=seed, size=image_size)
+    timing = {"data_s": time.perf_counter() - t0}
+    common = dict(teacher=TEACHER, image_size=image_size, resume=False, progress=False)
+    lr = TrainSettings(epochs=epochs, batch_size=8, lr=0.005, seed=seed)
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        path = fn()
+        timing[f"train_{name}_s"] = round(time.perf_counter() - t, 1)
+        print(f"trained {name} in {timing[f'train_{name}_s']} s", flush=True)
+        return path
+
+    ckpts = {
+        "rd_meta": timed("rd_meta", lambda: train_rd(data, TRAIN_CATS, out / "rd_meta", settings=lr, **common)),
+        "packd_peim": timed("packd_peim", lambda: train_packd(data, TRAIN_CATS, out / "packd_peim", settings=lr,
+                                                               packd=PACKDSettings(cds_weight=0.0), **common)),
+        "packd": timed("packd", lambda: train_packd(data, TRAIN_CATS, out / "packd", settings=lr,
+                                                     packd=PACKDSettings(), **common)),
+    }
+    memkd = {c: timed(f"memkd_{c}", lambda c=c: train_memkd(data, c, out / f"memkd_{c}", settings=lr,
+                                                            memkd=MemKDSettings(), **common)) for c in targets}
+    teacher = create_teacher(TEACHER)
+    spec = InputSpec(image_size, teacher.mean, teacher.std)
+    scorers = {"knn": Scorer(NearestNeighbour(teacher, rotations=4), image_size)}
+    for name, path in ckpts.items():
+        scorers[name] = Scorer(load_model(path)[0], image_size)
+    table: dict[str, dict[str, dict]] = {row: {} for row in ROWS}
+    for k in ks:
+        for name, scorer in scorers.items():
+            rep = evaluate_fewshot(scorer, spec, data, targets, k, runs, seed, progress=False)
+            table[name][str(k)] = {c: rep["categories"][c]["runs"] for c in targets}
+        reps = {c: evaluate_fewshot(Scorer(load_model(memkd[c])[0], image_size), spec, data, [c], k, runs, seed,
+                                    progress=False) for c in targets}
+        table["memkd_full"][str(k)] = {c: reps[c]["categories"][c]["runs"] for c in targets}
+        rows = {}
+        t = time.perf_counter()
+        for c in targets:
+            test = AnomalyDataset(list_split(data, c, "test"), spec)
+            rows[c] = []
+            for run, support in enumerate(draw_support_sets(data, c, k, runs, seed)):
+                model = rd_on_supports(load_supports(support, spec), support_steps, seed + run)
+                m = category_metrics(predict(Scorer(model, image_size), test, None, 16, "cpu"))
+                rows[c].append({key: m[key] for key in FEWSHOT_KEYS})
+        timing[f"rd_supports_k{k}_s"] = round(time.perf_counter() - t, 1)
+        table["rd_supports"][str(k)] = rows
+        print(f"k={k} done", flush=True)
+
+    def summary(row: str, k: str, cats: list[str], key: str) -> tuple[float, float]:
+        per_run = [np.mean([table[row][k][c][r][key] for c in cats]) for r in range(runs)]
+        return float(np.mean(per_run)), float(np.std(per_run))
+
+    groups = {"held-out synthetic": [c for c in HELD_OUT if c in targets], "cross-dataset photos": [c for c in CROSS if c in targets]}
+    out_json = {"teacher": TEACHER, "image_size": image_size, "epochs": epochs, "runs": runs, "shots": ks,
+                "train_categories": TRAIN_CATS, "targets": targets, "timing": timing, "raw": table,
+                "summary": {g: {row: {str(k): {key: summary(row, str(k), cats, key) for key in FEWSHOT_KEYS}
+                                     for k in ks} for row in ROWS} for g, cats in groups.items() if cats}}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    write_json(results.with_suffix(".json"), out_json)
+    lines = []
+    for key in ("image_auroc", "pixel_auroc"):
+        for g, cats in groups.items():
+            if not cats:
+                continue
+            lines += [f"**{key.replace('_', ' ')}, {g}** ({', '.join(cats)}), mean ± std over {runs} support sets", "",
+                      "| row | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+            for row, label in ROWS.items():
+                cells = [summary(row, str(k), cats, key) for k in ks]
+                lines.append(f"| {label} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in cells) + " |")
+            lines.append("")
+    results.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,98 @@
+"""The few-shot evaluation protocol (RegAD's, which PACKD follows).
+
+For each target category, R support sets of k images are drawn from train/good, once, from a
+seed that depends only on (seed, category, k, run): every model evaluated with the same seed sees
+the same supports. The drawn file lists are saved in the report and can be fed back
+(`supports_from`) to repeat a run exactly. Metrics: mean and std over the runs.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from packd.atomic import write_json
+from packd.data import AnomalyDataset, Sample, list_split, resolve_categories
+from packd.errors import PackdError
+from packd.evaluate import category_metrics, predict
+from packd.models import Scorer
+from packd.preprocess import InputSpec
+
+FEWSHOT_KEYS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def draw_support_sets(data: str | Path, category: str, shots: int, runs: int, seed: int = 0) -> list[list[Sample]]:
+    """R support sets of k distinct normal training images, reproducible from (seed, category, k, run)."""
+    train = list_split(data, category, "train")
+    if shots < 1:
+        raise PackdError(f"--shots must be at least 1, got {shots}")
+    if shots > len(train):
+        raise PackdError(f"category {category!r} has {len(train)} training images, fewer than --shots {shots}")
+    sets = []
+    for run in range(runs):
+        rng = np.random.default_rng([seed, zlib.crc32(category.encode()), shots, run])
+        sets.append([train[i] for i in sorted(rng.choice(len(train), shots, replace=False))])
+    return sets
+
+
+def _supports_from_report(path: str | Path, data: Path, category: str) -> list[list[Sample]]:
+    try:
+        report = json.loads(Path(path).read_text())
+        sets = report["categories"][category]["support_sets"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PackdError(f"cannot read support sets for {category!r} from {path}: {e}") from None
+    return [[Sample(data / p, 0, "good") for p in files] for files in sets]
+
+
+def load_supports(samples: list[Sample], spec: InputSpec) -> torch.Tensor:
+    """Support images through the shared preprocessing -> (k,3,S,S)."""
+    if not samples:
+        raise PackdError("empty support set: give at least one normal image")
+    ds = AnomalyDataset(samples, spec)
+    return torch.stack([ds[i][0] for i in range(len(ds))])
+
+
+def _summary(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    mean = {k: float(np.mean([r[k] for r in runs])) for k in FEWSHOT_KEYS}
+    std = {k: float(np.std([r[k] for r in runs])) for k in FEWSHOT_KEYS}
+    return mean, std
+
+
+def evaluate_fewshot(scorer: Scorer, spec: InputSpec, data: str | Path, categories: str | list[str] | None,
+                     shots: int, runs: int = 10, seed: int = 0, json_path: str | Path | None = None,
+                     supports_from: str | Path | None = None, batch_size: int = 16, device: str = "auto",
+                     progress: bool = True, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """k-shot evaluation of one model on `categories`; models without a support path are scored once."""
+    data = Path(data)
+    if runs < 1:
+        raise PackdError(f"--runs must be at least 1, got {runs}")
+    cats = resolve_categories(data, categories)
+    per_cat: dict[str, Any] = {}
+    with Progress(disable=not progress) as bar:
+        for cat in cats:
+            sets = (_supports_from_report(supports_from, data, cat) if supports_from
+                    else draw_support_sets(data, cat, shots, runs, seed))
+            test = AnomalyDataset(list_split(data, cat, "test"), spec)
+            results, shared = [], None
+            for support in sets:
+                if scorer.few_shot or shared is None:
+                    protos = scorer.prototypes(load_supports(support, spec))
+                    shared = category_metrics(predict(scorer, test, protos, batch_size, device, bar))
+                results.append({k: shared[k] for k in FEWSHOT_KEYS})
+            mean, std = _summary(results)
+            per_cat[cat] = {"runs": results, "mean": mean, "std": std,
+                            "support_sets": [[str(s.path.relative_to(data)) for s in support] for support in sets]}
+    per_run = [{k: float(np.mean([per_cat[c]["runs"][r][k] for c in cats])) for k in FEWSHOT_KEYS}
+               for r in range(len(next(iter(per_cat.values()))["runs"]))]
+    mean, std = _summary(per_run)
+    report = {**(meta or {}), "data": str(data), "shots": shots, "runs": len(per_run), "seed": seed,
+              "categories": per_cat, "mean": mean, "std": std}
+    if json_path:
+        write_json(json_path, report)
+    return report

@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from packd.cli import app
+from packd.errors import PackdError
+from packd.fewshot import draw_support_sets, evaluate_fewshot, load_supports
+from packd.models import Scorer, load_model
+from packd.models.knn import NearestNeighbour
+from packd.preprocess import InputSpec
+from packd.train import PACKDSettings, TrainSettings, train_packd, train_rd
+
+SPEC = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
+
+
+def test_support_draws_are_fixed_and_distinct(synth_root):
+    a = draw_support_sets(synth_root, "grid", 3, 4, seed=0)
+    b = draw_support_sets(synth_root, "grid", 3, 4, seed=0)
+    c = draw_support_sets(synth_root, "grid", 3, 4, seed=1)
+    assert a == b and a != c and len(a) == 4
+    assert all(len({s.path for s in run}) == 3 and all(s.label == 0 for s in run) for run in a)
+    assert len({tuple(s.path for s in run) for run in a}) > 1
+    with pytest.raises(PackdError, match="fewer than --shots"):
+        draw_support_sets(synth_root, "grid", 99, 1)
+    with pytest.raises(PackdError, match="at least 1"):
+        draw_support_sets(synth_root, "grid", 0, 1)
+    with pytest.raises(PackdError, match="empty support set"):
+        load_supports([], SPEC)
+
+
+def test_knn_baseline_finds_the_odd_patch(effnet_teacher):
+    scorer = Scorer(NearestNeighbour(effnet_teacher, rotations=1), 64)
+    normal = torch.zeros(1, 3, 64, 64)
+    normal[:, :, ::8] = 1.0
+    bank = scorer.prototypes(normal)
+    assert bank[0].shape == (64, 40 + 112)  # 8x8 stage-2 patches of one support
+    same, _ = scorer(normal, bank)  # the support itself: distance zero up to rounding
+    odd = normal.clone()
+    odd[:, :, 40:52, 40:52] = -1.0
+    scores, maps = scorer(odd, bank)
+    peak = np.unravel_index(maps[0].argmax().item(), (64, 64))
+    assert same.item() < 0.02 * scores.item() and 36 <= peak[0] <= 56 and 36 <= peak[1] <= 56
+
+
+def test_fewshot_protocol_report_and_repeat(synth_root, tmp_path):
+    ck = train_packd(synth_root, ["grid"], tmp_path / "pk", teacher="tf_efficientnet_lite0", image_size=64,
+                     settings=TrainSettings(epochs=1, lr=5e-4),
+                     packd=PACKDSettings(shots=2, n_prototypes=4, rotations=2, queries=2, cds_weight=0.0), progress=False)
+    model, cfg = load_model(ck)
+    assert cfg["kind"] == "packd" and cfg["model_args"] == {"n_prototypes": 4, "rotations": 2}
+    scorer = Scorer(model, 64)
+    rep = evaluate_fewshot(scorer, SPEC, synth_root, ["disc"], shots=2, runs=3, seed=0, json_path=tmp_path / "r.json",
+                           progress=False)
+    runs = rep["categories"]["disc"]["runs"]
+    assert len(runs) == 3 and len(rep["categories"]["disc"]["support_sets"]) == 3
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        vals = [r[key] for r in runs]
+        assert rep["categories"]["disc"]["mean"][key] == pytest.approx(np.mean(vals))
+        assert rep["categories"]["disc"]["std"][key] == pytest.approx(np.std(vals))
+    assert len({r["pixel_auroc"] for r in runs}) > 1  # different supports, different prototypes
+    again = evaluate_fewshot(scorer, SPEC, synth_root, ["disc"], shots=2, runs=3, supports_from=tmp_path / "r.json",
+                             progress=False)
+    assert again["categories"]["disc"]["runs"] == runs
+    assert json.loads((tmp_path / "r.json").read_text())["categories"]["disc"]["support_sets"][0][0].startswith("disc/train/good/")
+
+
+def test_models_without_support_path_score_once(synth_root, tmp_path):
+    ck = train_rd(synth_root, "disc", tmp_path / "rd", teacher="tf_efficientnet_lite0", image_size=64,
+                  settings=TrainSettings(epochs=1, batch_size=4), progress=False)
+    rep = evaluate_fewshot(Scorer(load_model(ck)[0], 64), SPEC, synth_root, ["disc"], shots=2, runs=2, progress=False)
+    r = rep["categories"]["disc"]["runs"]
+    assert r[0] == r[1] and rep["std"]["image_auroc"] == 0.0
+
+
+def test_cli_packd_and_memkd(synth_root, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "--model", "packd", "--data", str(synth_root), "--categories", "grid",
+                            "--teacher", "tf_efficientnet_lite0", "--image-size", "64", "--epochs", "1",
+                            "--batch-size", "2", "--shots", "2", "--prototypes", "3", "--rotations", "1",
+                            "--cds-weight", "0", "--out", str(tmp_path / "pk")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "pk"), "--data", str(synth_root),
+                            "--shots", "1", "--runs", "2", "--json", str(tmp_path / "fs.json")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "fs.json").read_text())
+    assert list(rep["categories"]) == ["disc"]  # default targets: categories not meta-trained on
+    assert rep["shots"] == 1 and rep["runs"] == 2 and rep["model"] == "packd"
+    r = runner.invoke(app, ["train", "--model", "memkd", "--data", str(synth_root), "--categories", "disc",
+                            "--teacher", "tf_efficientnet_lite0", "--image-size", "64", "--epochs", "1",
+                            "--batch-size", "4", "--slots", "5", "--exemplars", "3", "--out", str(tmp_path / "mk")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "mk" / "config.json").read_text())["model_args"]["slots"] == 5
+    r = runner.invoke(app, ["train", "--model", "packd", "--data", str(synth_root), "--categories", "grid,disc",
+                            "--preset", "paper", "--out", str(tmp_path / "x")])
+    assert isinstance(r.exception, PackdError) and "wide_resnet50_2" in str(r.exception)  # paper teacher, offline

@@ -1,0 +1,52 @@
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from packd.models import load_model
+from packd.models.memkd import MemKD, NRMemory
+from packd.models.rd import plan_for
+from packd.train import MemKDSettings, TrainSettings, train_memkd
+
+
+def test_memory_recalls_its_values():
+    mem = NRMemory(4, slots=4, temperature=0.01)
+    with torch.no_grad():
+        mem.keys.copy_(torch.eye(4))
+        mem.values.copy_(torch.eye(4) * 5)
+    x = torch.eye(4)[[2]].view(1, 4, 1, 1) * 3  # a query aligned with key 2
+    assert torch.allclose(mem(x).flatten(), torch.eye(4)[2] * 5, atol=1e-3)
+
+
+def test_memorisation_loss_is_zero_for_remembered_features(effnet_teacher):
+    model = MemKD(effnet_teacher, plan_for("tf_efficientnet_lite0", effnet_teacher.channels), slots=8, temperature=0.01)
+    feats = []
+    with torch.no_grad():
+        for mem in model.memories:
+            c = mem.keys.shape[1]
+            basis = torch.eye(c)[:8]
+            mem.keys.copy_(basis)
+            mem.values.copy_(basis)
+            feats.append(basis[3].view(1, c, 1, 1).expand(1, c, 2, 2).clone())
+    assert model.memorisation_loss(feats[::-1]).item() < 1e-4
+
+
+def test_memory_trains_and_is_checkpointed(synth_root, tmp_path):
+    out = train_memkd(synth_root, "grid", tmp_path / "mk", teacher="tf_efficientnet_lite0", image_size=64,
+                      settings=TrainSettings(epochs=1, batch_size=4), memkd=MemKDSettings(slots=6, exemplars=4),
+                      progress=False)
+    torch.manual_seed(0)  # the same seed train_memkd used: the initial memory
+    from packd.teachers import create_teacher
+
+    fresh = MemKD(create_teacher("tf_efficientnet_lite0"), plan_for("tf_efficientnet_lite0", (24, 40, 112)), slots=6)
+    trained, cfg = load_model(out)
+    assert cfg["kind"] == "memkd" and cfg["model_args"] == {"slots": 6, "temperature": 0.1}
+    names = {n for n, _ in trained.named_parameters()}
+    assert {"memories.0.keys", "memories.0.values", "memories.2.keys"} <= names
+    saved = load_file(str(out / "model.safetensors"))
+    for i in range(3):
+        assert saved[f"memories.{i}.keys"].shape == (6, trained.plan.channels[::-1][i])
+        assert not torch.allclose(saved[f"memories.{i}.keys"], fresh.memories[i].keys.detach())
+        assert not torch.allclose(saved[f"memories.{i}.values"], fresh.memories[i].values.detach())
+        assert torch.equal(saved[f"memories.{i}.values"], trained.memories[i].values.detach())
+    t, s = trained(torch.randn(2, 3, 64, 64))
+    assert [a.shape for a in s] == [b.shape for b in t]

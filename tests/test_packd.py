@@ -1,0 +1,143 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from packd.episodes import EpisodeSampler
+from packd.errors import PackdError
+from packd.losses import cds_loss, correspondence_similarity, orthogonality_loss
+from packd.models import Scorer
+from packd.models.packd import PACKD, PrototypeExtractor, integrate, rotate_supports
+from packd.models.rd import plan_for
+from packd.preprocess import InputSpec
+from packd.train import PACKDSettings, packd_loss
+
+
+@pytest.fixture(scope="module")
+def model(effnet_teacher):
+    torch.manual_seed(0)
+    return PACKD(effnet_teacher, plan_for("tf_efficientnet_lite0", effnet_teacher.channels), n_prototypes=5, rotations=2)
+
+
+def test_prototypes_are_attention_weighted_means():
+    ext = PrototypeExtractor(3, 4)
+    const = torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1).expand(2, 3, 5, 5)
+    p = ext(const)
+    assert p.shape == (2, 4, 3)
+    assert torch.allclose(p, const[0, :, 0, 0].expand(2, 4, 3), atol=1e-6)  # softmax weights sum to 1
+    x = torch.randn(1, 3, 4, 4)
+    p = ext(x)[0]
+    lo, hi = x.flatten(2).amin(-1), x.flatten(2).amax(-1)
+    assert torch.all(p >= lo - 1e-6) and torch.all(p <= hi + 1e-6)  # convex combinations of locations
+
+
+def test_rotations():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    r = rotate_supports(x, 4)
+    assert r.shape == (8, 3, 4, 4)
+    assert torch.equal(r[:2], x) and torch.equal(r[2:4], torch.rot90(x, 1, (2, 3)))
+    assert torch.equal(rotate_supports(x, 1), x)
+
+
+def test_integration_picks_most_similar_prototype():
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]).unsqueeze(0)  # (1,3,2)
+    student = torch.tensor([[0.9, 0.1], [0.1, 2.0]]).t().reshape(1, 2, 1, 2)  # two locations
+    out = integrate(student, protos)
+    assert out.shape == (1, 5, 1, 2)
+    assert torch.equal(out[0, :2], student[0])
+    assert torch.equal(out[0, 2:4, 0, 0], protos[0, 0]) and torch.equal(out[0, 2:4, 0, 1], protos[0, 1])
+    s = F.normalize(student.flatten(2).transpose(1, 2), dim=-1) @ F.normalize(protos, dim=-1).transpose(1, 2)
+    assert torch.allclose(out[0, 4].flatten(), s[0].mean(-1))
+
+
+def test_query_path_takes_any_prototype_count(model):
+    x = torch.randn(2, 3, 64, 64)
+    protos = model.prototypes(torch.randn(3, 3, 64, 64))
+    assert [tuple(p.shape) for p in protos] == [(3 * 2 * 5, c) for c in model.plan.channels]
+    model.eval()
+    for n in (1, 7, 40):
+        t, s = model(x, [torch.randn(n, c) for c in model.plan.channels])
+        assert [a.shape for a in s] == [b.shape for b in t]
+    with torch.no_grad():
+        _, shared = model(x, protos)
+        _, batched = model(x, [p.unsqueeze(0).expand(2, -1, -1) for p in protos])
+    assert all(torch.allclose(a, b) for a, b in zip(shared, batched))
+    with torch.no_grad():
+        _, other = model(x, [p.flip(0) * 2 + 1 for p in protos])
+    assert not torch.allclose(shared[0], other[0])  # prototypes really steer the student
+
+
+def test_orthogonality_loss_values():
+    assert orthogonality_loss(torch.eye(4)[None] * 3).item() == pytest.approx(0.0, abs=1e-7)
+    assert orthogonality_loss(torch.ones(2, 4, 3)).item() == pytest.approx(1.0)
+    v = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    assert orthogonality_loss(v).item() == pytest.approx(0.5)  # cos 45 deg squared
+
+
+def _brute_similarity(s, q, w):
+    def corr(a, b):
+        return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t()
+
+    e, k, _, _ = s.shape
+    out = torch.zeros(e, q.shape[1], k, w.shape[0])
+    for ei in range(e):
+        for qi in range(q.shape[1]):
+            for n in range(k):
+                a = corr(s[ei, n], q[ei, qi]).flatten()
+                for x in range(w.shape[0]):
+                    out[ei, qi, n, x] = F.cosine_similarity(a, corr(s[ei, n], w[x]).flatten(), dim=0)
+    return out
+
+
+@pytest.mark.parametrize("m, c", [(9, 5), (4, 7)])  # the C x C path (C < M) and the direct path
+def test_correspondence_similarity_exact(m, c):
+    torch.manual_seed(1)
+    s, q, w = torch.randn(2, 3, m, c), torch.randn(2, 2, m, c), torch.randn(4, m, c)
+    assert torch.allclose(correspondence_similarity(s, q, w), _brute_similarity(s, q, w), atol=1e-5)
+
+
+def test_cds_loss_rewards_matching_positive():
+    torch.manual_seed(2)
+    s, q = torch.randn(2, 2, 6, 4), torch.randn(2, 2, 6, 4)
+    good = cds_loss(s, q, q.flatten(0, 1))  # each student equals its own teacher
+    swapped = cds_loss(s, q, q.flip(0).flatten(0, 1))  # students of the other category
+    assert good.item() < 0.01 and swapped.item() > 1.0
+    with pytest.raises(ValueError, match="two categories"):
+        cds_loss(s[:1], q[:1], q[:1].flatten(0, 1))
+
+
+def test_packd_loss_trains_every_part(model):
+    torch.manual_seed(3)
+    queries, supports = torch.randn(2, 2, 3, 64, 64), torch.randn(2, 2, 3, 64, 64)
+    model.train()
+    model.zero_grad()
+    loss = packd_loss(model, [queries, supports], PACKDSettings(shots=2, n_prototypes=5, rotations=2))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for part in (model.extractors, model.ocbe, model.stages, model.refine, model.projections):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_episode_sampler(synth_root):
+    spec = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
+    sampler = EpisodeSampler(synth_root, ["grid", "disc"], spec, shots=2, queries=3, categories_per_batch=2, seed=0)
+    assert len(sampler) == 16 // 6
+    batches = list(sampler.epoch(0))
+    q, s = batches[0]
+    assert q.shape == (2, 3, 3, 64, 64) and s.shape == (2, 2, 3, 64, 64)
+    for e in range(2):  # supports are never the batch's own queries
+        for img in s[e]:
+            assert not any(torch.equal(img, x) for x in q[e])
+    again = list(sampler.epoch(0))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
+    assert not torch.equal(list(sampler.epoch(1))[0][0], q)
+    with pytest.raises(PackdError, match="fewer than shots"):
+        EpisodeSampler(synth_root, ["grid"], spec, shots=8, queries=4)
+
+
+def test_scorer_refuses_missing_or_empty_supports(model):
+    scorer = Scorer(model, 64)
+    with pytest.raises(PackdError, match="empty support set"):
+        scorer.prototypes(torch.zeros(0, 3, 64, 64))
+    with pytest.raises(PackdError, match="needs prototypes"):
+        scorer(torch.zeros(1, 3, 64, 64))
