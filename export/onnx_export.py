@@ -1,0 +1,45 @@
+"""torch -> ONNX with the dynamo exporter: dynamic axes only for batch, shots and prototype count,
+constants folded, checked with onnx.checker and strict shape inference."""
+
+from __future__ import annotations
+
+import warnings
+
+import onnx
+import torch
+
+from packd.errors import PackdError
+from packd_export.graphs import GraphSpec
+
+OPSETS = (17, 18, 19)
+
+
+def _dynamic_shapes(gspec: GraphSpec, limits: dict[str, int]) -> tuple:
+    dims = {name: torch.export.Dim(name, min=1, max=limits[name]) for name in limits}
+    return tuple({axis: dims[label] for axis, label in gspec.dynamic.get(name, {}).items()} for name in gspec.inputs)
+
+
+def export_onnx(gspec: GraphSpec, example: tuple[torch.Tensor, ...], limits: dict[str, int], opset: int = 18) -> onnx.ModelProto:
+    """Export one graph; `limits` bounds each dynamic axis (batch, shots, prototypes)."""
+    if opset not in OPSETS:
+        raise PackdError(f"opset must be one of {OPSETS} (TensorRT 10.3 parses up to 20), got {opset}")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            gspec.module, example, input_names=gspec.inputs, output_names=gspec.outputs,
+            dynamic_shapes=_dynamic_shapes(gspec, limits), opset_version=opset, dynamo=True, optimize=True,
+            verbose=False,
+        )
+    model = program.model_proto
+    model.producer_name = "packd"
+    check_onnx(model)
+    return model
+
+
+def check_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx.checker (full) and strict shape inference; returns the shape-inferred model."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise PackdError(f"ONNX check failed: {e}") from None
