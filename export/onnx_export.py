@@ -15,7 +15,10 @@ OPSETS = (17, 18, 19)
 
 
 def _dynamic_shapes(gspec: GraphSpec, limits: dict[str, int]) -> tuple:
-    dims = {name: torch.export.Dim(name, min=1, max=limits[name]) for name in limits}
+    """torch.export dims for the graph's inputs. Tracing uses 2 as the example size, so a bound is
+    at least 2 here; the real bounds go to the manifest and the TensorRT profile."""
+    labels = {label for name in gspec.inputs for label in gspec.dynamic.get(name, {}).values()}
+    dims = {label: torch.export.Dim(label, min=1, max=max(limits[label], 8)) for label in labels}
     return tuple({axis: dims[label] for axis, label in gspec.dynamic.get(name, {}).items()} for name in gspec.inputs)
 
 
