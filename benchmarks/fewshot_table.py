@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import typer
 
-from packd.atomic import write_json
+from packd_runtime.atomic import write_json
 from packd.data import AnomalyDataset, list_split
 from packd.evaluate import category_metrics, predict
 from packd.fewshot import FEWSHOT_KEYS, draw_support_sets, evaluate_fewshot, load_supports

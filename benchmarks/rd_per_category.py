@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from packd.atomic import write_json
+from packd_runtime.atomic import write_json
 from packd.evaluate import METRIC_KEYS, evaluate
 from packd.synth import synthesize, synthesize_photos
 from packd.train import TrainSettings, train_rd

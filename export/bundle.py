@@ -8,8 +8,6 @@ exporting over an existing bundle never leaves half of one.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +18,15 @@ import torch
 from PIL import Image
 
 import packd
-from packd.atomic import atomic_dir, write_json
+from packd_runtime.atomic import atomic_dir, write_json
 from packd.data import list_split
 from packd.errors import PackdError
 from packd.models import Scorer, load_model
 from packd.models.packd import PACKD
 from packd.preprocess import InputSpec
-from packd_export import BUNDLE_FORMAT
 from packd_export.graphs import GraphSpec, graph_specs, prototype_names
-from packd_export.manifest import MANIFEST, read_manifest, sha256, threshold_from_normal_scores, verify_files
+from packd_runtime.manifest import (BUNDLE_FORMAT, MANIFEST, read_manifest, sha256, threshold_from_normal_scores,
+                                    verify_files)
 from packd_export.onnx_export import check_onnx, export_onnx
 from packd_export.precision import to_fp16, to_int8
 from packd_export.trt_compat import check_tensorrt_compat
@@ -99,7 +97,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, precision: str = "fp3
                   calibration_data: str | Path | None = None, engines: str = "auto") -> dict[str, Any]:
     """Export a checkpoint to a bundle. engines: 'auto' (build when TensorRT and a GPU are here),
     'never', or 'require' (fail without them). Returns the manifest."""
-    from packd_export.tensorrt_build import why_no_tensorrt
+    from packd_runtime.tensorrt_build import build_bundle_engines, why_no_tensorrt
 
     if precision not in PRECISIONS:
         raise PackdError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -172,22 +170,3 @@ def check_bundle(bundle: str | Path) -> dict[str, Any]:
         if [i["name"] for i in _io(model.graph.input)] != [i["name"] for i in spec["inputs"]]:
             raise PackdError(f"{spec['file']} inputs do not match the manifest")
     return manifest
-
-
-def build_bundle_engines(bundle: str | Path) -> dict[str, Any]:
-    """Build engines for an existing bundle on this machine's GPU and record them in the manifest."""
-    from packd_export.tensorrt_build import build_engines, why_no_tensorrt
-
-    bundle = Path(bundle)
-    manifest = check_bundle(bundle)
-    if reason := why_no_tensorrt():
-        raise PackdError(f"cannot build engines here: {reason}")
-    with atomic_dir(bundle) as tmp:
-        shutil.copytree(bundle, tmp, dirs_exist_ok=True)
-        entries = build_engines(tmp, manifest)
-        built = {e["file"] for e in entries}
-        manifest["engines"] = [e for e in manifest["engines"] if e["file"] not in built] + entries
-        for name in [*built, *(p.name for p in tmp.glob("timing.*.cache"))]:
-            manifest["files"][name] = sha256(tmp / name)
-        write_json(tmp / MANIFEST, manifest)
-    return json.loads((bundle / MANIFEST).read_text())

@@ -43,7 +43,7 @@ def export(
 ) -> None:
     """Export a checkpoint to a bundle: ONNX graphs, manifest, and TensorRT engines where possible."""
     from packd_export.bundle import export_bundle
-    from packd_export.tensorrt_build import why_no_tensorrt
+    from packd_runtime.tensorrt_build import why_no_tensorrt
 
     if engines not in ("auto", "never", "require"):
         raise PackdError(f"--engines must be auto, never or require, got {engines!r}")
@@ -67,7 +67,7 @@ def check(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> Non
 @tools_app.command()
 def build(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
     """Build TensorRT engines for an existing bundle on this machine's GPU (run it on the target device)."""
-    from packd_export.bundle import build_bundle_engines
+    from packd_runtime.tensorrt_build import build_bundle_engines
 
     manifest = build_bundle_engines(bundle)
     console.print(f"built {', '.join(e['file'] for e in manifest['engines'])}")

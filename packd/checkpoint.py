@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from packd.atomic import atomic_dir
+from packd_runtime.atomic import atomic_dir
 from packd.errors import PackdError
 
 FORMAT_VERSION = 1

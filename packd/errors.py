@@ -1,5 +1,5 @@
-"""The one exception type packd raises for problems a user can fix."""
+"""The one exception type packd raises for problems a user can fix (shared with the runtime)."""
 
+from packd_runtime.errors import PackdError
 
-class PackdError(Exception):
-    """Bad input, missing files or dependencies: the message says what is wrong and what to do."""
+__all__ = ["PackdError"]

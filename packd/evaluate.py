@@ -10,7 +10,7 @@ import torch
 from rich.progress import Progress
 from torch.utils.data import DataLoader
 
-from packd.atomic import write_json
+from packd_runtime.atomic import write_json
 from packd.errors import PackdError
 from packd.data import AnomalyDataset, list_split, resolve_categories
 from packd.metrics import f1_max, image_auroc, pixel_metrics

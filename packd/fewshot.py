@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from packd.atomic import write_json
+from packd_runtime.atomic import write_json
 from packd.data import AnomalyDataset, Sample, list_split, resolve_categories
 from packd.errors import PackdError
 from packd.evaluate import category_metrics, predict

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from packd.atomic import atomic_dir
+from packd_runtime.atomic import atomic_dir
 from packd.errors import PackdError
 
 Array = np.ndarray

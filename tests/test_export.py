@@ -1,8 +1,6 @@
 """Export: bundles for every model kind, ONNX Runtime parity, precision, checks, TensorRT names."""
 
-import ast
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,37 +11,14 @@ import torch
 from packd.errors import PackdError
 from packd.models import Scorer, load_model
 from packd.preprocess import InputSpec
-from packd.train import MemKDSettings, PACKDSettings, TrainSettings, train_memkd, train_packd, train_rd
 from packd_export.bundle import check_bundle, export_bundle
 from packd_export.cli import main as export_main
 from packd_export.graphs import QueryGraph, SupportGraph
 from packd_export.precision import to_fp16, trunk_nodes
-from packd_export.tensorrt_build import engine_name, profile_shapes, why_no_tensorrt
+from packd_runtime.tensorrt_build import engine_name, profile_shapes, why_no_tensorrt
 from packd_export.trt_compat import check_tensorrt_compat
 
-SMALL = dict(teacher="tf_efficientnet_lite0", image_size=64, progress=False)
-FRAME = (72, 88)  # camera frames of another size than the model's input: resized inside the graph
-
-
-@pytest.fixture(scope="session")
-def checkpoints(synth_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpts")
-    one = TrainSettings(epochs=1, batch_size=4)
-    return {
-        "rd": train_rd(synth_root, "grid", root / "rd", settings=one, **SMALL),
-        "memkd": train_memkd(synth_root, "grid", root / "memkd", settings=one,
-                             memkd=MemKDSettings(slots=6, exemplars=3), **SMALL),
-        "packd": train_packd(synth_root, ["grid", "disc"], root / "packd", settings=TrainSettings(epochs=1, lr=5e-4),
-                             packd=PACKDSettings(shots=2, n_prototypes=4, rotations=2, queries=2,
-                                                 categories_per_batch=2), **SMALL),
-    }
-
-
-@pytest.fixture(scope="session")
-def bundles(checkpoints, tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundles")
-    return {kind: (export_bundle(ck, root / kind, max_batch=4, max_shots=3, frame_size=FRAME), root / kind)
-            for kind, ck in checkpoints.items()}
+from conftest import FRAME
 
 
 def _frames(n, seed):
@@ -255,30 +230,3 @@ def test_engine_names_and_profiles(bundles):
     assert shapes["images"] == ((1, *FRAME, 3), (4, *FRAME, 3), (4, *FRAME, 3))
     assert shapes["prototypes_1"] == ((1, 24), (24, 24), (24, 24))
     assert profile_shapes(manifest, "support")["images"] == ((1, *FRAME, 3), (3, *FRAME, 3), (3, *FRAME, 3))
-
-
-BUILDER_ONLY = {"Builder", "OnnxParser", "NetworkDefinitionCreationFlag"}  # not in the lean (runtime) binding
-
-
-def test_tensorrt_names_exist_in_a_real_binding():
-    """Every `trt.X[.Y]` the builder code uses exists in TensorRT 11's lean binding, except the
-    builder-only classes (listed here on purpose, so a new name cannot slip in unchecked)."""
-    lean = pytest.importorskip("tensorrt_lean_bindings")
-    src = (Path(__file__).parents[1] / "export" / "tensorrt_build.py").read_text()
-    used = set()
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "trt":
-            used.add((node.attr, None))
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-                and isinstance(node.value.value, ast.Name) and node.value.value.id == "trt"):
-            used.add((node.value.attr, node.attr))
-    assert used
-    missing = []
-    for top, sub in used:
-        if top in BUILDER_ONLY or top == "__version__":
-            continue
-        obj = getattr(lean, top, None)
-        if obj is None or (sub and not hasattr(obj, sub)):
-            missing.append(f"trt.{top}" + (f".{sub}" if sub else ""))
-    assert missing == []
-    assert {t for t, _ in used} >= BUILDER_ONLY

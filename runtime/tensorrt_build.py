@@ -1,4 +1,5 @@
-"""TensorRT engines from the bundle's ONNX graphs, on the GPU where they will run.
+"""TensorRT engines from the bundle's ONNX graphs, on the GPU where they will run. Part of the
+torch-free runtime, so a Jetson with only the runtime installed builds its own engines.
 
 Follows ../shared/notes/tensorrt.md: a strongly typed network (precision comes from the ONNX),
 every parser error reported, one optimisation profile covering batch 1..max-batch (support graph:
@@ -12,10 +13,14 @@ the names it uses are checked against a real TensorRT 11 binding where that bind
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-from packd.errors import PackdError
+from packd_runtime.atomic import atomic_dir, write_json
+from packd_runtime.errors import PackdError
+from packd_runtime.manifest import MANIFEST, read_manifest, sha256, verify_files
 
 WORKSPACE_BYTES = 4 << 30
 OPT_BATCH, OPT_SHOTS = 8, 4
@@ -26,11 +31,11 @@ def why_no_tensorrt() -> str | None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "TensorRT is not installed (pip install 'packd[tensorrt]', or JetPack on Jetson)"
+        return "TensorRT is not installed (pip install tensorrt cuda-python, i.e. the [tensorrt] extra; JetPack on Jetson)"
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
-        return "cuda-python is not installed (pip install 'packd[tensorrt]')"
+        return "cuda-python is not installed (pip install cuda-python)"
     err, count = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess or count == 0:
         return "no CUDA GPU is visible"
@@ -119,3 +124,22 @@ def build_engines(bundle: Path, manifest: dict[str, Any]) -> list[dict[str, Any]
         entries.append({"graph": graph, "file": name, "tensorrt": version, "compute_capability": cc,
                         "profile": {k: [list(s) for s in v] for k, v in shapes.items()}})
     return entries
+
+
+def build_bundle_engines(bundle: str | Path) -> dict[str, Any]:
+    """Build engines for an existing bundle on this machine's GPU and record them (and the timing
+    cache) in the manifest; the bundle is rewritten atomically."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest)
+    if reason := why_no_tensorrt():
+        raise PackdError(f"cannot build engines here: {reason}")
+    with atomic_dir(bundle) as tmp:
+        shutil.copytree(bundle, tmp, dirs_exist_ok=True)
+        entries = build_engines(tmp, manifest)
+        built = {e["file"] for e in entries}
+        manifest["engines"] = [e for e in manifest["engines"] if e["file"] not in built] + entries
+        for name in [*built, *(p.name for p in tmp.glob("timing.*.cache"))]:
+            manifest["files"][name] = sha256(tmp / name)
+        write_json(tmp / MANIFEST, manifest)
+    return json.loads((bundle / MANIFEST).read_text())

@@ -1,0 +1,1 @@
+"""Execution backends: TensorRT (engines built for this GPU) and ONNX Runtime (CUDA or CPU)."""
