@@ -97,10 +97,12 @@ class Detector:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, bundle: str | Path, backend: str = "auto", device: int = 0, build: bool = False) -> "Detector":
+    def open(cls, bundle: str | Path, backend: str = "auto", device: int = 0, build: bool = False,
+             profile: bool = False) -> "Detector":
         """Verify the bundle and pick a backend: TensorRT when engines for this GPU and TensorRT
         version are in the bundle (or `build=True` and the builder is here: build and cache them),
-        else ONNX Runtime (CUDA provider if present, else CPU). `detector.reason` says why."""
+        else ONNX Runtime (CUDA provider if present, else CPU). `detector.reason` says why.
+        `profile=True` makes the TensorRT backend time H2D, compute and D2H with CUDA events."""
         if backend not in BACKENDS:
             raise PackdError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         bundle = Path(bundle)
@@ -118,7 +120,8 @@ class Detector:
             if engines is not None:
                 from packd_runtime.backends.tensorrt_backend import TensorRTBackend
 
-                return cls(bundle, manifest, TensorRTBackend(bundle, manifest, engines, device), f"TensorRT: {why}")
+                return cls(bundle, manifest, TensorRTBackend(bundle, manifest, engines, device, profile=profile),
+                           f"TensorRT: {why}")
             if backend == "tensorrt":
                 raise PackdError(f"TensorRT backend unavailable: {why}")
             fallback = f"ONNX Runtime, because TensorRT is not usable: {why}"

@@ -31,7 +31,7 @@ def why_no_tensorrt() -> str | None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "TensorRT is not installed (pip install tensorrt cuda-python, i.e. the [tensorrt] extra; JetPack on Jetson)"
+        return "TensorRT is not installed (pip install tensorrt cuda-python, the tensorrt extra; JetPack on Jetson)"
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:

@@ -60,20 +60,22 @@ class _ThreadState:
     stream: Any
     contexts: dict[str, Any]
     buffers: dict[tuple, _Buffers] = field(default_factory=dict)
+    events: list = field(default_factory=list)  # 4 CUDA events when profiling
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, bundle: Path, manifest: dict[str, Any], engines: dict[str, str], device: int = 0,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, profile: bool = False):
         try:
             import tensorrt as trt
             from cuda.bindings import runtime as cudart
         except ImportError as e:
             raise PackdError(f"the TensorRT backend needs tensorrt and cuda-python ({e}): pip install 'packd-runtime[tensorrt]'") from None
         self._trt, self._cudart = trt, cudart
-        self.device, self.cuda_graphs = device, cuda_graphs
+        self.device, self.cuda_graphs, self.profile = device, cuda_graphs, profile
         _check(cudart.cudaSetDevice(device), "cudaSetDevice")
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -108,6 +110,8 @@ class TensorRTBackend:
             stream = _check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
             contexts = {g: e.create_execution_context() for g, e in self.engines.items()}
             state = _ThreadState(stream, contexts)
+            if self.profile:
+                state.events = [_check(cudart.cudaEventCreate(), "cudaEventCreate") for _ in range(4)]
             self._local.state = state
             with self._lock:
                 self._states.append(state)
@@ -147,6 +151,7 @@ class TensorRTBackend:
                 raise PackdError(f"TensorRT refused the address of {name}")
         h2d, d2d, d2h = (cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
                          cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        self._mark(state, 0)
         for name, is_input, dtype in self.io[graph]:
             if not is_input:
                 continue
@@ -162,15 +167,31 @@ class TensorRTBackend:
                 np.copyto(bufs.host[name], np.asarray(value, dtype=dtype))
                 _check(cudart.cudaMemcpyAsync(bufs.device[name], bufs.host[name].ctypes.data, nbytes, h2d, stream),
                        "cudaMemcpyAsync")
+        self._mark(state, 1)
         self._execute(ctx, stream, bufs)
+        self._mark(state, 2)
         outputs = []
         for name, is_input, _ in self.io[graph]:
             if not is_input:
                 _check(cudart.cudaMemcpyAsync(bufs.host[name].ctypes.data, bufs.device[name], bufs.host[name].nbytes,
                                               d2h, stream), "cudaMemcpyAsync")
                 outputs.append(name)
+        self._mark(state, 3)
         _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        if state.events:
+            ms = [_check(cudart.cudaEventElapsedTime(state.events[i], state.events[i + 1]), "cudaEventElapsedTime")
+                  for i in range(3)]
+            state.timings = {"h2d_ms": ms[0], "compute_ms": ms[1], "d2h_ms": ms[2]}
         return [bufs.host[name].copy() for name in outputs]
+
+    def _mark(self, state: _ThreadState, i: int) -> None:
+        if state.events:
+            _check(self._cudart.cudaEventRecord(state.events[i], state.stream), "cudaEventRecord")
+
+    def last_timings(self) -> dict[str, float]:
+        """H2D, GPU compute and D2H times (ms, CUDA events) of this thread's last call; needs profile=True."""
+        state = self._state()
+        return dict(state.timings)
 
     def _execute(self, ctx, stream, bufs: _Buffers) -> None:
         cudart = self._cudart
@@ -209,6 +230,8 @@ class TensorRTBackend:
                         cudart.cudaFree(ptr)
                     for ptr in bufs.host_ptrs:
                         cudart.cudaFreeHost(ptr)
+                for event in state.events:
+                    cudart.cudaEventDestroy(event)
                 state.buffers.clear()
                 state.contexts.clear()
                 cudart.cudaStreamDestroy(state.stream)
