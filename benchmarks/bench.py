@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from packd_export.graphs import QueryGraph, SupportGraph
+from packd_runtime import Detector
 from scipy.stats import spearmanr
 
 from packd.models import Scorer, load_model
 from packd.preprocess import InputSpec
-from packd_export.graphs import QueryGraph, SupportGraph
-from packd_runtime import Detector
 
 PERCENTILES = (90, 95, 99)
 

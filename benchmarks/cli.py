@@ -7,23 +7,30 @@ OUT.png (median latency against batch size).
 from __future__ import annotations
 
 import gc
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import numpy as np
 import torch
 import typer
+from packd_bench.bench import (
+    TorchRunner,
+    accuracy,
+    machine_info,
+    peak_rss_mb,
+    peak_rss_reset,
+    runtime_overhead,
+    time_calls,
+)
+from packd_runtime import Detector
+from packd_runtime.atomic import write_json
 from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
+from packd.cli import run_app
 from packd.data import list_split
 from packd.errors import PackdError
-from packd_bench.bench import (TorchRunner, accuracy, machine_info, peak_rss_mb, peak_rss_reset, runtime_overhead,
-                               time_calls)
-from packd_runtime import Detector
-from packd_runtime.atomic import write_json
 
 console = Console()
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -50,8 +57,9 @@ def _inputs(config: dict, hw: tuple[int, int], n: int, shots: int, data: Path | 
 
 def _targets(target: Path, precisions: list[str], out: Path, max_batch: int, max_shots: int):
     """(checkpoint, {precision: bundle}) from a checkpoint (bundles exported next to OUT) or a bundle."""
-    from packd.checkpoint import read_config
     from packd_runtime.manifest import read_manifest
+
+    from packd.checkpoint import read_config
 
     if (target / "manifest.json").is_file():
         manifest = read_manifest(target)
@@ -213,12 +221,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
 
 
 def run() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
-    try:
-        app()
-    except PackdError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    """Console entry point of `packd-bench`."""
+    run_app(app, prog_name="packd-bench")
 
 
 if __name__ == "__main__":

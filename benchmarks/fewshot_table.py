@@ -20,11 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import typer
-
 from packd_runtime.atomic import write_json
+
 from packd.data import AnomalyDataset, list_split
 from packd.evaluate import category_metrics, predict
-from packd.fewshot import FEWSHOT_KEYS, draw_support_sets, evaluate_fewshot, load_supports
+from packd.fewshot import (
+    FEWSHOT_KEYS,
+    draw_support_sets,
+    evaluate_fewshot,
+    load_supports,
+)
 from packd.losses import kd_loss
 from packd.models import Scorer, load_model
 from packd.models.knn import NearestNeighbour
@@ -33,7 +38,14 @@ from packd.models.rd import ReverseDistillation, plan_for
 from packd.preprocess import InputSpec
 from packd.synth import synthesize, synthesize_photos
 from packd.teachers import create_teacher
-from packd.train import MemKDSettings, PACKDSettings, TrainSettings, train_memkd, train_packd, train_rd
+from packd.train import (
+    MemKDSettings,
+    PACKDSettings,
+    TrainSettings,
+    train_memkd,
+    train_packd,
+    train_rd,
+)
 
 TEACHER = "tf_efficientnet_lite0"
 TRAIN_CATS = ["grid", "carpet", "stripes", "wood", "disc", "nut", "plate"]

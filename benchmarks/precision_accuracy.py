@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import typer
+from packd_export.bundle import export_bundle
+from packd_runtime.atomic import write_json
 from scipy.stats import spearmanr
 
-from packd_runtime.atomic import write_json
 from packd.data import list_split
 from packd.fewshot import draw_support_sets
 from packd.metrics import image_auroc, pixel_metrics
 from packd.preprocess import load_image, load_mask
-from packd_export.bundle import export_bundle
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

@@ -8,13 +8,12 @@ category's held-out test images and writes JSON + a Markdown table. Reproduce:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import typer
-
 from packd_runtime.atomic import write_json
+
 from packd.evaluate import METRIC_KEYS, evaluate
 from packd.synth import synthesize, synthesize_photos
 from packd.train import TrainSettings, train_rd

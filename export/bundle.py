@@ -15,21 +15,27 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+from packd_export.graphs import GraphSpec, graph_specs, prototype_names
+from packd_export.onnx_export import check_onnx, export_onnx
+from packd_export.precision import to_fp16, to_int8
+from packd_export.trt_compat import check_tensorrt_compat
+from packd_runtime.atomic import atomic_dir, write_json
+from packd_runtime.manifest import (
+    BUNDLE_FORMAT,
+    MANIFEST,
+    read_manifest,
+    sha256,
+    threshold_from_normal_scores,
+    verify_files,
+)
 from PIL import Image
 
 import packd
-from packd_runtime.atomic import atomic_dir, write_json
 from packd.data import list_split
 from packd.errors import PackdError
 from packd.models import Scorer, load_model
 from packd.models.packd import PACKD
 from packd.preprocess import InputSpec
-from packd_export.graphs import GraphSpec, graph_specs, prototype_names
-from packd_runtime.manifest import (BUNDLE_FORMAT, MANIFEST, read_manifest, sha256, threshold_from_normal_scores,
-                                    verify_files)
-from packd_export.onnx_export import check_onnx, export_onnx
-from packd_export.precision import to_fp16, to_int8
-from packd_export.trt_compat import check_tensorrt_compat
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_IMAGES = 32

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from packd.cli import run_app
 from packd.errors import PackdError
 
 console = Console()
@@ -76,12 +77,7 @@ def build(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> Non
 def main(argv: list[str] | None = None) -> None:
     """`packd-export CHECKPOINT ...` exports; `packd-export check|build BUNDLE` checks or builds."""
     argv = sys.argv[1:] if argv is None else argv
-    app = tools_app if argv and argv[0] in SUBCOMMANDS else export_app
-    try:
-        app(argv, prog_name="packd-export")
-    except PackdError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    run_app(tools_app if argv and argv[0] in SUBCOMMANDS else export_app, argv, "packd-export")
 
 
 if __name__ == "__main__":

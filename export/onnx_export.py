@@ -7,9 +7,9 @@ import warnings
 
 import onnx
 import torch
+from packd_export.graphs import GraphSpec
 
 from packd.errors import PackdError
-from packd_export.graphs import GraphSpec
 
 OPSETS = (17, 18, 19)
 

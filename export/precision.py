@@ -110,7 +110,12 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 def to_int8(model: onnx.ModelProto, calibration: Iterable[dict[str, np.ndarray]]) -> onnx.ModelProto:
     """Q/DQ int8 for every Conv/ConvTranspose (per-channel weights, symmetric: zero point 0),
     calibrated (min/max) on feeds of normal images; the rest stays FP32."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     feeds = list(calibration)
     if not feeds:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from packd_runtime.atomic import atomic_dir
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from packd_runtime.atomic import atomic_dir
 from packd.errors import PackdError
 
 FORMAT_VERSION = 1

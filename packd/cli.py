@@ -90,7 +90,14 @@ def train(
     exemplars: Annotated[int, typer.Option(help="memkd: normal exemplar images for normality embedding learning.")] = 16,
 ) -> None:
     """Train a model: RD or MemKD on the listed categories (normally one), PACKD meta-trained on many."""
-    from packd.train import MemKDSettings, PACKDSettings, TrainSettings, train_memkd, train_packd, train_rd
+    from packd.train import (
+        MemKDSettings,
+        PACKDSettings,
+        TrainSettings,
+        train_memkd,
+        train_packd,
+        train_rd,
+    )
 
     if model not in PRESETS:
         raise PackdError(f"unknown --model {model!r}; available: {', '.join(PRESETS)}")
@@ -183,36 +190,94 @@ def eval_(
     _print_fewshot(report)
 
 
+DEMO_TRAIN = ["grid", "carpet", "stripes", "disc", "nut", "plate"]
+
+
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's data, checkpoint, report and overlays.")] = Path("runs/demo"),
-    category: Annotated[str, typer.Option(help="Synthetic category to train on.")] = "capsule",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    out: Annotated[Path, typer.Option(help="Folder for the demo's data, checkpoint, bundle, overlays and reports.")] = Path("runs/demo"),
+    category: Annotated[str, typer.Option(help="Held-out synthetic category to deploy on (never seen in meta-training).")] = "capsule",
+    epochs: Annotated[int, typer.Option(help="Meta-training epochs.")] = 4,
+    shots: Annotated[int, typer.Option(help="Support images at the product changeover.")] = 4,
     image_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = 128,
 ) -> None:
-    """The main job on built-in defaults: synthetic data -> train RD (offline teacher) -> evaluate -> overlays."""
-    from packd.evaluate import evaluate
-    from packd.synth import synthesize
-    from packd.train import TrainSettings, train_rd
+    """The main job on built-in defaults: synthetic data -> meta-train PACKD (offline teacher) -> export a
+    bundle -> torch-free runtime: changeover on an unseen category, detection, overlays -> benchmark summary."""
+    import numpy as np
+    from packd_bench.bench import TorchRunner, time_calls
+    from packd_export.bundle import export_bundle
+    from packd_runtime import Detector
+    from packd_runtime.atomic import write_json
 
-    console.rule("1/3 synthetic data")
-    synthesize(out / "data", seed=0, size=image_size, categories=[category])
-    console.rule(f"2/3 train RD on {category!r} ({OFFLINE_TEACHER} teacher, {image_size} px, {epochs} epochs)")
-    train_rd(out / "data", category, out / "checkpoint", OFFLINE_TEACHER, image_size=image_size,
-             settings=TrainSettings(epochs=epochs, batch_size=8), resume=False)
-    console.rule("3/3 evaluate")
-    report = evaluate(out / "checkpoint", out / "data", category, out / "report.json", out / "overlays")
-    _print_report(report)
-    console.print(f"report: {out / 'report.json'}   overlays: {out / 'overlays' / category}")
+    from packd.data import list_split
+    from packd.metrics import image_auroc, pixel_metrics
+    from packd.overlays import save_overlay
+    from packd.preprocess import load_image, load_mask
+    from packd.synth import synthesize
+    from packd.train import PACKDSettings, TrainSettings, train_packd
+
+    if category in DEMO_TRAIN:
+        raise PackdError(f"--category must be held out from meta-training ({', '.join(DEMO_TRAIN)})")
+    data = out / "data"
+    console.rule("1/5 synthetic data")
+    synthesize(data, seed=0, size=image_size)
+    console.rule(f"2/5 meta-train PACKD on {', '.join(DEMO_TRAIN)} ({OFFLINE_TEACHER}, {image_size} px, {epochs} epochs)")
+    ckpt = train_packd(data, DEMO_TRAIN, out / "checkpoint", OFFLINE_TEACHER, image_size=image_size,
+                       settings=TrainSettings(epochs=epochs, lr=0.005), packd=PACKDSettings(shots=2), resume=False)
+    console.rule("3/5 export the bundle (support + query graphs, fp32 ONNX)")
+    export_bundle(ckpt, out / "bundle", max_batch=16, max_shots=8)
+    console.rule(f"4/5 runtime (no torch inside): changeover to {category!r} with {shots} normal images, detect its test set")
+    test = list_split(data, category, "test")
+    frames = np.stack([load_image(s.path) for s in test])
+    masks = np.stack([load_mask(s.mask, frames.shape[1:3]) if s.mask else np.zeros(frames.shape[1:3], bool) for s in test])
+    supports = np.stack([load_image(s.path) for s in list_split(data, category, "train")[:shots]])
+    with Detector.open(out / "bundle") as det:
+        console.print(f"backend: {det.reason}")
+        det.prototypes(supports)
+        det.calibrate(np.stack([load_image(s.path) for s in list_split(data, category, "train")[shots:shots + 16]]))
+        result = det.detect(frames)
+    labels = np.array([s.label for s in test])
+    lo, hi = float(result.maps.min()), float(result.maps.max())
+    for s, image, amap, mask in zip(test, frames, result.maps, masks):
+        save_overlay(out / "overlays" / category / f"{s.defect}_{s.path.stem}.png", image, amap, mask, lo, hi)
+    report = {"category": category, "shots": shots, "threshold": result.threshold,
+              "image_auroc": image_auroc(labels, result.scores), **pixel_metrics(result.maps, masks),
+              "flagged": int(result.labels.sum()), "anomalous": int(labels.sum()), "images": len(labels)}
+    write_json(out / "report.json", report)
+    table = Table(title=f"PACKD {shots}-shot on unseen {category!r}")
+    for k in ("image_auroc", "pixel_auroc", "aupro"):
+        table.add_column(k, justify="right")
+    table.add_row(*(f"{report[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "aupro")))
+    console.print(table)
+    console.print(f"flagged {report['flagged']} of {report['images']} images ({report['anomalous']} anomalous) "
+                  f"at the calibrated threshold {result.threshold:.3f}; overlays: {out / 'overlays' / category}")
+    console.rule("5/5 benchmark summary (median latency per call, CPU)")
+    bench = Table()
+    for col in ("backend", "batch 1 ms", "batch 8 ms", "img/s at 8"):
+        bench.add_column(col, justify="right")
+    torch_runner = TorchRunner(ckpt, "cpu")
+    torch_runner.set_supports(supports)
+    with Detector.open(out / "bundle", backend="onnxruntime") as det:
+        det.prototypes(supports)
+        for name, call in (("PyTorch eager", torch_runner), ("ONNX Runtime", det.detect)):
+            one, eight = (time_calls(lambda b=b: call(frames[:b]), 2, 10, b) for b in (1, 8))
+            bench.add_row(name, f"{one['median_ms']:.1f}", f"{eight['median_ms']:.1f}", f"{eight['throughput_img_s']:.0f}")
+    console.print(bench)
+    console.print(f"full benchmarks: packd-bench {out / 'bundle'}   report: {out / 'report.json'}")
+
+
+def run_app(typer_app: typer.Typer, args: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Run a typer app as a console command: a PackdError becomes one line on stderr and exit code 2."""
+    try:
+        typer_app(args, prog_name=prog_name)
+    except PackdError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True, markup=False)
+        sys.exit(2)
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
-    try:
-        app()
-    except PackdError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    """Console entry point of `packd`."""
+    run_app(app)
 
 
 if __name__ == "__main__":

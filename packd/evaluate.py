@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from packd_runtime.atomic import write_json
 from rich.progress import Progress
 from torch.utils.data import DataLoader
 
-from packd_runtime.atomic import write_json
-from packd.errors import PackdError
 from packd.data import AnomalyDataset, list_split, resolve_categories
+from packd.errors import PackdError
 from packd.metrics import f1_max, image_auroc, pixel_metrics
 from packd.models import Scorer, load_model
 from packd.overlays import save_overlay

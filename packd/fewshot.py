@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from packd_runtime.atomic import write_json
 from rich.progress import Progress
 
-from packd_runtime.atomic import write_json
 from packd.data import AnomalyDataset, Sample, list_split, resolve_categories
 from packd.errors import PackdError
 from packd.evaluate import category_metrics, predict

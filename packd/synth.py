@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from packd_runtime.atomic import atomic_dir
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from packd_runtime.atomic import atomic_dir
 from packd.errors import PackdError
 
 Array = np.ndarray
@@ -130,12 +130,16 @@ def _obj_nut(rng, s):
     return img, obj
 
 
-def _obj_capsule(rng, s):
+def _object_frame(rng, s, max_degrees):
+    """Coordinates (u, v) centred on a slightly shifted, slightly rotated object (angle drawn first)."""
     y, x = _grid(s)
-    a = np.deg2rad(rng.uniform(-5, 5))
+    a = np.deg2rad(rng.uniform(-max_degrees, max_degrees))
     cx, cy = 0.5 + rng.uniform(-0.02, 0.02, 2)
-    u = (x - cx) * np.cos(a) + (y - cy) * np.sin(a)
-    v = -(x - cx) * np.sin(a) + (y - cy) * np.cos(a)
+    return (x - cx) * np.cos(a) + (y - cy) * np.sin(a), -(x - cx) * np.sin(a) + (y - cy) * np.cos(a)
+
+
+def _obj_capsule(rng, s):
+    u, v = _object_frame(rng, s, 5)
     d = np.hypot(np.maximum(np.abs(u) - 0.22, 0), v)
     obj = d < 0.14
     img = _background(s, _rgb(0.12, 0.12, 0.14))
@@ -145,11 +149,7 @@ def _obj_capsule(rng, s):
 
 
 def _obj_plate(rng, s):
-    y, x = _grid(s)
-    a = np.deg2rad(rng.uniform(-3, 3))
-    cx, cy = 0.5 + rng.uniform(-0.02, 0.02, 2)
-    u = (x - cx) * np.cos(a) + (y - cy) * np.sin(a)
-    v = -(x - cx) * np.sin(a) + (y - cy) * np.cos(a)
+    u, v = _object_frame(rng, s, 3)
     obj = (np.abs(u) < 0.3) & (np.abs(v) < 0.3)
     for hx in (-0.22, 0.22):
         for hy in (-0.22, 0.22):

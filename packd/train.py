@@ -14,12 +14,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 from torch.utils.data import DataLoader
 
 from packd import __version__
-from packd.checkpoint import load_trainer_state, load_weights, read_config, save_checkpoint
+from packd.checkpoint import (
+    load_trainer_state,
+    load_weights,
+    read_config,
+    save_checkpoint,
+)
 from packd.data import AnomalyDataset, list_split, resolve_categories
 from packd.episodes import EpisodeSampler
 from packd.errors import PackdError

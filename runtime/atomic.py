@@ -45,17 +45,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON to a temporary file, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as f:
+        f.write(json.dumps(obj, indent=2).encode())
 
 
 @contextmanager

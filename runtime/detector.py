@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from packd_runtime.atomic import atomic_file
 from packd_runtime.errors import PackdError
-from packd_runtime.manifest import fingerprint, read_manifest, threshold_from_normal_scores, verify_files
+from packd_runtime.manifest import (
+    fingerprint,
+    read_manifest,
+    threshold_from_normal_scores,
+    verify_files,
+)
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 
@@ -111,7 +115,10 @@ class Detector:
         if backend in ("auto", "tensorrt"):
             engines, why = _engines_here(manifest)
             if engines is None and build:
-                from packd_runtime.tensorrt_build import build_bundle_engines, why_no_tensorrt
+                from packd_runtime.tensorrt_build import (
+                    build_bundle_engines,
+                    why_no_tensorrt,
+                )
 
                 if why_no_tensorrt() is None:
                     manifest = build_bundle_engines(bundle)
@@ -207,7 +214,9 @@ class Detector:
             s, m = self.backend.run("query", {"images": images[i:i + self.max_batch], **feeds})
             scores.append(s)
             maps.append(m)
-        scores, maps = np.concatenate(scores), np.concatenate(maps)
+        if len(scores) > 1:
+            scores, maps = [np.concatenate(scores)], [np.concatenate(maps)]
+        scores, maps = scores[0], maps[0]
         t = self.threshold if threshold is None else float(threshold)
         return Result(scores, maps, scores > t, t, maps > t if masks else None)
 

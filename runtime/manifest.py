@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from packd_runtime.errors import PackdError
 
 BUNDLE_FORMAT = 1

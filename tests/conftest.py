@@ -32,7 +32,14 @@ FRAME = (72, 88)  # camera frames of another size than the model's input: resize
 @pytest.fixture(scope="session")
 def checkpoints(synth_root, tmp_path_factory):
     """Tiny RD, MemKD and PACKD checkpoints (one epoch, 64 px)."""
-    from packd.train import MemKDSettings, PACKDSettings, TrainSettings, train_memkd, train_packd, train_rd
+    from packd.train import (
+        MemKDSettings,
+        PACKDSettings,
+        TrainSettings,
+        train_memkd,
+        train_packd,
+        train_rd,
+    )
 
     root = tmp_path_factory.mktemp("ckpts")
     one = TrainSettings(epochs=1, batch_size=4)

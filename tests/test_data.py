@@ -5,7 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
-from packd.data import AnomalyDataset, convert_visa, list_categories, list_split, resolve_categories
+from packd.data import (
+    AnomalyDataset,
+    convert_visa,
+    list_categories,
+    list_split,
+    resolve_categories,
+)
 from packd.errors import PackdError
 from packd.preprocess import InputSpec
 from packd.synth import CATEGORIES, Counts, synthesize

@@ -7,18 +7,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from packd.errors import PackdError
-from packd.models import Scorer, load_model
-from packd.preprocess import InputSpec
+from conftest import FRAME
 from packd_export.bundle import check_bundle, export_bundle
 from packd_export.cli import main as export_main
 from packd_export.graphs import QueryGraph, SupportGraph
 from packd_export.precision import to_fp16, trunk_nodes
-from packd_runtime.tensorrt_build import engine_name, profile_shapes, why_no_tensorrt
 from packd_export.trt_compat import check_tensorrt_compat
+from packd_runtime.tensorrt_build import engine_name, profile_shapes, why_no_tensorrt
 
-from conftest import FRAME
+from packd.errors import PackdError
+from packd.models import Scorer, load_model
+from packd.preprocess import InputSpec
 
 
 def _frames(n, seed):

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import FRAME
+from packd_export.graphs import QueryGraph, SupportGraph
+from packd_runtime import Detector, PackdError, Prototypes
 from PIL import Image
 
 from packd.data import list_split
 from packd.models import Scorer, load_model
 from packd.preprocess import InputSpec
-from packd_export.graphs import QueryGraph, SupportGraph
-from packd_runtime import Detector, PackdError, Prototypes
 
 ROOT = Path(__file__).parents[1]
 NO_TORCH = textwrap.dedent("""
