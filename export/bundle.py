@@ -145,7 +145,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, precision: str = "fp3
             "precision": precision,
             "opset": opset,
             "graphs": graphs,
-            "dynamic": {k: [1, v] for k, v in limits.items() if k != "shots" or per_image},
+            "dynamic": {k: [1, v] for k, v in limits.items() if k == "batch" or per_image},
             "threshold": threshold_from_normal_scores(normal_scores),
             "versions": {"packd": packd.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxruntime": onnxruntime.__version__},
