@@ -32,16 +32,24 @@ def _named(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _is_map_filter(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """A single-channel convolution (weights (1,1,kh,kw)) filters a score map, e.g. the anomaly
+    map's Gaussian blur: it belongs to the FP32 scoring island, not to the trunk."""
+    w = shapes.get(node.input[1]) if len(node.input) > 1 else None
+    return w is not None and len(w) == 4 and w[0] == 1 and w[1] == 1
+
+
 def trunk_nodes(model: onnx.ModelProto) -> set[str]:
-    """Names of the convolutional trunk's nodes: convolutions and what consumes only trunk outputs."""
+    """Names of the convolutional trunk's nodes: feature convolutions and what consumes only trunk outputs."""
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
     trunk_outputs: set[str] = set()
     names = set()
     for n in model.graph.node:  # ONNX nodes are topologically sorted
         activations = [i for i in n.input if i and i not in constants]
-        if n.op_type in TRUNK_SEEDS or (n.op_type in TRUNK_FOLLOWERS and activations
-                                        and all(i in trunk_outputs for i in activations)):
+        seed = n.op_type in TRUNK_SEEDS and not _is_map_filter(n, shapes)
+        if seed or (n.op_type in TRUNK_FOLLOWERS and activations and all(i in trunk_outputs for i in activations)):
             names.add(n.name)
             trunk_outputs.update(n.output)
     return names
@@ -108,8 +116,8 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def to_int8(model: onnx.ModelProto, calibration: Iterable[dict[str, np.ndarray]]) -> onnx.ModelProto:
-    """Q/DQ int8 for every Conv/ConvTranspose (per-channel weights, symmetric: zero point 0),
-    calibrated (min/max) on feeds of normal images; the rest stays FP32."""
+    """Q/DQ int8 for every trunk Conv/ConvTranspose (per-channel weights, symmetric: zero point 0),
+    calibrated (min/max) on feeds of normal images; the rest, the map's blur included, stays FP32."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -129,11 +137,13 @@ def to_int8(model: onnx.ModelProto, calibration: Iterable[dict[str, np.ndarray]]
             return next(self._it, None)
 
     model = _named(onnx.ModelProto.FromString(model.SerializeToString()))
+    trunk = trunk_nodes(model)
+    islands = [n.name for n in model.graph.node if n.op_type in TRUNK_SEEDS and n.name not in trunk]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv", "ConvTranspose"], per_channel=True,
+                        op_types_to_quantize=["Conv", "ConvTranspose"], nodes_to_exclude=islands, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
         return onnx.load(dst)

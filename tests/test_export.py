@@ -98,8 +98,11 @@ def test_fp16_keeps_distances_fp32(bundles):
     assert check_tensorrt_compat(half) == []
     types = {i.name: i.data_type for i in half.graph.initializer}
     convs = [n for n in half.graph.node if n.op_type == "Conv"]
-    assert convs and all(types[n.input[1]] == onnx.TensorProto.FLOAT16 for n in convs)
     assert [o.type.tensor_type.elem_type for o in half.graph.output] == [onnx.TensorProto.FLOAT] * 2
+    blur = [n for n in half.graph.node if n.op_type == "Conv" and "anomaly_map" in n.input[1]]
+    assert len(blur) == 2 and all(types[n.input[1]] == onnx.TensorProto.FLOAT for n in blur)  # the map's blur stays FP32
+    convs = [n for n in convs if n not in blur]
+    assert convs and all(types[n.input[1]] == onnx.TensorProto.FLOAT16 for n in convs)
     trunk = trunk_nodes(fp32)
     islands = [n for n in fp32.graph.node if n.op_type in ("ArgMax", "ReduceMax", "Resize", "MatMul", "Div")]
     assert islands and not any(n.name in trunk for n in islands)
@@ -116,6 +119,10 @@ def test_int8_bundle_is_qdq_with_zero_points(checkpoints, tmp_path):
         ops = [n.op_type for n in m.graph.node]
         assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
         assert check_tensorrt_compat(m) == []  # includes: every zero point is 0
+        producers = {o: n.op_type for n in m.graph.node for o in n.output}
+        for n in m.graph.node:  # the map's blur is not quantized
+            if n.op_type == "Conv" and "anomaly_map" in n.input[1]:
+                assert producers.get(n.input[0]) != "DequantizeLinear"
     qry = ort.InferenceSession(str(tmp_path / "b8" / "query.onnx"), providers=["CPUExecutionProvider"])
     sup = ort.InferenceSession(str(tmp_path / "b8" / "support.onnx"), providers=["CPUExecutionProvider"])
     protos = sup.run(None, {"images": _frames(2, 1)})
