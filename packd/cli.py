@@ -196,7 +196,7 @@ DEMO_TRAIN = ["grid", "carpet", "stripes", "disc", "nut", "plate"]
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's data, checkpoint, bundle, overlays and reports.")] = Path("runs/demo"),
-    category: Annotated[str, typer.Option(help="Held-out synthetic category to deploy on (never seen in meta-training).")] = "capsule",
+    category: Annotated[str, typer.Option(help="Held-out synthetic category to deploy on (never seen in meta-training).")] = "tiles",
     epochs: Annotated[int, typer.Option(help="Meta-training epochs.")] = 4,
     shots: Annotated[int, typer.Option(help="Support images at the product changeover.")] = 4,
     image_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = 128,
