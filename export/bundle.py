@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
-from packd_export.graphs import GraphSpec, graph_specs, prototype_names
+from packd_export.graphs import GraphSpec, SupportGraph, graph_specs, prototype_names
 from packd_export.onnx_export import check_onnx, export_onnx
 from packd_export.precision import to_fp16, to_int8
 from packd_export.trt_compat import check_tensorrt_compat
@@ -79,8 +79,6 @@ def _calibration(scorer: Scorer, frames: dict[str, np.ndarray], spec: InputSpec,
     """Per graph the feeds for int8 calibration, and the FP32 scores of the normal images (threshold).
 
     PACKD: the first THRESHOLD_SHOTS images of each category are its supports, the rest queries."""
-    from packd_export.graphs import SupportGraph
-
     feeds: dict[str, list] = {"support": [], "query": []}
     scores = []
     for images in frames.values():
