@@ -226,7 +226,7 @@ def demo(
                        settings=TrainSettings(epochs=epochs, lr=0.005), packd=PACKDSettings(shots=2), resume=False)
     console.rule("3/5 export the bundle (support + query graphs, fp32 ONNX)")
     export_bundle(ckpt, out / "bundle", max_batch=16, max_shots=8)
-    console.rule(f"4/5 runtime (no torch inside): changeover to {category!r} with {shots} normal images, detect its test set")
+    console.rule(f"4/5 torch-free runtime (packd_runtime): changeover to {category!r} with {shots} normal images, detect its test set")
     test = list_split(data, category, "test")
     frames = np.stack([load_image(s.path) for s in test])
     masks = np.stack([load_mask(s.mask, frames.shape[1:3]) if s.mask else np.zeros(frames.shape[1:3], bool) for s in test])
