@@ -94,7 +94,13 @@ def main(
     """Latency / throughput / changeover / memory / accuracy of PyTorch, ONNX Runtime and TensorRT."""
     from packd.checkpoint import read_config
 
-    sizes = [int(b) for b in batch_sizes.split(",")]
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",")]
+    except ValueError:
+        raise PackdError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
+    if min(sizes) < 1 or iters < 1 or warmup < 0 or max_shots < 1:
+        raise PackdError("batch sizes, --iters and --max-shots must be positive, --warmup non-negative")
+    _pyplot()  # fail before the long run, not after it
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     ckpt, bundles = _targets(target, precisions.split(","), out, max(sizes), max_shots)
     config = read_config(ckpt)
@@ -198,12 +204,19 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(r: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise PackdError("the latency plot needs matplotlib: pip install 'packd[bench]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, row in r["backends"].items():
         bs = [int(b) for b in row["batches"]]

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from packd.errors import PackdError
 
@@ -271,7 +272,7 @@ def run_app(typer_app: typer.Typer, args: list[str] | None = None, prog_name: st
     try:
         typer_app(args, prog_name=prog_name)
     except PackdError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True, markup=False)
+        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(e)), highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
