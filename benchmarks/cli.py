@@ -7,6 +7,7 @@ OUT.png (median latency against batch size).
 from __future__ import annotations
 
 import gc
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -34,6 +35,11 @@ from packd.errors import PackdError
 
 console = Console()
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def _detect(detector: Detector, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    result = detector.detect(frames)
+    return result.scores, result.maps
 
 
 def _frames(paths: list[Path], hw: tuple[int, int], n: int) -> np.ndarray:
@@ -142,7 +148,7 @@ def main(
                 for k in range(1, max_shots + 1):
                     row["changeover"][k] = time_calls(lambda k=k: set_supports(supports[:k]), 1, 5, k)["median_ms"]
                 set_supports(supports[:2])
-            call = runner if family == "pytorch" else (lambda x, r=runner: (lambda res: (res.scores, res.maps))(r.detect(x)))
+            call = runner if family == "pytorch" else partial(_detect, runner)
             for b in sizes:
                 stats = time_calls(lambda b=b: call(frames[:b]), warmup, iters, b)
                 if family == "pytorch":

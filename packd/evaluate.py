@@ -71,7 +71,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[st
     """Evaluate a checkpoint on the test split of `categories` (default: the ones it was trained on, if present)."""
     model, config = load_model(checkpoint)
     if not categories:
-        trained = [c for c in config.get("train", {}).get("categories", []) if c in resolve_categories(data, None)]
+        available = set(resolve_categories(data, None))
+        trained = [c for c in config.get("train", {}).get("categories", []) if c in available]
         categories = trained or None
     cats = resolve_categories(data, categories)
     spec = InputSpec.from_dict(config["input"])

@@ -58,17 +58,6 @@ def resize_mask(mask: np.ndarray, image_size: int) -> torch.Tensor:
     return t[0]
 
 
-def check_images(images: np.ndarray | torch.Tensor) -> None:
-    """Refuse anything that is not uint8 (B,H,W,3), with a message saying what was given."""
-    shape = tuple(images.shape)
-    if images.dtype not in (np.uint8, torch.uint8):
-        raise PackdError(f"images must be uint8 RGB (B,H,W,3), got dtype {images.dtype}")
-    if len(shape) != 4 or shape[-1] != 3:
-        raise PackdError(f"images must be uint8 RGB with shape (B,H,W,3), got shape {shape}")
-    if shape[0] == 0:
-        raise PackdError("images is an empty batch")
-
-
 def load_image(path: str | Path) -> np.ndarray:
     """Decode an image file to uint8 (H,W,3) RGB; grey and RGBA files are converted."""
     try:

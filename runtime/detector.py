@@ -97,6 +97,7 @@ class Detector:
         self.frame_hw = (manifest["input"]["height"], manifest["input"]["width"])
         self.max_batch = manifest["dynamic"]["batch"][1]
         self.max_shots = manifest["dynamic"]["shots"][1] if self.few_shot else 0
+        self._proto_channels = [i["shape"][1] for i in manifest["graphs"]["query"]["inputs"][1:]]
         self._current: Prototypes | None = None
         self._lock = threading.Lock()
 
@@ -192,9 +193,8 @@ class Detector:
         if prototypes.fingerprint != self.fingerprint:
             raise PackdError("these prototypes were made by another model (bundle fingerprint "
                              f"{prototypes.fingerprint} != {self.fingerprint}): compute them again with this bundle")
-        expected = [i["shape"][1] for i in self.manifest["graphs"]["query"]["inputs"][1:]]
-        if [a.shape[1] if a.ndim == 2 else None for a in prototypes.arrays] != expected:
-            raise PackdError(f"prototype arrays must be (n, C) with C = {expected}")
+        if [a.shape[1] if a.ndim == 2 else None for a in prototypes.arrays] != self._proto_channels:
+            raise PackdError(f"prototype arrays must be (n, C) with C = {self._proto_channels}")
 
     def detect(self, images: Any, prototypes: Prototypes | None = None, threshold: float | None = None,
                masks: bool = False) -> Result:
