@@ -20,32 +20,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import typer
-from packd_runtime.atomic import write_json
 
 from packd.data import AnomalyDataset, list_split
 from packd.evaluate import category_metrics, predict
-from packd.fewshot import (
-    FEWSHOT_KEYS,
-    draw_support_sets,
-    evaluate_fewshot,
-    load_supports,
-)
+from packd.fewshot import FEWSHOT_KEYS, draw_support_sets, evaluate_fewshot, load_supports
+from packd.layers import plan_for, rotate_supports
 from packd.losses import kd_loss
-from packd.models import Scorer, load_model
-from packd.models.knn import NearestNeighbour
-from packd.models.packd import rotate_supports
-from packd.models.rd import ReverseDistillation, plan_for
+from packd.methods import load_scorer
+from packd.methods.knn.model import NearestNeighbour
+from packd.methods.rd import ReverseDistillation
 from packd.preprocess import InputSpec
+from packd.scoring import Scorer
 from packd.synth import synthesize, synthesize_photos
 from packd.teachers import create_teacher
-from packd.train import (
-    MemKDSettings,
-    PACKDSettings,
-    TrainSettings,
-    train_memkd,
-    train_packd,
-    train_rd,
-)
+from packd.train import configure, train
+from packd_runtime.atomic import write_json
 
 TEACHER = "tf_efficientnet_lite0"
 TRAIN_CATS = ["grid", "carpet", "stripes", "wood", "disc", "nut", "plate"]
@@ -80,7 +69,6 @@ def rd_on_supports(supports: torch.Tensor, steps: int, seed: int) -> ReverseDist
 def main(out: Path = Path("runs/fewshot"), shots: str = "1,2,4,8", runs: int = 3, epochs: int = 20,
          image_size: int = 128, support_steps: int = 40, seed: int = 0, quick: bool = False,
          results: Path = Path("benchmarks/results/fewshot_table")) -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = out / "data"
     ks = [int(k) for k in shots.split(",")]
     targets = HELD_OUT + CROSS
@@ -90,36 +78,31 @@ def main(out: Path = Path("runs/fewshot"), shots: str = "1,2,4,8", runs: int = 3
     synthesize(data, seed=seed, size=image_size)
     synthesize_photos(data, seed=seed, size=image_size)
     timing = {"data_s": time.perf_counter() - t0}
-    common = dict(teacher=TEACHER, image_size=image_size, resume=False, progress=False)
-    lr = TrainSettings(epochs=epochs, batch_size=8, lr=0.005, seed=seed)
+    # RD / MemKD: batch 8; PACKD: 4 categories x 4 queries per batch (16), 2 supports each
+    options = dict(teacher=TEACHER, image_size=image_size, epochs=epochs, lr=0.005, seed=seed)
+    plan = {"rd_meta": ("rd", TRAIN_CATS, configure("rd", batch_size=8, **options)),
+            "packd_peim": ("packd", TRAIN_CATS, configure("packd", batch_size=16, cds_weight=0.0, **options)),
+            "packd": ("packd", TRAIN_CATS, configure("packd", batch_size=16, **options))}
+    plan |= {f"memkd_{c}": ("memkd", [c], configure("memkd", batch_size=8, **options)) for c in targets}
 
-    def timed(name, fn):
+    ckpts = {}
+    for name, (kind, cats, (run, settings)) in plan.items():
         t = time.perf_counter()
-        path = fn()
+        ckpts[name] = train(kind, data=data, categories=cats, out=out / name, run=run, settings=settings,
+                            resume=False, progress=False)
         timing[f"train_{name}_s"] = round(time.perf_counter() - t, 1)
         print(f"trained {name} in {timing[f'train_{name}_s']} s", flush=True)
-        return path
-
-    ckpts = {
-        "rd_meta": timed("rd_meta", lambda: train_rd(data, TRAIN_CATS, out / "rd_meta", settings=lr, **common)),
-        "packd_peim": timed("packd_peim", lambda: train_packd(data, TRAIN_CATS, out / "packd_peim", settings=lr,
-                                                               packd=PACKDSettings(cds_weight=0.0), **common)),
-        "packd": timed("packd", lambda: train_packd(data, TRAIN_CATS, out / "packd", settings=lr,
-                                                     packd=PACKDSettings(), **common)),
-    }
-    memkd = {c: timed(f"memkd_{c}", lambda c=c: train_memkd(data, c, out / f"memkd_{c}", settings=lr,
-                                                            memkd=MemKDSettings(), **common)) for c in targets}
     teacher = create_teacher(TEACHER)
     spec = InputSpec(image_size, teacher.mean, teacher.std)
-    scorers = {"knn": Scorer(NearestNeighbour(teacher, rotations=4), image_size)}
-    for name, path in ckpts.items():
-        scorers[name] = Scorer(load_model(path)[0], image_size)
+    scorers = {"knn": Scorer(NearestNeighbour(teacher, rotations=4), spec, few_shot=True)}
+    for name in ("rd_meta", "packd_peim", "packd"):
+        scorers[name] = load_scorer(ckpts[name])[0]
     table: dict[str, dict[str, dict]] = {row: {} for row in ROWS}
     for k in ks:
         for name, scorer in scorers.items():
-            rep = evaluate_fewshot(scorer, spec, data, targets, k, runs, seed, progress=False)
+            rep = evaluate_fewshot(scorer, data, targets, shots=k, runs=runs, seed=seed, progress=False)
             table[name][str(k)] = {c: rep["categories"][c]["runs"] for c in targets}
-        reps = {c: evaluate_fewshot(Scorer(load_model(memkd[c])[0], image_size), spec, data, [c], k, runs, seed,
+        reps = {c: evaluate_fewshot(load_scorer(ckpts[f"memkd_{c}"])[0], data, [c], shots=k, runs=runs, seed=seed,
                                     progress=False) for c in targets}
         table["memkd_full"][str(k)] = {c: reps[c]["categories"][c]["runs"] for c in targets}
         rows = {}
@@ -129,7 +112,7 @@ def main(out: Path = Path("runs/fewshot"), shots: str = "1,2,4,8", runs: int = 3
             rows[c] = []
             for run, support in enumerate(draw_support_sets(data, c, k, runs, seed)):
                 model = rd_on_supports(load_supports(support, spec), support_steps, seed + run)
-                m = category_metrics(predict(Scorer(model, image_size), test, None, 16, "cpu"))
+                m = category_metrics(predict(Scorer(model, spec, few_shot=False), test, device="cpu"))
                 rows[c].append({key: m[key] for key in FEWSHOT_KEYS})
         timing[f"rd_supports_k{k}_s"] = round(time.perf_counter() - t, 1)
         table["rd_supports"][str(k)] = rows
@@ -139,7 +122,8 @@ def main(out: Path = Path("runs/fewshot"), shots: str = "1,2,4,8", runs: int = 3
         per_run = [np.mean([table[row][k][c][r][key] for c in cats]) for r in range(runs)]
         return float(np.mean(per_run)), float(np.std(per_run))
 
-    groups = {"held-out synthetic": [c for c in HELD_OUT if c in targets], "cross-dataset photos": [c for c in CROSS if c in targets]}
+    groups = {"held-out synthetic": [c for c in HELD_OUT if c in targets],
+              "cross-dataset photos": [c for c in CROSS if c in targets]}
     out_json = {"teacher": TEACHER, "image_size": image_size, "epochs": epochs, "runs": runs, "shots": ks,
                 "train_categories": TRAIN_CATS, "targets": targets, "timing": timing, "raw": table,
                 "summary": {g: {row: {str(k): {key: summary(row, str(k), cats, key) for key in FEWSHOT_KEYS}
@@ -151,7 +135,8 @@ def main(out: Path = Path("runs/fewshot"), shots: str = "1,2,4,8", runs: int = 3
         for g, cats in groups.items():
             if not cats:
                 continue
-            lines += [f"**{key.replace('_', ' ')}, {g}** ({', '.join(cats)}), mean ± std over {runs} support sets", "",
+            lines += [f"**{key.replace('_', ' ')}, {g}** ({', '.join(cats)}), mean ± std over {runs} support sets",
+                      "",
                       "| row | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
             for row, label in ROWS.items():
                 cells = [summary(row, str(k), cats, key) for k in ks]

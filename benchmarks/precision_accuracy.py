@@ -14,29 +14,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import typer
-from packd_export.bundle import export_bundle
-from packd_runtime.atomic import write_json
 from scipy.stats import spearmanr
 
 from packd.data import list_split
 from packd.fewshot import draw_support_sets
 from packd.metrics import image_auroc, pixel_metrics
-from packd.preprocess import load_image, load_mask
+from packd.preprocess import load_frames, load_mask
+from packd_export.bundle import export_bundle
+from packd_runtime import Detector
+from packd_runtime.atomic import write_json
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _run(bundle: Path, images: np.ndarray, supports: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    opts = ["CPUExecutionProvider"]
-    feeds = {}
-    if supports is not None:
-        protos = ort.InferenceSession(str(bundle / "support.onnx"), providers=opts).run(None, {"images": supports})
-        feeds = {f"prototypes_{i + 1}": p for i, p in enumerate(protos)}
-    sess = ort.InferenceSession(str(bundle / "query.onnx"), providers=opts)
-    outs = [sess.run(None, {"images": images[i:i + 16], **feeds}) for i in range(0, len(images), 16)]
-    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+    """Scores and maps of a bundle through the runtime (ONNX Runtime on the CPU); prototypes from its own
+    support graph."""
+    with Detector.open(bundle, backend="onnxruntime") as det:
+        if supports is not None:
+            det.prototypes(supports)
+        result = det.detect(images)
+    return result.scores, result.maps
 
 
 def main(runs_dir: Path = Path("runs/fewshot"), categories: str = "dots,tiles,capsule",
@@ -52,12 +51,12 @@ def main(runs_dir: Path = Path("runs/fewshot"), categories: str = "dots,tiles,ca
         truth = {}
         for cat in categories.split(","):
             test = list_split(data, cat, "test")
-            images = np.stack([load_image(s.path) for s in test])
-            assert images.shape[1:3] == (size, size), "test images must be at the model's size"
-            masks = np.stack([load_mask(s.mask, (size, size)) if s.mask else np.zeros((size, size), bool) for s in test])
+            images = load_frames([s.path for s in test], (size, size))
+            masks = np.stack([load_mask(s.mask, (size, size)) if s.mask else np.zeros((size, size), bool)
+                              for s in test])
             truth[cat] = (np.array([s.label for s in test]), masks)
-            support = np.stack([load_image(s.path) for s in draw_support_sets(data, cat, 2, 1, 0)[0]]) \
-                if name == "packd" else None
+            support = (load_frames([s.path for s in draw_support_sets(data, cat, 2, 1, 0)[0]], (size, size))
+                       if name == "packd" else None)
             for p in PRECISIONS:
                 preds[p][cat] = _run(runs_dir / "bundles" / f"{name}_{p}", images, support)
         rows = {}
@@ -75,19 +74,21 @@ def main(runs_dir: Path = Path("runs/fewshot"), categories: str = "dots,tiles,ca
                     "pixel_auroc": pixel_metrics(m, masks)["pixel_auroc"],
                 }
             rows[p] = {"categories": per_cat,
-                       "mean": {k: float(np.mean([c[k] for c in per_cat.values()])) for k in next(iter(per_cat.values()))},
+                       "mean": {k: float(np.mean([c[k] for c in per_cat.values()]))
+                                for k in next(iter(per_cat.values()))},
                        "query_onnx_bytes": (runs_dir / "bundles" / f"{name}_{p}" / "query.onnx").stat().st_size}
         out[name] = rows
         print(name, {p: {k: round(v, 4) for k, v in r["mean"].items()} for p, r in rows.items()}, flush=True)
     results.parent.mkdir(parents=True, exist_ok=True)
     write_json(results.with_suffix(".json"), out)
-    lines = ["| model | precision | score rank agreement (Spearman) | max map error / map range | mean map error / map range "
-             "| image AUROC | pixel AUROC | query.onnx MB |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | precision | score rank agreement (Spearman) | max map error / map range "
+             "| mean map error / map range | image AUROC | pixel AUROC | query.onnx MB |", "|---" * 8 + "|"]
     for name, rows in out.items():
         for p, r in rows.items():
             m = r["mean"]
-            lines.append(f"| {name} | {p} | {m['spearman']:.4f} | {m['map_max_err_rel']:.4f} | {m['map_mean_err_rel']:.5f} "
-                         f"| {m['image_auroc']:.3f} | {m['pixel_auroc']:.3f} | {r['query_onnx_bytes'] / 1e6:.1f} |")
+            lines.append(f"| {name} | {p} | {m['spearman']:.4f} | {m['map_max_err_rel']:.4f} "
+                         f"| {m['map_mean_err_rel']:.5f} | {m['image_auroc']:.3f} | {m['pixel_auroc']:.3f} "
+                         f"| {r['query_onnx_bytes'] / 1e6:.1f} |")
     results.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import typer
-from packd_runtime.atomic import write_json
 
 from packd.evaluate import METRIC_KEYS, evaluate
 from packd.synth import synthesize, synthesize_photos
-from packd.train import TrainSettings, train_rd
+from packd.train import configure, train
+from packd_runtime.atomic import write_json
 
 
 def main(out: Path = Path("runs/rd_bench"), epochs: int = 20, image_size: int = 128, batch_size: int = 8,
@@ -26,8 +26,10 @@ def main(out: Path = Path("runs/rd_bench"), epochs: int = 20, image_size: int = 
     rows = {}
     for cat in cats:
         t0 = time.perf_counter()
-        train_rd(data, cat, out / "ckpt" / cat, teacher="tf_efficientnet_lite0", image_size=image_size,
-                 settings=TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed), resume=False, progress=False)
+        run, settings = configure("rd", teacher="tf_efficientnet_lite0", image_size=image_size, epochs=epochs,
+                                  batch_size=batch_size, seed=seed)
+        train("rd", data=data, categories=cat, out=out / "ckpt" / cat, run=run, settings=settings, resume=False,
+              progress=False)
         train_s = time.perf_counter() - t0
         report = evaluate(out / "ckpt" / cat, data, cat, progress=False)
         rows[cat] = {**report["categories"][cat], "train_seconds": round(train_s, 1)}
@@ -37,8 +39,10 @@ def main(out: Path = Path("runs/rd_bench"), epochs: int = 20, image_size: int = 
     write_json(results.with_suffix(".json"), {"epochs": epochs, "image_size": image_size, "batch_size": batch_size,
                                               "teacher": "tf_efficientnet_lite0", "categories": rows, "mean": mean})
     lines = ["| category | image AUROC | pixel AUROC | AUPRO | F1-max | train s |", "|---|---|---|---|---|---|"]
-    for cat, r in {**rows, "mean": {**mean, "train_seconds": sum(r["train_seconds"] for r in rows.values()) / len(rows)}}.items():
-        lines.append(f"| {cat} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | {r['aupro']:.3f} | {r['f1_max']:.3f} | {r['train_seconds']:.0f} |")
+    mean_row = {**mean, "train_seconds": sum(r["train_seconds"] for r in rows.values()) / len(rows)}
+    for cat, r in {**rows, "mean": mean_row}.items():
+        lines.append(f"| {cat} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | {r['aupro']:.3f} "
+                     f"| {r['f1_max']:.3f} | {r['train_seconds']:.0f} |")
     results.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

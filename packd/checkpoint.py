@@ -10,17 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from packd_runtime.atomic import atomic_dir
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from packd.errors import PackdError
+from packd_runtime.atomic import atomic_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.safetensors", "config.json", "trainer.pt"
 
 
-def save_checkpoint(out: str | Path, model: nn.Module, config: dict[str, Any], trainer: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(out: str | Path, model: nn.Module, config: dict[str, Any],
+                    trainer: dict[str, Any] | None = None) -> Path:
     """Write model weights, config and (optionally) trainer state atomically to `out`."""
     with atomic_dir(out) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

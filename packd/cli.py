@@ -1,25 +1,30 @@
-"""`packd` command line: data, train, eval, demo. Bad input exits non-zero with one line saying why."""
+"""`packd` command line: data, train, eval. Bad input exits with code 2 and one line saying why.
+
+`packd train`'s settings options are generated from `RunConfig` and every registered kind's settings
+dataclass: their help, bounds and defaults (per kind, presets included) are written once, there.
+"""
 
 from __future__ import annotations
 
-import sys
+import inspect
+import typing
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from packd.errors import PackdError
+from packd.console import run_app
+from packd.methods import METHODS
+from packd.settings import DEVICE_HELP, RunConfig, cli_fields, default_of
 
-app = typer.Typer(help="Few-shot industrial anomaly detection: train, evaluate, export.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Datasets: synthetic generator and layout converters.", no_args_is_help=True)
+app = typer.Typer(help="Few-shot industrial anomaly detection: data, training, evaluation.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, rich_markup_mode=None, add_completion=False)
+data_app = typer.Typer(help="Datasets: synthetic generator and layout converters.", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 console = Console()
-
-OFFLINE_TEACHER = "tf_efficientnet_lite0"
 
 
 @data_app.command("synth")
@@ -27,8 +32,11 @@ def data_synth(
     out: Annotated[Path, typer.Option(help="Folder to write the MVTec-layout dataset into.")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same images.")] = 0,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
-    categories: Annotated[Optional[str], typer.Option(help="Comma-separated subset of the synthetic categories (default all).")] = None,
-    photos: Annotated[bool, typer.Option(help="Also write photo_* categories: scikit-image texture photos with painted defects (needs packd[photos]).")] = False,
+    categories: Annotated[str | None, typer.Option(
+        help="Comma-separated subset of the synthetic categories (default all).")] = None,
+    photos: Annotated[bool, typer.Option(
+        help="Also write photo_* categories: scikit-image texture photos with painted defects "
+             "(needs the [photos] extra).")] = False,
     train: Annotated[int, typer.Option(help="train/good images per category.")] = 60,
     test_good: Annotated[int, typer.Option(help="test/good images per category.")] = 20,
     test_defect: Annotated[int, typer.Option(help="test images per defect type.")] = 10,
@@ -37,9 +45,10 @@ def data_synth(
     from packd.synth import Counts, synthesize, synthesize_photos
 
     counts = Counts(train, test_good, test_defect)
-    cats = synthesize(out, seed, size, categories.split(",") if categories else None, counts)
+    cats = synthesize(out, seed=seed, size=size, categories=categories.split(",") if categories else None,
+                      counts=counts)
     if photos:
-        cats += synthesize_photos(out, seed, size, counts=counts)
+        cats += synthesize_photos(out, seed=seed, size=size, counts=counts)
     console.print(f"wrote {len(cats)} categories to {out}: {', '.join(cats)}")
 
 
@@ -55,79 +64,73 @@ def data_convert_visa(
     console.print(f"converted {len(cats)} VisA categories to {out}")
 
 
-PRESETS = {  # --preset paper: the papers' settings (too slow to train on a CPU)
-    "packd": dict(teacher="wide_resnet50_2", image_size=256, lr=5e-4, epochs=100, batch_size=32, prototypes=20, tau=0.05),
-    "rd": dict(teacher="wide_resnet50_2", image_size=256, lr=0.005, epochs=200, batch_size=16),
-    "memkd": dict(teacher="wide_resnet50_2", image_size=256, lr=0.005, epochs=200, batch_size=16, slots=50),
-}
-DEFAULTS = dict(teacher="wide_resnet50_2", image_size=256, lr=None, epochs=20, batch_size=16, prototypes=20, tau=0.05, slots=50)
+def _cli_type(cls: type, name: str) -> Any:
+    tp = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
 
 
-@app.command()
-def train(
-    data: Annotated[Path, typer.Option(help="Dataset root (MVTec AD / MPDD layout or VisA).")],
-    out: Annotated[Path, typer.Option(help="Checkpoint folder to write (updated every epoch).")],
-    model: Annotated[str, typer.Option(help="Model kind: rd, memkd (per category) or packd (meta-trained few-shot).")] = "rd",
-    categories: Annotated[Optional[str], typer.Option(help="Comma-separated categories to train on (default: all in DATA). For packd: the meta-training categories, never the targets.")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="'paper': the paper's settings (WRN50, 256 px, 100 epochs for packd); explicit options still win.")] = None,
-    teacher: Annotated[Optional[str], typer.Option(help=f"timm teacher [default: wide_resnet50_2]: wide_resnet50_2 (papers), resnet18, {OFFLINE_TEACHER} (weights ship with packd), ...")] = None,
-    teacher_weights: Annotated[Optional[Path], typer.Option(help="Local teacher weights (.safetensors or .pth) for air-gapped machines.")] = None,
-    random_teacher: Annotated[bool, typer.Option(help="Randomly initialise the teacher (testing only: scores are meaningless).")] = False,
-    image_size: Annotated[Optional[int], typer.Option(help="Square input side in pixels.", show_default="256")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.", show_default="20")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch; for packd the queries per batch, split over --categories-per-batch.", show_default="16")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.", show_default="0.005 for rd/memkd, 5e-4 for packd")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run found in OUT.")] = True,
-    shots: Annotated[int, typer.Option(help="packd: support images per query in meta-training.")] = 2,
-    prototypes: Annotated[Optional[int], typer.Option(help="packd: prototypes L per support image and stage.", show_default="20")] = None,
-    rotations: Annotated[int, typer.Option(help="packd: support rotations (1-4: 0/90/180/270 degrees), in training and at test time.")] = 4,
-    categories_per_batch: Annotated[int, typer.Option(help="packd: categories per batch (the contrastive negatives come from the others).")] = 4,
-    cds_weight: Annotated[float, typer.Option(help="packd: contrastive distillation weight lambda1 (0 = PEIM only).")] = 0.5,
-    orth_weight: Annotated[float, typer.Option(help="packd: prototype orthogonality weight lambda2.")] = 0.5,
-    tau: Annotated[Optional[float], typer.Option(help="packd: contrastive temperature.", show_default="0.05")] = None,
-    slots: Annotated[Optional[int], typer.Option(help="memkd: memory slots L per decoder stage.", show_default="50")] = None,
-    exemplars: Annotated[int, typer.Option(help="memkd: normal exemplar images for normality embedding learning.")] = 16,
-) -> None:
+def setting_options() -> dict[str, tuple[Any, str, str]]:
+    """name -> (type, help, default text) for every settings field that is a `packd train` option.
+
+    A field of several kinds (e.g. orth_weight) is one option; its help names the kinds and its
+    default text gives each kind's default, presets named 'default' included."""
+    options: dict[str, tuple[Any, str, str]] = {}
+    for f in cli_fields(RunConfig):
+        base = default_of(f)
+        special = [f"{k}: {m.presets['default'][f.name]}" for k, m in METHODS.items()
+                   if f.name in m.presets.get("default", {})]
+        options[f.name] = (_cli_type(RunConfig, f.name), f.metadata["help"], "; ".join([str(base), *special]))
+    owners: dict[str, list[tuple[str, Any, str]]] = {}
+    for kind, m in METHODS.items():
+        for f in cli_fields(m.settings):
+            owners.setdefault(f.name, []).append((kind, default_of(f), f.metadata["help"]))
+    for name, entries in owners.items():
+        kinds = [k for k, _, _ in entries]
+        defaults = "; ".join(f"{k}: {d}" for k, d, _ in entries) if len(entries) > 1 else str(entries[0][1])
+        help_text = f"{', '.join(kinds)}: {entries[0][2]}"
+        options[name] = (_cli_type(METHODS[kinds[0]].settings, name), help_text, defaults)
+    return options
+
+
+def train(**options: Any) -> None:
     """Train a model: RD or MemKD on the listed categories (normally one), PACKD meta-trained on many."""
-    from packd.train import (
-        MemKDSettings,
-        PACKDSettings,
-        TrainSettings,
-        train_memkd,
-        train_packd,
-        train_rd,
-    )
+    from packd.train import configure
+    from packd.train import train as run_training
 
-    if model not in PRESETS:
-        raise PackdError(f"unknown --model {model!r}; available: {', '.join(PRESETS)}")
-    if preset not in (None, "paper"):
-        raise PackdError(f"unknown --preset {preset!r}; available: paper")
-    given = dict(teacher=teacher, image_size=image_size, lr=lr, epochs=epochs, batch_size=batch_size,
-                 prototypes=prototypes, tau=tau, slots=slots)
-    base = {**DEFAULTS, "lr": 5e-4 if model == "packd" else 0.005, **(PRESETS[model] if preset else {})}
-    o = {k: v if v is not None else base[k] for k, v in given.items()}
-    _check_positive(image_size=o["image_size"], epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"])
-    settings = TrainSettings(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], seed=seed, device=device)
-    common = (data, categories, out, o["teacher"], teacher_weights, random_teacher, o["image_size"], settings)
-    if model == "rd":
-        train_rd(*common, resume=resume)
-    elif model == "memkd":
-        train_memkd(*common, memkd=MemKDSettings(slots=o["slots"], exemplars=exemplars), resume=resume)
-    else:
-        per_batch = max(1, categories_per_batch)
-        packd = PACKDSettings(shots=shots, n_prototypes=o["prototypes"], rotations=rotations,
-                              queries=max(1, o["batch_size"] // per_batch), categories_per_batch=per_batch,
-                              cds_weight=cds_weight, orth_weight=orth_weight, tau=o["tau"])
-        train_packd(*common, packd=packd, resume=resume)
+    kind, data, out = options.pop("model"), options.pop("data"), options.pop("out")
+    categories, preset, resume = options.pop("categories"), options.pop("preset"), options.pop("resume")
+    run, settings = configure(kind, preset, **options)
+    run_training(kind, data=data, out=out, categories=categories, run=run, settings=settings, resume=resume)
     console.print(f"checkpoint written to {out}")
 
 
-def _check_positive(**values: float) -> None:
-    for name, v in values.items():
-        if v <= 0:
-            raise PackdError(f"--{name.replace('_', '-')} must be positive, got {v}")
+def _train_signature() -> inspect.Signature:
+    kw = inspect.Parameter.KEYWORD_ONLY
+    kinds = "; ".join(f"{k} ({m.summary})" for k, m in METHODS.items())
+    params = [
+        inspect.Parameter("data", kw, annotation=Annotated[Path, typer.Option(
+            help="Dataset root (MVTec AD / MPDD layout or VisA).")]),
+        inspect.Parameter("out", kw, annotation=Annotated[Path, typer.Option(
+            help="Checkpoint folder to write (updated every epoch).")]),
+        inspect.Parameter("model", kw, default="rd", annotation=Annotated[str, typer.Option(
+            help=f"Model kind: {kinds}.")]),
+        inspect.Parameter("categories", kw, default=None, annotation=Annotated[str | None, typer.Option(
+            help="Comma-separated categories to train on (default: all in DATA). For few-shot kinds: the "
+                 "meta-training categories, never the targets.")]),
+        inspect.Parameter("preset", kw, default=None, annotation=Annotated[str | None, typer.Option(
+            help="'paper': the paper's settings (WRN50, 256 px, the paper's epochs); explicit options win.")]),
+        inspect.Parameter("resume", kw, default=True, annotation=Annotated[bool, typer.Option(
+            help="Continue an interrupted run found in OUT.")]),
+    ]
+    for name, (tp, help_text, default) in setting_options().items():
+        params.append(inspect.Parameter(name, kw, default=None, annotation=Annotated[tp | None, typer.Option(
+            help=help_text, show_default=default)]))
+    return inspect.Signature(params)
+
+
+train.__signature__ = _train_signature()
+app.command("train")(train)
 
 
 def _print_fewshot(report: dict) -> None:
@@ -155,130 +158,51 @@ def _print_report(report: dict) -> None:
 @app.command("eval")
 def eval_(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder written by `packd train`.")],
-    data: Annotated[Path, typer.Option(help="Dataset root with test images and masks (any dataset: cross-dataset works).")],
-    categories: Annotated[Optional[str], typer.Option(help="Comma-separated categories.", show_default="rd/memkd: those trained on; packd: every category in DATA it was not trained on")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (per category and mean) to this JSON file.")] = None,
-    overlays: Annotated[Optional[Path], typer.Option(help="Write PNG overlays (image | map | ground truth) into this folder (full-shot evaluation).")] = None,
-    shots: Annotated[Optional[int], typer.Option(help="Few-shot protocol: k normal support images per run, drawn from train/good (required for packd).")] = None,
-    runs: Annotated[int, typer.Option(help="Few-shot protocol: support sets per category (mean and std over them).")] = 10,
-    seed: Annotated[int, typer.Option(help="Few-shot protocol: seed of the support draws (same seed, same sets for every model).")] = 0,
-    supports_from: Annotated[Optional[Path], typer.Option(help="Few-shot protocol: reuse the support sets saved in an earlier --json report.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    data: Annotated[Path, typer.Option(
+        help="Dataset root with test images and masks (any dataset: cross-dataset works).")],
+    categories: Annotated[str | None, typer.Option(
+        help="Comma-separated categories.",
+        show_default="few-shot kinds: every category in DATA not meta-trained on; others: those trained on "
+                     "that DATA has, else all")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Write the report (per category and mean) to this JSON file.")] = None,
+    overlays: Annotated[Path | None, typer.Option(
+        help="Write PNG overlays (image | map | ground truth) into this folder (full-shot evaluation).")] = None,
+    shots: Annotated[int | None, typer.Option(
+        help="Few-shot protocol: k normal support images per run, drawn from train/good (required for "
+             "few-shot kinds).", min=1)] = None,
+    runs: Annotated[int, typer.Option(
+        help="Few-shot protocol: support sets per category (mean and std over them).", min=1)] = 10,
+    seed: Annotated[int, typer.Option(
+        help="Few-shot protocol: seed of the support draws (same seed, same sets for every model).")] = 0,
+    supports_from: Annotated[Path | None, typer.Option(
+        help="Few-shot protocol: reuse the support sets (and so k) saved in an earlier --json report.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.", min=1)] = 16,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO (and F1-max), per category and mean."""
-    from packd.data import list_categories
-    from packd.evaluate import evaluate
+    from packd.evaluate import evaluate, evaluation_categories
     from packd.fewshot import evaluate_fewshot
-    from packd.models import Scorer, load_model
-    from packd.preprocess import InputSpec
+    from packd.methods import load_scorer
+    from packd.settings import check_device
 
-    _check_positive(batch_size=batch_size)
+    check_device(device)
     if shots is None and supports_from is None:
-        _print_report(evaluate(checkpoint, data, categories, json_out, overlays, batch_size, device))
+        _print_report(evaluate(checkpoint, data, categories, json_path=json_out, overlays=overlays,
+                               batch_size=batch_size, device=device))
         return
-    model, config = load_model(checkpoint)
-    if not categories and config["kind"] == "packd":
-        trained = set(config["train"].get("categories", []))
-        categories = [c for c in list_categories(data) if c not in trained]
-        if not categories:
-            raise PackdError(f"every category in {data} was used in meta-training; pass --categories")
-    spec = InputSpec.from_dict(config["input"])
-    report = evaluate_fewshot(Scorer(model, spec.image_size), spec, data, categories or config["train"]["categories"],
-                              shots or 0, runs, seed, json_out, supports_from, batch_size, device,
-                              meta={"checkpoint": str(checkpoint), "model": config["kind"],
-                                    "teacher": config["teacher"]["name"], "image_size": spec.image_size})
+    scorer, config = load_scorer(checkpoint)
+    cats = evaluation_categories(config, data, categories, scorer.few_shot)
+    meta = {"checkpoint": str(checkpoint), "model": config["kind"], "teacher": config["teacher"]["name"],
+            "image_size": scorer.spec.image_size}
+    report = evaluate_fewshot(scorer, data, cats, shots=shots, runs=runs, seed=seed, json_path=json_out,
+                              supports_from=supports_from, batch_size=batch_size, device=device, meta=meta)
     _print_fewshot(report)
-
-
-DEMO_TRAIN = ["grid", "carpet", "stripes", "disc", "nut", "plate"]
-
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's data, checkpoint, bundle, overlays and reports.")] = Path("runs/demo"),
-    category: Annotated[str, typer.Option(help="Held-out synthetic category to deploy on (never seen in meta-training).")] = "tiles",
-    epochs: Annotated[int, typer.Option(help="Meta-training epochs.")] = 4,
-    shots: Annotated[int, typer.Option(help="Support images at the product changeover.")] = 4,
-    image_size: Annotated[int, typer.Option(help="Square input side in pixels.")] = 128,
-) -> None:
-    """The main job on built-in defaults: synthetic data -> meta-train PACKD (offline teacher) -> export a
-    bundle -> torch-free runtime: changeover on an unseen category, detection, overlays -> benchmark summary."""
-    import numpy as np
-    from packd_bench.bench import TorchRunner, time_calls
-    from packd_export.bundle import export_bundle
-    from packd_runtime import Detector
-    from packd_runtime.atomic import write_json
-
-    from packd.data import list_split
-    from packd.metrics import image_auroc, pixel_metrics
-    from packd.overlays import save_overlay
-    from packd.preprocess import load_image, load_mask
-    from packd.synth import synthesize
-    from packd.train import PACKDSettings, TrainSettings, train_packd
-
-    if category in DEMO_TRAIN:
-        raise PackdError(f"--category must be held out from meta-training ({', '.join(DEMO_TRAIN)})")
-    data = out / "data"
-    console.rule("1/5 synthetic data")
-    synthesize(data, seed=0, size=image_size)
-    console.rule(f"2/5 meta-train PACKD on {', '.join(DEMO_TRAIN)} ({OFFLINE_TEACHER}, {image_size} px, {epochs} epochs)")
-    ckpt = train_packd(data, DEMO_TRAIN, out / "checkpoint", OFFLINE_TEACHER, image_size=image_size,
-                       settings=TrainSettings(epochs=epochs, lr=0.005), packd=PACKDSettings(shots=2), resume=False)
-    console.rule("3/5 export the bundle (support + query graphs, fp32 ONNX)")
-    export_bundle(ckpt, out / "bundle", max_batch=16, max_shots=8)
-    console.rule(f"4/5 torch-free runtime (packd_runtime): changeover to {category!r} with {shots} normal images, detect its test set")
-    test = list_split(data, category, "test")
-    frames = np.stack([load_image(s.path) for s in test])
-    masks = np.stack([load_mask(s.mask, frames.shape[1:3]) if s.mask else np.zeros(frames.shape[1:3], bool) for s in test])
-    supports = np.stack([load_image(s.path) for s in list_split(data, category, "train")[:shots]])
-    with Detector.open(out / "bundle") as det:
-        console.print(f"backend: {det.reason}")
-        det.prototypes(supports)
-        det.calibrate(np.stack([load_image(s.path) for s in list_split(data, category, "train")[shots:shots + 16]]))
-        result = det.detect(frames)
-    labels = np.array([s.label for s in test])
-    lo, hi = float(result.maps.min()), float(result.maps.max())
-    for s, image, amap, mask in zip(test, frames, result.maps, masks):
-        save_overlay(out / "overlays" / category / f"{s.defect}_{s.path.stem}.png", image, amap, mask, lo, hi)
-    report = {"category": category, "shots": shots, "threshold": result.threshold,
-              "image_auroc": image_auroc(labels, result.scores), **pixel_metrics(result.maps, masks),
-              "flagged": int(result.labels.sum()), "anomalous": int(labels.sum()), "images": len(labels)}
-    write_json(out / "report.json", report)
-    table = Table(title=f"PACKD {shots}-shot on unseen {category!r}")
-    for k in ("image_auroc", "pixel_auroc", "aupro"):
-        table.add_column(k, justify="right")
-    table.add_row(*(f"{report[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "aupro")))
-    console.print(table)
-    console.print(f"flagged {report['flagged']} of {report['images']} images ({report['anomalous']} anomalous) "
-                  f"at the calibrated threshold {result.threshold:.3f}; overlays: {out / 'overlays' / category}")
-    console.rule("5/5 benchmark summary (median latency per call, CPU)")
-    bench = Table()
-    for col in ("backend", "batch 1 ms", "batch 8 ms", "img/s at 8"):
-        bench.add_column(col, justify="right")
-    torch_runner = TorchRunner(ckpt, "cpu")
-    torch_runner.set_supports(supports)
-    with Detector.open(out / "bundle", backend="onnxruntime") as det:
-        det.prototypes(supports)
-        for name, call in (("PyTorch eager", torch_runner), ("ONNX Runtime", det.detect)):
-            one, eight = (time_calls(lambda b=b: call(frames[:b]), 2, 10, b) for b in (1, 8))
-            bench.add_row(name, f"{one['median_ms']:.1f}", f"{eight['median_ms']:.1f}", f"{eight['throughput_img_s']:.0f}")
-    console.print(bench)
-    console.print(f"full benchmarks: packd-bench {out / 'bundle'}   report: {out / 'report.json'}")
-
-
-def run_app(typer_app: typer.Typer, args: list[str] | None = None, prog_name: str | None = None) -> None:
-    """Run a typer app as a console command: a PackdError becomes one line on stderr and exit code 2."""
-    try:
-        typer_app(args, prog_name=prog_name)
-    except PackdError as e:
-        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(e)), highlight=False, soft_wrap=True)
-        sys.exit(2)
 
 
 def main() -> None:
     """Console entry point of `packd`."""
-    run_app(app)
+    run_app(app, prog_name="packd")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def list_categories(root: str | Path) -> list[str]:
     else:
         cats = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
     if not cats:
-        raise PackdError(f"no categories in {root}: expected CAT/train/good and CAT/test/<defect> (MVTec layout) or {VISA_SPLIT} (VisA)")
+        raise PackdError(f"no categories in {root}: expected CAT/train/good and CAT/test/<defect> (MVTec layout) "
+                         f"or {VISA_SPLIT} (VisA)")
     return cats
 
 

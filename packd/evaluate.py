@@ -7,23 +7,40 @@ from typing import Any
 
 import numpy as np
 import torch
-from packd_runtime.atomic import write_json
 from rich.progress import Progress
 from torch.utils.data import DataLoader
 
-from packd.data import AnomalyDataset, list_split, resolve_categories
+from packd.data import AnomalyDataset, list_categories, list_split, resolve_categories
+from packd.device import pick_device
 from packd.errors import PackdError
+from packd.methods import load_scorer
 from packd.metrics import f1_max, image_auroc, pixel_metrics
-from packd.models import Scorer, load_model
 from packd.overlays import save_overlay
 from packd.preprocess import InputSpec
-from packd.train import pick_device
+from packd.scoring import Scorer
+from packd_runtime.atomic import write_json
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max")
 
 
+def evaluation_categories(config: dict[str, Any], data: str | Path, categories: str | list[str] | None,
+                          few_shot: bool) -> list[str]:
+    """The categories to evaluate: the given ones; else for few-shot kinds every category of `data`
+    not used in meta-training, for the others the trained categories `data` has (or all of them)."""
+    if categories:
+        return resolve_categories(data, categories)
+    available = list_categories(data)
+    trained = set(config.get("train", {}).get("categories", []))
+    if few_shot:
+        unseen = [c for c in available if c not in trained]
+        if not unseen:
+            raise PackdError(f"every category in {data} was used in meta-training; pass --categories")
+        return unseen
+    return [c for c in available if c in trained] or available
+
+
 @torch.no_grad()
-def predict(scorer: Scorer, dataset: AnomalyDataset, prototypes: list[torch.Tensor] | None = None,
+def predict(scorer: Scorer, dataset: AnomalyDataset, prototypes: list[torch.Tensor] | None = None, *,
             batch_size: int = 16, device: str = "auto", progress: Progress | None = None) -> dict[str, np.ndarray]:
     """Scores (N,), maps (N,S,S), masks (N,S,S) and labels (N,) for every sample of `dataset`."""
     dev = pick_device(device)
@@ -62,29 +79,25 @@ def write_overlays(folder: Path, dataset: AnomalyDataset, pred: dict[str, np.nda
     lo, hi = float(pred["maps"].min()), float(pred["maps"].max())
     for i, sample in enumerate(dataset.samples):
         image = _denormalise(dataset[i][0], dataset.spec)
-        save_overlay(folder / f"{sample.defect}_{sample.path.stem}.png", image, pred["maps"][i], pred["masks"][i], lo, hi)
+        save_overlay(folder / f"{sample.defect}_{sample.path.stem}.png", image, pred["maps"][i], pred["masks"][i],
+                     lo, hi)
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[str] | None = None,
+def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[str] | None = None, *,
              json_path: str | Path | None = None, overlays: str | Path | None = None, batch_size: int = 16,
              device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Evaluate a checkpoint on the test split of `categories` (default: the ones it was trained on, if present)."""
-    model, config = load_model(checkpoint)
-    if not categories:
-        available = set(resolve_categories(data, None))
-        trained = [c for c in config.get("train", {}).get("categories", []) if c in available]
-        categories = trained or None
-    cats = resolve_categories(data, categories)
-    spec = InputSpec.from_dict(config["input"])
-    scorer = Scorer(model, spec.image_size)
+    """Full-shot evaluation of a checkpoint on the test split of `categories` (see `evaluation_categories`)."""
+    scorer, config = load_scorer(checkpoint)
     if scorer.few_shot:
         raise PackdError(f"{checkpoint} is a few-shot {config['kind']} model: evaluate it with --shots K")
+    cats = evaluation_categories(config, data, categories, few_shot=False)
     per_cat: dict[str, dict[str, float]] = {}
     with Progress(disable=not progress) as bar:
         for cat in cats:
-            dataset = AnomalyDataset(list_split(data, cat, "test"), spec)
-            pred = predict(scorer, dataset, None, batch_size, device, bar)
-            per_cat[cat] = {**category_metrics(pred), "n_images": len(dataset), "n_anomalous": int(pred["labels"].sum())}
+            dataset = AnomalyDataset(list_split(data, cat, "test"), scorer.spec)
+            pred = predict(scorer, dataset, batch_size=batch_size, device=device, progress=bar)
+            per_cat[cat] = {**category_metrics(pred), "n_images": len(dataset),
+                            "n_anomalous": int(pred["labels"].sum())}
             if overlays:
                 write_overlays(Path(overlays) / cat, dataset, pred)
     report = {
@@ -92,7 +105,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[st
         "data": str(data),
         "model": config["kind"],
         "teacher": config["teacher"]["name"],
-        "image_size": spec.image_size,
+        "image_size": scorer.spec.image_size,
         "categories": per_cat,
         "mean": {k: float(np.mean([m[k] for m in per_cat.values()])) for k in METRIC_KEYS},
     }

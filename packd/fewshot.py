@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from packd_runtime.atomic import write_json
 from rich.progress import Progress
 
 from packd.data import AnomalyDataset, Sample, list_split, resolve_categories
 from packd.errors import PackdError
 from packd.evaluate import category_metrics, predict
-from packd.models import Scorer
 from packd.preprocess import InputSpec
+from packd.scoring import Scorer
+from packd_runtime.atomic import write_json
 
 FEWSHOT_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -64,11 +64,25 @@ def _summary(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, 
     return mean, std
 
 
-def evaluate_fewshot(scorer: Scorer, spec: InputSpec, data: str | Path, categories: str | list[str] | None,
-                     shots: int, runs: int = 10, seed: int = 0, json_path: str | Path | None = None,
+def _support_sets(data: Path, category: str, shots: int | None, runs: int, seed: int,
+                  supports_from: str | Path | None) -> list[list[Sample]]:
+    if supports_from is None:
+        if shots is None:
+            raise PackdError("few-shot evaluation needs --shots K (or --supports-from an earlier report)")
+        return draw_support_sets(data, category, shots, runs, seed)
+    sets = _supports_from_report(supports_from, data, category)
+    if not sets or any(len(s) != len(sets[0]) for s in sets) or (shots is not None and len(sets[0]) != shots):
+        raise PackdError(f"{supports_from} holds support sets of sizes {sorted({len(s) for s in sets})} "
+                         f"for {category!r}, not --shots {shots}")
+    return sets
+
+
+def evaluate_fewshot(scorer: Scorer, data: str | Path, categories: list[str], *, shots: int | None = None,
+                     runs: int = 10, seed: int = 0, json_path: str | Path | None = None,
                      supports_from: str | Path | None = None, batch_size: int = 16, device: str = "auto",
                      progress: bool = True, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """k-shot evaluation of one model on `categories`; models without a support path are scored once."""
+    """k-shot evaluation of one model on `categories`; models without a support path are scored once
+    per category. With `supports_from`, the support sets (and so k and the run count) come from that report."""
     data = Path(data)
     if runs < 1:
         raise PackdError(f"--runs must be at least 1, got {runs}")
@@ -76,23 +90,24 @@ def evaluate_fewshot(scorer: Scorer, spec: InputSpec, data: str | Path, categori
     per_cat: dict[str, Any] = {}
     with Progress(disable=not progress) as bar:
         for cat in cats:
-            sets = (_supports_from_report(supports_from, data, cat) if supports_from
-                    else draw_support_sets(data, cat, shots, runs, seed))
-            test = AnomalyDataset(list_split(data, cat, "test"), spec)
+            sets = _support_sets(data, cat, shots, runs, seed, supports_from)
+            test = AnomalyDataset(list_split(data, cat, "test"), scorer.spec)
             results, shared = [], None
             for support in sets:
                 if scorer.few_shot or shared is None:
-                    protos = scorer.prototypes(load_supports(support, spec))
-                    shared = category_metrics(predict(scorer, test, protos, batch_size, device, bar))
+                    protos = scorer.prototypes(load_supports(support, scorer.spec))
+                    pred = predict(scorer, test, protos, batch_size=batch_size, device=device, progress=bar)
+                    shared = category_metrics(pred)
                 results.append({k: shared[k] for k in FEWSHOT_KEYS})
             mean, std = _summary(results)
             per_cat[cat] = {"runs": results, "mean": mean, "std": std,
                             "support_sets": [[str(s.path.relative_to(data)) for s in support] for support in sets]}
+    first = next(iter(per_cat.values()))
     per_run = [{k: float(np.mean([per_cat[c]["runs"][r][k] for c in cats])) for k in FEWSHOT_KEYS}
-               for r in range(len(next(iter(per_cat.values()))["runs"]))]
+               for r in range(len(first["runs"]))]
     mean, std = _summary(per_run)
-    report = {**(meta or {}), "data": str(data), "shots": shots, "runs": len(per_run), "seed": seed,
-              "categories": per_cat, "mean": mean, "std": std}
+    report = {**(meta or {}), "data": str(data), "shots": len(first["support_sets"][0]), "runs": len(per_run),
+              "seed": seed, "categories": per_cat, "mean": mean, "std": std}
     if json_path:
         write_json(json_path, report)
     return report

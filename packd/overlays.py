@@ -32,7 +32,8 @@ def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, lo: fl
     return np.concatenate([image, blend, outlined], axis=1)
 
 
-def save_overlay(path: str | Path, image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, lo: float, hi: float) -> None:
+def save_overlay(path: str | Path, image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, lo: float,
+                 hi: float) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(image, amap, mask, lo, hi)).save(path)

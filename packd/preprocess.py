@@ -30,23 +30,25 @@ class InputSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
+    def from_dict(cls, d: dict) -> InputSpec:
         return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))
 
 
 class Preprocess(torch.nn.Module):
-    """uint8 (B,H,W,3) RGB -> float32 (B,3,S,S): bilinear resize (no antialias, TensorRT-safe), normalise."""
+    """uint8 (B,H,W,3) RGB -> float32 (B,3,S,S): bilinear resize (no antialias: TensorRT-safe), normalise."""
 
     def __init__(self, spec: InputSpec):
         super().__init__()
         self.image_size = spec.image_size
-        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(spec.std))).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", (torch.tensor(spec.mean) / torch.tensor(spec.std)).view(1, 3, 1, 1), persistent=False)
+        mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", (mean / std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).to(torch.float32)
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        size = (self.image_size, self.image_size)
+        if x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return x * self.scale - self.shift
 
 
@@ -69,6 +71,22 @@ def load_image(path: str | Path) -> np.ndarray:
         raise PackdError(f"cannot decode image {path}: {e}") from None
 
 
+def load_frames(paths: list[str | Path], size: tuple[int, int] | None = None) -> np.ndarray:
+    """Image files -> uint8 camera frames (N,H,W,3) RGB, resized (bilinear) to `size` = (H, W) when
+    given: how export, the benchmarks and the tests turn files into the frames a bundle takes."""
+    frames = []
+    for path in paths:
+        image = load_image(path)
+        if size is not None and image.shape[:2] != tuple(size):
+            image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+        frames.append(image)
+    if not frames:
+        raise PackdError("no image files given")
+    if len({f.shape for f in frames}) > 1:
+        raise PackdError(f"images of different sizes {sorted({f.shape[:2] for f in frames})}: pass a frame size")
+    return np.stack(frames)
+
+
 def load_mask(path: str | Path, expected_hw: tuple[int, int]) -> np.ndarray:
     """Decode a ground-truth mask to bool (H,W): any non-zero pixel is anomalous (VisA stores small values)."""
     try:
@@ -79,5 +97,6 @@ def load_mask(path: str | Path, expected_hw: tuple[int, int]) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise PackdError(f"cannot decode mask {path}: {e}") from None
     if m.shape != tuple(expected_hw):
-        raise PackdError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]}")
+        raise PackdError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but its image is "
+                         f"{expected_hw[1]}x{expected_hw[0]}")
     return m

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from packd_runtime.atomic import atomic_dir
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from packd.errors import PackdError
+from packd_runtime.atomic import atomic_dir
 
 Array = np.ndarray
 

@@ -39,7 +39,7 @@ class Teacher(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "Teacher":
+    def train(self, mode: bool = True) -> Teacher:
         """Always eval: the teacher's BatchNorm statistics are part of its frozen knowledge."""
         return super().train(False)
 
@@ -93,7 +93,8 @@ def _package_weights() -> Path | None:
 
 def pretrained_backbone(name: str, weights: str | Path | None = None, random_init: bool = False
                         ) -> tuple[nn.Module, tuple, tuple, str]:
-    """The whole timm classifier with real weights: (model, mean, std, source), or a PackdError saying how to get them."""
+    """The whole timm classifier with real weights: (model, mean, std, source), or a PackdError saying how
+    to get them."""
     try:
         model = timm.create_model(name, pretrained=False)
     except RuntimeError as e:
@@ -125,7 +126,8 @@ def pretrained_backbone(name: str, weights: str | Path | None = None, random_ini
     return model, tuple(cfg["mean"]), tuple(cfg["std"]), "timm-hub"
 
 
-def create_teacher(name: str = "wide_resnet50_2", weights: str | Path | None = None, random_init: bool = False) -> Teacher:
+def create_teacher(name: str = "wide_resnet50_2", weights: str | Path | None = None,
+                   random_init: bool = False) -> Teacher:
     """A frozen teacher with real pretrained weights (see `pretrained_backbone` for where they come from)."""
     model, mean, std, source = pretrained_backbone(name, weights, random_init)
     return Teacher(name, model, mean, std, source)

@@ -6,8 +6,19 @@ import pytest
 import torch
 
 from packd.synth import Counts, synthesize
+from packd.train import configure, train
 
 torch.set_num_threads(2)
+
+TEACHER = "tf_efficientnet_lite0"
+SMALL = dict(teacher=TEACHER, image_size=64)  # every test model: offline teacher, 64 px
+FRAME = (72, 88)  # camera frames of another size than the model's input: resized inside the graph
+
+
+def train_small(kind, data, categories, out, **options):
+    """Train a tiny model of `kind` (64 px, offline teacher) with the given settings overrides."""
+    run, settings = configure(kind, **{**SMALL, **options})
+    return train(kind, data=data, categories=categories, out=out, run=run, settings=settings, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -22,34 +33,19 @@ def synth_root(tmp_path_factory):
 def effnet_teacher():
     from packd.teachers import create_teacher
 
-    return create_teacher("tf_efficientnet_lite0")
-
-
-SMALL = dict(teacher="tf_efficientnet_lite0", image_size=64, progress=False)
-FRAME = (72, 88)  # camera frames of another size than the model's input: resized inside the graph
+    return create_teacher(TEACHER)
 
 
 @pytest.fixture(scope="session")
 def checkpoints(synth_root, tmp_path_factory):
     """Tiny RD, MemKD and PACKD checkpoints (one epoch, 64 px)."""
-    from packd.train import (
-        MemKDSettings,
-        PACKDSettings,
-        TrainSettings,
-        train_memkd,
-        train_packd,
-        train_rd,
-    )
-
     root = tmp_path_factory.mktemp("ckpts")
-    one = TrainSettings(epochs=1, batch_size=4)
     return {
-        "rd": train_rd(synth_root, "grid", root / "rd", settings=one, **SMALL),
-        "memkd": train_memkd(synth_root, "grid", root / "memkd", settings=one,
-                             memkd=MemKDSettings(slots=6, exemplars=3), **SMALL),
-        "packd": train_packd(synth_root, ["grid", "disc"], root / "packd", settings=TrainSettings(epochs=1, lr=5e-4),
-                             packd=PACKDSettings(shots=2, n_prototypes=4, rotations=2, queries=2,
-                                                 categories_per_batch=2), **SMALL),
+        "rd": train_small("rd", synth_root, "grid", root / "rd", epochs=1, batch_size=4),
+        "memkd": train_small("memkd", synth_root, "grid", root / "memkd", epochs=1, batch_size=4, slots=6,
+                             exemplars=3),
+        "packd": train_small("packd", synth_root, ["grid", "disc"], root / "packd", epochs=1, batch_size=4, shots=2,
+                             prototypes=4, rotations=2, categories_per_batch=2),
     }
 
 
@@ -61,3 +57,11 @@ def bundles(checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("bundles")
     return {kind: (export_bundle(ck, root / kind, max_batch=4, max_shots=3, frame_size=FRAME), root / kind)
             for kind, ck in checkpoints.items()}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need exported bundles (about 30 s to build once) are `slow`: `pytest -m "not slow"`
+    is the quick loop; the README's `make test` runs everything."""
+    for item in items:
+        if "bundles" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -3,11 +3,16 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+import typer
+from conftest import TEACHER
 from PIL import Image
 from typer.testing import CliRunner
 
-from packd.cli import app
+from packd.cli import app, setting_options
+from packd.console import run_app
 from packd.evaluate import METRIC_KEYS
+from packd.methods import METHODS
 
 runner = CliRunner()
 
@@ -16,12 +21,38 @@ def _packd(*args):
     return subprocess.run([sys.executable, "-m", "packd.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_help_explains_every_option():
-    for cmd in (["train"], ["eval"], ["data", "synth"], ["demo"]):
-        r = runner.invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"})
-        assert r.exit_code == 0
-        options = [line for line in r.output.splitlines() if line.strip().startswith("│ --") or line.strip().startswith("│ *")]
-        assert options and all(len(line.split("  ")) > 1 for line in options)
+def _commands(group, prefix=()):
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, (*prefix, name))
+        else:
+            yield (*prefix, name), cmd
+
+
+def test_every_option_has_help_and_shows_it():
+    commands = dict(_commands(typer.main.get_command(app)))
+    assert set(commands) >= {("train",), ("eval",), ("data", "synth"), ("data", "convert-visa")}
+    for path, cmd in commands.items():
+        for param in cmd.params:
+            if param.param_type_name == "option" and param.name != "help":
+                assert param.help and len(param.help.strip()) > 10, (path, param.name)
+        text = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+        for param in cmd.params:
+            if param.param_type_name == "option" and param.help:
+                assert param.help.split()[0] in text, (path, param.name)
+
+
+def test_train_options_come_from_the_settings_dataclasses():
+    options = setting_options()
+    for kind, m in METHODS.items():  # every kind's CLI settings are options, with their own default shown
+        from packd.settings import cli_fields, default_of
+
+        for f in cli_fields(m.settings):
+            assert kind in options[f.name][1]
+            assert str(default_of(f)) in options[f.name][2]
+    assert options["lr"][2] == "0.005; packd: 0.0005"  # the run default and PACKD's default preset
+    assert options["orth_weight"][2] == "memkd: 0.1; packd: 0.5"
+    assert options["orth_weight"][1].startswith("memkd, packd: ")
 
 
 def test_synth_train_eval_end_to_end(tmp_path):
@@ -30,7 +61,7 @@ def test_synth_train_eval_end_to_end(tmp_path):
                             "--train", "6", "--test-good", "3", "--test-defect", "2"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train", "--model", "rd", "--data", str(data), "--categories", "disc",
-                            "--teacher", "tf_efficientnet_lite0", "--image-size", "64", "--epochs", "1",
+                            "--teacher", TEACHER, "--image-size", "64", "--epochs", "1",
                             "--batch-size", "3", "--lr", "0.005", "--seed", "1", "--out", str(ckpt)])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--categories", "disc",
@@ -46,13 +77,27 @@ def test_synth_train_eval_end_to_end(tmp_path):
     assert np.asarray(Image.open(pngs[0])).shape == (64, 192, 3)
 
 
-def test_bad_input_exits_nonzero_with_one_line(tmp_path):
-    r = _packd("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "ck"))
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and "dataset folder not found" in r.stderr
-    r = _packd("eval", "--checkpoint", str(tmp_path), "--data", str(tmp_path))
-    assert r.returncode == 2 and "not a packd checkpoint" in r.stderr
-    r = _packd("train", "--model", "gan", "--data", str(tmp_path), "--out", str(tmp_path / "ck"))
-    assert r.returncode == 2 and "unknown --model" in r.stderr
-    r = _packd("train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--epochs", "0")
-    assert r.returncode == 2 and "--epochs must be positive" in r.stderr
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    cases = [
+        (["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "ck")], "dataset folder not found"),
+        (["eval", "--checkpoint", str(tmp_path), "--data", str(tmp_path)], "not a packd checkpoint"),
+        (["train", "--model", "gan", "--data", str(tmp_path), "--out", str(tmp_path / "ck")], "unknown model kind"),
+        (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--epochs", "0"], "--epochs must be at"),
+        (["train", "--model", "packd", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--rotations", "5"],
+         "--rotations must be at most 4"),
+        (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--image-size", "16"],
+         "--image-size must be at least 32"),
+        (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--image-size", "100"],
+         "--image-size must be a multiple of 32"),
+        (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--slots", "4"],
+         "--slots does not apply to --model rd"),
+        (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--preset", "fast"], "unknown --preset"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as e:
+            run_app(app, args, prog_name="packd")
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err, (args, err)
+        assert err.strip().count("\n") == 0, err
+    r = _packd(*cases[0][0])  # the installed entry point behaves the same
+    assert r.returncode == 2 and cases[0][1] in r.stderr and r.stderr.strip().count("\n") == 0

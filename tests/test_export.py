@@ -8,16 +8,17 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import FRAME
-from packd_export.bundle import check_bundle, export_bundle
+
+from packd.checkpoint import read_config
+from packd.errors import PackdError
+from packd.methods import load_scorer
+from packd_export.bundle import calibration_frames, check_bundle, export_bundle
 from packd_export.cli import main as export_main
 from packd_export.graphs import QueryGraph, SupportGraph
 from packd_export.precision import to_fp16, trunk_nodes
 from packd_export.trt_compat import check_tensorrt_compat
+from packd_runtime import Detector
 from packd_runtime.tensorrt_build import engine_name, profile_shapes, why_no_tensorrt
-
-from packd.errors import PackdError
-from packd.models import Scorer, load_model
-from packd.preprocess import InputSpec
 
 
 def _frames(n, seed):
@@ -25,10 +26,8 @@ def _frames(n, seed):
 
 
 def _torch_graphs(ckpt):
-    model, cfg = load_model(ckpt)
-    spec = InputSpec.from_dict(cfg["input"])
-    scorer = Scorer(model, spec.image_size).eval()
-    return QueryGraph(scorer, spec).eval(), SupportGraph(scorer, spec).eval()
+    scorer = load_scorer(ckpt)[0]
+    return QueryGraph(scorer).eval(), SupportGraph(scorer).eval()
 
 
 @pytest.mark.parametrize("kind", ["rd", "memkd", "packd"])
@@ -44,9 +43,10 @@ def test_bundle_layout_and_check(bundles, kind):
     assert q["outputs"] == [{"name": "scores", "dtype": "float32", "shape": ["batch"]},
                             {"name": "maps", "dtype": "float32", "shape": ["batch", 64, 64]}]
     assert manifest["dynamic"]["batch"] == [1, 4] and manifest["threshold"] > 0
+    assert manifest["checkpoint"]["name"] == kind and "path" not in manifest["checkpoint"]
     assert set(manifest["versions"]) >= {"packd", "torch", "onnx"} and 17 <= manifest["opset"] <= 19
     if kind == "packd":
-        assert manifest["dynamic"]["prototypes"] == [1, 3 * 2 * 4]
+        assert manifest["dynamic"]["prototypes"] == [1, 3 * 2 * 4] and manifest["prototypes"]["per_shot"] == 8
         assert [i["shape"] for i in q["inputs"][1:]] == [["prototypes", c] for c in (24, 40, 112)]
     for spec in manifest["graphs"].values():  # dynamic axes only for batch, shots and prototype count
         for io in spec["inputs"]:
@@ -100,7 +100,7 @@ def test_fp16_keeps_distances_fp32(bundles):
     convs = [n for n in half.graph.node if n.op_type == "Conv"]
     assert [o.type.tensor_type.elem_type for o in half.graph.output] == [onnx.TensorProto.FLOAT] * 2
     blur = [n for n in half.graph.node if n.op_type == "Conv" and "anomaly_map" in n.input[1]]
-    assert len(blur) == 2 and all(types[n.input[1]] == onnx.TensorProto.FLOAT for n in blur)  # the map's blur stays FP32
+    assert len(blur) == 2 and all(types[n.input[1]] == onnx.TensorProto.FLOAT for n in blur)  # blur stays FP32
     convs = [n for n in convs if n not in blur]
     assert convs and all(types[n.input[1]] == onnx.TensorProto.FLOAT16 for n in convs)
     trunk = trunk_nodes(fp32)
@@ -110,7 +110,8 @@ def test_fp16_keeps_distances_fp32(bundles):
     assert {o.name: o.type for o in sess.get_outputs()} == {"scores": "tensor(float)", "maps": "tensor(float)"}
 
 
-def test_int8_bundle_is_qdq_with_zero_points(checkpoints, tmp_path):
+@pytest.mark.slow
+def test_int8_bundle_is_qdq_with_zero_points_and_its_own_threshold(checkpoints, bundles, tmp_path):
     manifest = export_bundle(checkpoints["packd"], tmp_path / "b8", precision="int8", max_batch=2, max_shots=2,
                              frame_size=FRAME, engines="never")
     assert manifest["precision"] == "int8"
@@ -126,8 +127,18 @@ def test_int8_bundle_is_qdq_with_zero_points(checkpoints, tmp_path):
     qry = ort.InferenceSession(str(tmp_path / "b8" / "query.onnx"), providers=["CPUExecutionProvider"])
     sup = ort.InferenceSession(str(tmp_path / "b8" / "support.onnx"), providers=["CPUExecutionProvider"])
     protos = sup.run(None, {"images": _frames(2, 1)})
-    scores, maps = qry.run(None, {"images": _frames(2, 2), **{f"prototypes_{i + 1}": p for i, p in enumerate(protos)}})
+    feeds = {"images": _frames(2, 2), **{f"prototypes_{i + 1}": p for i, p in enumerate(protos)}}
+    scores, maps = qry.run(None, feeds)
     assert np.isfinite(maps).all() and maps.dtype == np.float32 and scores.shape == (2,)
+    # the default threshold comes from the int8 graphs themselves: mean + 3 std of their normal scores
+    normal = []
+    with Detector.open(tmp_path / "b8", backend="onnxruntime") as det:
+        for frames in calibration_frames(read_config(checkpoints["packd"]), FRAME, 32).values():
+            det.prototypes(frames[:2])
+            normal.append(det.detect(frames[2:]).scores)
+    normal = np.concatenate(normal)
+    assert manifest["threshold"] == pytest.approx(normal.mean() + 3 * normal.std(), rel=1e-5)
+    assert manifest["threshold"] != bundles["packd"][0]["threshold"]
 
 
 def _cli(args):
@@ -136,8 +147,10 @@ def _cli(args):
     return e.value.code
 
 
+@pytest.mark.slow
 def test_fp16_bundle_through_cli(checkpoints, tmp_path, capsys):
-    assert _cli([str(checkpoints["rd"]), "--out", str(tmp_path / "b16"), "--precision", "fp16", "--max-batch", "2"]) == 0
+    args = [str(checkpoints["rd"]), "--out", str(tmp_path / "b16"), "--precision", "fp16", "--max-batch", "2"]
+    assert _cli(args) == 0
     out = capsys.readouterr().out
     manifest = json.loads((tmp_path / "b16" / "manifest.json").read_text())
     assert manifest["precision"] == "fp16" and manifest["engines"] == []
@@ -146,6 +159,7 @@ def test_fp16_bundle_through_cli(checkpoints, tmp_path, capsys):
     assert "ok" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_export_over_existing_bundle_is_atomic(checkpoints, bundles, tmp_path, monkeypatch):
     import packd_export.bundle as bundle_mod
 

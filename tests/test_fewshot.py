@@ -3,15 +3,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TEACHER, train_small
 from typer.testing import CliRunner
 
+import packd.fewshot as fewshot
 from packd.cli import app
 from packd.errors import PackdError
 from packd.fewshot import draw_support_sets, evaluate_fewshot, load_supports
-from packd.models import Scorer, load_model
-from packd.models.knn import NearestNeighbour
+from packd.methods import load_scorer
+from packd.methods.knn.model import NearestNeighbour
 from packd.preprocess import InputSpec
-from packd.train import PACKDSettings, TrainSettings, train_packd, train_rd
+from packd.scoring import Scorer
+from packd.synth import Counts, synthesize
 
 SPEC = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
 
@@ -32,7 +35,7 @@ def test_support_draws_are_fixed_and_distinct(synth_root):
 
 
 def test_knn_baseline_finds_the_odd_patch(effnet_teacher):
-    scorer = Scorer(NearestNeighbour(effnet_teacher, rotations=1), 64)
+    scorer = Scorer(NearestNeighbour(effnet_teacher, rotations=1), SPEC, few_shot=True)
     normal = torch.zeros(1, 3, 64, 64)
     normal[:, :, ::8] = 1.0
     bank = scorer.prototypes(normal)
@@ -46,39 +49,42 @@ def test_knn_baseline_finds_the_odd_patch(effnet_teacher):
 
 
 def test_fewshot_protocol_report_and_repeat(synth_root, tmp_path):
-    ck = train_packd(synth_root, ["grid"], tmp_path / "pk", teacher="tf_efficientnet_lite0", image_size=64,
-                     settings=TrainSettings(epochs=1, lr=5e-4),
-                     packd=PACKDSettings(shots=2, n_prototypes=4, rotations=2, queries=2, cds_weight=0.0), progress=False)
-    model, cfg = load_model(ck)
-    assert cfg["kind"] == "packd" and cfg["model_args"] == {"n_prototypes": 4, "rotations": 2}
-    scorer = Scorer(model, 64)
-    rep = evaluate_fewshot(scorer, SPEC, synth_root, ["disc"], shots=2, runs=3, seed=0, json_path=tmp_path / "r.json",
+    ck = train_small("packd", synth_root, ["grid"], tmp_path / "pk", epochs=1, batch_size=2, shots=2, prototypes=4,
+                     rotations=2, cds_weight=0.0)
+    scorer, cfg = load_scorer(ck)
+    assert cfg["kind"] == "packd" and cfg["settings"]["prototypes"] == 4 and cfg["settings"]["rotations"] == 2
+    rep = evaluate_fewshot(scorer, synth_root, ["disc"], shots=2, runs=3, seed=0, json_path=tmp_path / "r.json",
                            progress=False)
     runs = rep["categories"]["disc"]["runs"]
-    assert len(runs) == 3 and len(rep["categories"]["disc"]["support_sets"]) == 3
+    assert len(runs) == 3 and len(rep["categories"]["disc"]["support_sets"]) == 3 and rep["shots"] == 2
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         vals = [r[key] for r in runs]
         assert rep["categories"]["disc"]["mean"][key] == pytest.approx(np.mean(vals))
         assert rep["categories"]["disc"]["std"][key] == pytest.approx(np.std(vals))
     assert len({r["pixel_auroc"] for r in runs}) > 1  # different supports, different prototypes
-    again = evaluate_fewshot(scorer, SPEC, synth_root, ["disc"], shots=2, runs=3, supports_from=tmp_path / "r.json",
-                             progress=False)
-    assert again["categories"]["disc"]["runs"] == runs
-    assert json.loads((tmp_path / "r.json").read_text())["categories"]["disc"]["support_sets"][0][0].startswith("disc/train/good/")
+    again = evaluate_fewshot(scorer, synth_root, ["disc"], supports_from=tmp_path / "r.json", progress=False)
+    assert again["categories"]["disc"]["runs"] == runs and again["shots"] == 2 and again["runs"] == 3
+    assert json.loads((tmp_path / "r.json").read_text())["categories"]["disc"]["support_sets"][0][0].startswith(
+        "disc/train/good/")
+    with pytest.raises(PackdError, match="not --shots 3"):
+        evaluate_fewshot(scorer, synth_root, ["disc"], shots=3, supports_from=tmp_path / "r.json", progress=False)
 
 
-def test_models_without_support_path_score_once(synth_root, tmp_path):
-    ck = train_rd(synth_root, "disc", tmp_path / "rd", teacher="tf_efficientnet_lite0", image_size=64,
-                  settings=TrainSettings(epochs=1, batch_size=4), progress=False)
-    rep = evaluate_fewshot(Scorer(load_model(ck)[0], 64), SPEC, synth_root, ["disc"], shots=2, runs=2, progress=False)
+def test_models_without_support_path_are_scored_once_per_category(synth_root, tmp_path, monkeypatch):
+    ck = train_small("rd", synth_root, "disc", tmp_path / "rd", epochs=1, batch_size=4)
+    calls = []
+    real = fewshot.predict
+    monkeypatch.setattr(fewshot, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rep = evaluate_fewshot(load_scorer(ck)[0], synth_root, ["disc", "grid"], shots=2, runs=3, progress=False)
+    assert len(calls) == 2  # one prediction per category, not per run
     r = rep["categories"]["disc"]["runs"]
-    assert r[0] == r[1] and rep["std"]["image_auroc"] == 0.0
+    assert r[0] == r[1] == r[2] and rep["std"]["image_auroc"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_cli_packd_and_memkd(synth_root, tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["train", "--model", "packd", "--data", str(synth_root), "--categories", "grid",
-                            "--teacher", "tf_efficientnet_lite0", "--image-size", "64", "--epochs", "1",
+                            "--teacher", TEACHER, "--image-size", "64", "--epochs", "1",
                             "--batch-size", "2", "--shots", "2", "--prototypes", "3", "--rotations", "1",
                             "--cds-weight", "0", "--out", str(tmp_path / "pk")])
     assert r.exit_code == 0, r.output
@@ -88,11 +94,31 @@ def test_cli_packd_and_memkd(synth_root, tmp_path):
     rep = json.loads((tmp_path / "fs.json").read_text())
     assert list(rep["categories"]) == ["disc"]  # default targets: categories not meta-trained on
     assert rep["shots"] == 1 and rep["runs"] == 2 and rep["model"] == "packd"
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "pk"), "--data", str(synth_root),
+                            "--supports-from", str(tmp_path / "fs.json"), "--json", str(tmp_path / "again.json")])
+    assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["shots"] == 1 and again["categories"]["disc"]["runs"] == rep["categories"]["disc"]["runs"]
     r = runner.invoke(app, ["train", "--model", "memkd", "--data", str(synth_root), "--categories", "disc",
-                            "--teacher", "tf_efficientnet_lite0", "--image-size", "64", "--epochs", "1",
+                            "--teacher", TEACHER, "--image-size", "64", "--epochs", "1",
                             "--batch-size", "4", "--slots", "5", "--exemplars", "3", "--out", str(tmp_path / "mk")])
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "mk" / "config.json").read_text())["model_args"]["slots"] == 5
+    assert json.loads((tmp_path / "mk" / "config.json").read_text())["settings"]["slots"] == 5
     r = runner.invoke(app, ["train", "--model", "packd", "--data", str(synth_root), "--categories", "grid,disc",
                             "--preset", "paper", "--out", str(tmp_path / "x")])
     assert isinstance(r.exception, PackdError) and "wide_resnet50_2" in str(r.exception)  # paper teacher, offline
+
+
+def test_default_categories_are_the_same_for_both_eval_paths(synth_root, tmp_path):
+    """An RD checkpoint evaluated on another dataset: full-shot and --shots use the same categories."""
+    ck = train_small("rd", synth_root, "grid", tmp_path / "rd", epochs=1, batch_size=4)
+    other = tmp_path / "other"
+    synthesize(other, seed=1, size=64, categories=["nut"], counts=Counts(train=3, test_good=2, test_defect=1))
+    runner = CliRunner()
+    full = runner.invoke(app, ["eval", "--checkpoint", str(ck), "--data", str(other), "--json", str(tmp_path / "a")])
+    shot = runner.invoke(app, ["eval", "--checkpoint", str(ck), "--data", str(other), "--shots", "1", "--runs", "1",
+                               "--json", str(tmp_path / "b")])
+    assert full.exit_code == 0 and shot.exit_code == 0, (full.output, shot.output)
+    a, b = (json.loads((tmp_path / n).read_text()) for n in "ab")
+    assert list(a["categories"]) == list(b["categories"]) == ["nut"]
+    assert a["categories"]["nut"]["image_auroc"] == b["categories"]["nut"]["mean"]["image_auroc"]

@@ -1,10 +1,10 @@
 import torch
+from conftest import train_small
 from safetensors.torch import load_file
 
-from packd.models import load_model
-from packd.models.memkd import MemKD, NRMemory
-from packd.models.rd import plan_for
-from packd.train import MemKDSettings, TrainSettings, train_memkd
+from packd.layers import plan_for
+from packd.methods import load_model
+from packd.methods.memkd import MemKD, NRMemory
 
 
 def test_memory_recalls_its_values():
@@ -30,15 +30,13 @@ def test_memorisation_loss_is_zero_for_remembered_features(effnet_teacher):
 
 
 def test_memory_trains_and_is_checkpointed(synth_root, tmp_path):
-    out = train_memkd(synth_root, "grid", tmp_path / "mk", teacher="tf_efficientnet_lite0", image_size=64,
-                      settings=TrainSettings(epochs=1, batch_size=4), memkd=MemKDSettings(slots=6, exemplars=4),
-                      progress=False)
+    out = train_small("memkd", synth_root, "grid", tmp_path / "mk", epochs=1, batch_size=4, slots=6, exemplars=4)
     torch.manual_seed(0)  # the same seed train_memkd used: the initial memory
     from packd.teachers import create_teacher
 
     fresh = MemKD(create_teacher("tf_efficientnet_lite0"), plan_for("tf_efficientnet_lite0", (24, 40, 112)), slots=6)
     trained, cfg = load_model(out)
-    assert cfg["kind"] == "memkd" and cfg["model_args"] == {"slots": 6, "temperature": 0.1}
+    assert cfg["kind"] == "memkd" and cfg["settings"]["slots"] == 6 and cfg["settings"]["temperature"] == 0.1
     names = {n for n, _ in trained.named_parameters()}
     assert {"memories.0.keys", "memories.0.values", "memories.2.keys"} <= names
     saved = load_file(str(out / "model.safetensors"))

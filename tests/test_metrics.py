@@ -67,7 +67,7 @@ def test_perfect_and_inverted_maps():
     masks[0, 4:8, 4:8] = True
     perfect = masks.astype(np.float32) + 0.01 * np.arange(16)[None, None, :]
     m = pixel_metrics(perfect, masks)
-    assert m["pixel_auroc"] == pytest.approx(1.0) and m["aupro"] == pytest.approx(1.0) and m["pixel_f1_max"] == pytest.approx(1.0)
+    assert m == {"pixel_auroc": pytest.approx(1.0), "aupro": pytest.approx(1.0), "pixel_f1_max": pytest.approx(1.0)}
     inverted = pixel_metrics(-perfect, masks)
     assert inverted["pixel_auroc"] < 0.01 and inverted["aupro"] < 0.01
 

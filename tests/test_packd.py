@@ -2,20 +2,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from packd.episodes import EpisodeSampler
 from packd.errors import PackdError
-from packd.losses import cds_loss, correspondence_similarity, orthogonality_loss
-from packd.models import Scorer
-from packd.models.packd import PACKD, PrototypeExtractor, integrate, rotate_supports
-from packd.models.rd import plan_for
+from packd.layers import plan_for, rotate_supports
+from packd.losses import orthogonality_loss
+from packd.methods.packd import PACKD
+from packd.methods.packd.episodes import EpisodeSampler
+from packd.methods.packd.losses import cds_loss, correspondence_similarity, packd_loss
+from packd.methods.packd.model import PrototypeExtractor, integrate
 from packd.preprocess import InputSpec
-from packd.train import PACKDSettings, packd_loss
+from packd.scoring import Scorer
+
+SPEC = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
 
 
 @pytest.fixture(scope="module")
 def model(effnet_teacher):
     torch.manual_seed(0)
-    return PACKD(effnet_teacher, plan_for("tf_efficientnet_lite0", effnet_teacher.channels), n_prototypes=5, rotations=2)
+    plan = plan_for("tf_efficientnet_lite0", effnet_teacher.channels)
+    return PACKD(effnet_teacher, plan, n_prototypes=5, rotations=2)
 
 
 def test_prototypes_are_attention_weighted_means():
@@ -110,7 +114,7 @@ def test_packd_loss_trains_every_part(model):
     queries, supports = torch.randn(2, 2, 3, 64, 64), torch.randn(2, 2, 3, 64, 64)
     model.train()
     model.zero_grad()
-    loss = packd_loss(model, [queries, supports], PACKDSettings(shots=2, n_prototypes=5, rotations=2))
+    loss = packd_loss(model, [queries, supports], cds_weight=0.5, orth_weight=0.5, tau=0.05)
     loss.backward()
     assert torch.isfinite(loss)
     for part in (model.extractors, model.ocbe, model.stages, model.refine, model.projections):
@@ -119,8 +123,7 @@ def test_packd_loss_trains_every_part(model):
 
 
 def test_episode_sampler(synth_root):
-    spec = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
-    sampler = EpisodeSampler(synth_root, ["grid", "disc"], spec, shots=2, queries=3, categories_per_batch=2, seed=0)
+    sampler = EpisodeSampler(synth_root, ["grid", "disc"], SPEC, shots=2, queries=3, categories_per_batch=2, seed=0)
     assert len(sampler) == 16 // 6
     batches = list(sampler.epoch(0))
     q, s = batches[0]
@@ -132,11 +135,11 @@ def test_episode_sampler(synth_root):
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
     assert not torch.equal(list(sampler.epoch(1))[0][0], q)
     with pytest.raises(PackdError, match="fewer than shots"):
-        EpisodeSampler(synth_root, ["grid"], spec, shots=8, queries=4)
+        EpisodeSampler(synth_root, ["grid"], SPEC, shots=8, queries=4)
 
 
 def test_scorer_refuses_missing_or_empty_supports(model):
-    scorer = Scorer(model, 64)
+    scorer = Scorer(model, SPEC, few_shot=True)
     with pytest.raises(PackdError, match="empty support set"):
         scorer.prototypes(torch.zeros(0, 3, 64, 64))
     with pytest.raises(PackdError, match="needs prototypes"):

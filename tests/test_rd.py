@@ -3,9 +3,11 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from packd.layers import ChannelPlan, plan_for
 from packd.losses import kd_loss
-from packd.models.rd import ChannelPlan, ReverseDistillation, plan_for
-from packd.models.scoring import AnomalyMap, gaussian_kernel1d
+from packd.methods.rd import ReverseDistillation
+from packd.scoring import AnomalyMap, cosine_distances, gaussian_kernel1d
+from packd.settings import from_dict, to_dict
 from packd.teachers import create_teacher
 
 
@@ -39,12 +41,12 @@ def test_effnet_student_shapes(effnet_teacher):
     t, s = model(torch.randn(2, 3, 64, 64))
     assert [tuple(x.shape) for x in s] == [(2, 24, 16, 16), (2, 40, 8, 8), (2, 112, 4, 4)]
     assert all(not p.requires_grad for p in model.teacher.parameters())
-    assert all(p.requires_grad for p in model.decoder.parameters())
+    assert all(p.requires_grad for p in model.stages.parameters())
 
 
 def test_plan_roundtrip():
     plan = ChannelPlan((8, 16, 32), "bottleneck", 3, (3, 4, 6), 2)
-    assert ChannelPlan.from_dict(plan.to_dict()) == plan
+    assert from_dict(ChannelPlan, to_dict(plan)) == plan
 
 
 def test_kd_loss_values():
@@ -57,12 +59,12 @@ def test_kd_loss_values():
 def test_anomaly_map_values():
     scorer = AnomalyMap(64)
     t = [torch.randn(2, 4, 16, 16), torch.randn(2, 6, 8, 8), torch.randn(2, 8, 4, 4)]
-    scores, maps = scorer(t, [x.clone() for x in t])
+    scores, maps = scorer(cosine_distances(t, [x.clone() for x in t]))
     assert maps.shape == (2, 64, 64) and maps.dtype == torch.float32
     assert torch.allclose(maps, torch.zeros_like(maps), atol=1e-5)
     s = [x.clone() for x in t]
     s[0][0, :, 5, 5] = -s[0][0, :, 5, 5]  # one opposite feature: distance 2 there
-    scores, maps = scorer(t, s)
+    scores, maps = scorer(cosine_distances(t, s))
     assert scores[0] > 0.05 and scores[1] < 1e-5
     assert torch.equal(scores, maps.flatten(1).amax(1))
     peak = np.unravel_index(maps[0].argmax().item(), (64, 64))

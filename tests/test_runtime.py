@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import FRAME
-from packd_export.graphs import QueryGraph, SupportGraph
-from packd_runtime import Detector, PackdError, Prototypes
-from PIL import Image
 
 from packd.data import list_split
-from packd.models import Scorer, load_model
-from packd.preprocess import InputSpec
+from packd.methods import load_scorer
+from packd.preprocess import load_frames
+from packd_export.graphs import QueryGraph, SupportGraph
+from packd_runtime import Detector, PackdError, Prototypes
 
 ROOT = Path(__file__).parents[1]
+RUNTIME = ROOT / "runtime" / "packd_runtime"
 NO_TORCH = textwrap.dedent("""
     import sys
     class NoTorch:
@@ -33,10 +33,6 @@ NO_TORCH = textwrap.dedent("""
 """)
 
 
-def _frames_of(paths):
-    return np.stack([np.asarray(Image.open(p).convert("RGB").resize(FRAME[::-1], Image.BILINEAR)) for p in paths])
-
-
 def _random_frames(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, *FRAME, 3), dtype=np.uint8)
 
@@ -45,8 +41,8 @@ def test_end_to_end_without_torch(synth_root, checkpoints, bundles, tmp_path):
     """tiny PACKD -> bundle -> Detector on ONNX Runtime in a process where torch cannot be imported
     -> prototypes from k images -> detect on test images == the PyTorch model's scores."""
     bundle = bundles["packd"][1]
-    supports = _frames_of([s.path for s in list_split(synth_root, "disc", "train")[:2]])
-    test = _frames_of([s.path for s in list_split(synth_root, "disc", "test")])
+    supports = load_frames([s.path for s in list_split(synth_root, "disc", "train")[:2]], FRAME)
+    test = load_frames([s.path for s in list_split(synth_root, "disc", "test")], FRAME)
     np.save(tmp_path / "supports.npy", supports)
     np.save(tmp_path / "test.npy", test)
     script = NO_TORCH + textwrap.dedent(f"""
@@ -63,20 +59,20 @@ def test_end_to_end_without_torch(synth_root, checkpoints, bundles, tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "ONNX Runtime" in run.stdout and "TensorRT is not" in run.stdout
-    model, cfg = load_model(checkpoints["packd"])
-    spec = InputSpec.from_dict(cfg["input"])
-    scorer = Scorer(model, spec.image_size).eval()
+    scorer = load_scorer(checkpoints["packd"])[0]
     with torch.no_grad():
-        protos = SupportGraph(scorer, spec)(torch.from_numpy(supports))
-        ts, tm = QueryGraph(scorer, spec)(torch.from_numpy(test), *protos)
+        protos = SupportGraph(scorer)(torch.from_numpy(supports))
+        ts, tm = QueryGraph(scorer)(torch.from_numpy(test), *protos)
     tol = 1e-4 * float(tm.max() - tm.min())
     assert np.abs(np.load(tmp_path / "scores.npy") - ts.numpy()).max() <= tol
     assert np.abs(np.load(tmp_path / "maps.npy") - tm.numpy()).max() <= tol
 
 
 def test_runtime_imports_without_torch_or_packd():
-    script = NO_TORCH + "import packd_runtime, packd_runtime.backends.tensorrt_backend, packd_runtime.tensorrt_build\n" \
-        "assert not any(m == 'packd' or m.startswith('packd.') for m in sys.modules)"
+    script = NO_TORCH + textwrap.dedent("""
+        import packd_runtime, packd_runtime.backends.tensorrt_backend, packd_runtime.tensorrt_build
+        assert not any(m == 'packd' or m.startswith('packd.') for m in sys.modules)
+    """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
 
@@ -131,7 +127,8 @@ def test_prototypes_files_and_fingerprints(packd_det, bundles, tmp_path):
     assert [a.shape for a in protos.arrays] == [(24, 24), (24, 40), (24, 112)] and protos.shots == 3
     protos.save(tmp_path / "p.npz")
     loaded = Prototypes.load(tmp_path / "p.npz")
-    assert loaded.fingerprint == protos.fingerprint and all(np.array_equal(a, b) for a, b in zip(loaded.arrays, protos.arrays))
+    assert loaded.fingerprint == protos.fingerprint
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.arrays, protos.arrays))
     x = _random_frames(2, seed=4)
     assert np.array_equal(det.detect(x, loaded).scores, det.detect(x, protos).scores)
     foreign = Prototypes(protos.arrays, "0123456789abcdef", 3)
@@ -195,15 +192,18 @@ def test_open_refuses_corrupted_bundles(bundles, tmp_path):
 
 
 def test_runtime_wheel_has_a_small_dependency_set(tmp_path):
+    """Built from a copy of runtime/, so the build never writes into the checkout."""
+    src = tmp_path / "runtime"
+    shutil.copytree(ROOT / "runtime", src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    before = sorted(p.relative_to(ROOT) for p in (ROOT / "runtime").rglob("*") if "__pycache__" not in p.parts)
     run = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                          "-w", str(tmp_path), str(ROOT / "runtime")], capture_output=True, text=True, timeout=300)
+                          "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    shutil.rmtree(ROOT / "runtime" / "build", ignore_errors=True)
-    for egg in (ROOT / "runtime").glob("*.egg-info"):
-        shutil.rmtree(egg)
+    after = sorted(p.relative_to(ROOT) for p in (ROOT / "runtime").rglob("*") if "__pycache__" not in p.parts)
+    assert after == before
     import zipfile
 
-    wheel = next(tmp_path.glob("packd_runtime-*.whl"))
+    wheel = next((tmp_path / "dist").glob("packd_runtime-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         meta = z.read(next(n for n in z.namelist() if n.endswith("METADATA"))).decode()
         names = z.namelist()
@@ -211,7 +211,8 @@ def test_runtime_wheel_has_a_small_dependency_set(tmp_path):
                       if line.startswith("Requires-Dist:") and "extra ==" not in line)
     assert required == ["numpy>=1.22", "onnxruntime>=1.16"]
     assert "Requires-Python: >=3.10" in meta
-    assert "packd_runtime/backends/tensorrt_backend.py" in names
+    assert "packd_runtime/backends/tensorrt_backend.py" in names and "packd_runtime/detector.py" in names
+    assert not any(n.startswith(("packd/", "packd_export/", "packd_bench/")) for n in names)
 
 
 def test_runtime_parses_as_python_3_10():
@@ -248,8 +249,8 @@ def test_tensorrt_names_exist_in_a_real_binding():
     """Every `trt.X[.Y]` used exists in TensorRT 11's lean binding: all of the runtime backend's,
     and the builder's except the builder-only classes listed above (so no new name slips in unchecked)."""
     lean = pytest.importorskip("tensorrt_lean_bindings")
-    backend = _attribute_uses(ROOT / "runtime" / "backends" / "tensorrt_backend.py", "trt")
-    builder = _attribute_uses(ROOT / "runtime" / "tensorrt_build.py", "trt")
+    backend = _attribute_uses(RUNTIME / "backends" / "tensorrt_backend.py", "trt")
+    builder = _attribute_uses(RUNTIME / "tensorrt_build.py", "trt")
     assert backend and builder
     assert _missing(lean, backend) == []
     assert _missing(lean, builder, skip=BUILDER_ONLY) == []
@@ -258,7 +259,7 @@ def test_tensorrt_names_exist_in_a_real_binding():
 
 def test_cuda_runtime_names_exist_in_cuda_python():
     cudart = pytest.importorskip("cuda.bindings.runtime")
-    for path in (ROOT / "runtime" / "backends" / "tensorrt_backend.py", ROOT / "runtime" / "tensorrt_build.py"):
+    for path in (RUNTIME / "backends" / "tensorrt_backend.py", RUNTIME / "tensorrt_build.py"):
         used = _attribute_uses(path, "cudart")
         assert used, path
         assert _missing(cudart, used) == [], path

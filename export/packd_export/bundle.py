@@ -1,0 +1,197 @@
+"""Write and check bundles: a directory with manifest.json, support.onnx (few-shot kinds), query.onnx
+and, on a machine with TensorRT and a GPU, engines built for it.
+
+Written atomically: everything goes to a temporary directory that is renamed into place, so
+exporting over an existing bundle never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+import packd
+from packd.data import list_split
+from packd.errors import PackdError
+from packd.methods import load_scorer
+from packd.preprocess import load_frames
+from packd.scoring import Scorer
+from packd_export.graphs import GraphSpec, graph_specs
+from packd_export.onnx_export import check_onnx, export_onnx
+from packd_export.precision import to_fp16, to_int8
+from packd_export.trt_compat import check_tensorrt_compat
+from packd_runtime.atomic import atomic_dir, write_json
+from packd_runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from packd_runtime.manifest import (
+    BUNDLE_FORMAT,
+    MANIFEST,
+    read_manifest,
+    sha256,
+    threshold_from_normal_scores,
+    verify_files,
+)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_IMAGES = 32  # normal training images per training category: int8 calibration and the default threshold
+THRESHOLD_SHOTS = 2  # few-shot kinds: supports per category when scoring the normal images
+
+
+def _dtype(t: onnx.TypeProto) -> str:
+    return onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type).name
+
+
+def _io(values) -> list[dict[str, Any]]:
+    return [{"name": v.name, "dtype": _dtype(v.type),
+             "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+
+def calibration_frames(config: dict[str, Any], frame_hw: tuple[int, int], per_category: int,
+                       data: Path | None = None) -> dict[str, np.ndarray]:
+    """Normal training images of the checkpoint's categories as uint8 camera frames (N,H,W,3)."""
+    root = Path(data or config["train"]["data"])
+    frames = {}
+    for cat in config["train"]["categories"]:
+        try:
+            samples = list_split(root, cat, "train")[:per_category]
+        except PackdError as e:
+            raise PackdError(f"calibration images: {e} (pass --calibration-data DIR with the training "
+                             "dataset)") from None
+        frames[cat] = load_frames([s.path for s in samples], frame_hw)
+    return frames
+
+
+def _example(scorer: Scorer, gspec: GraphSpec, frame_hw: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """Example inputs to trace with: 2 frames (+ 6 random prototypes per tensor for a few-shot query graph)."""
+    images = torch.randint(0, 256, (2, *frame_hw, 3), dtype=torch.uint8)
+    if gspec.name == "support" or not scorer.few_shot:
+        return (images,)
+    return (images, *(torch.randn(6, c) for c in scorer.model.prototype_channels))
+
+
+def _feeds(frames: dict[str, np.ndarray], few_shot: bool, prototypes) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Per graph the feeds of normal images: few-shot kinds take THRESHOLD_SHOTS supports per category
+    (through `prototypes(supports) -> {name: array}`) and score the rest; other kinds score them all."""
+    feeds: dict[str, list] = {"support": [], "query": []}
+    for images in frames.values():
+        queries, extra = images, {}
+        if few_shot:
+            supports, queries = images[:THRESHOLD_SHOTS], images[THRESHOLD_SHOTS:]
+            feeds["support"].append({"images": supports})
+            extra = prototypes(supports)
+        feeds["query"] += [{"images": queries[i:i + 8], **extra} for i in range(0, len(queries), 8)]
+    return feeds
+
+
+@torch.no_grad()
+def _torch_prototypes(scorer: Scorer, names: list[str]):
+    """The FP32 PyTorch support graph as a feed maker (for int8 calibration of the query graph)."""
+    from packd_export.graphs import SupportGraph
+
+    support = SupportGraph(scorer).eval()
+    return lambda supports: {n: p.numpy() for n, p in zip(names, support(torch.from_numpy(supports)))}
+
+
+def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.ndarray]) -> float:
+    """The default threshold of a bundle from its OWN graphs (so fp16 / int8 bundles get theirs): mean +
+    3 std of the scores of normal training images, few-shot kinds with prototypes from 2 of them."""
+    backend = OnnxRuntimeBackend(bundle, {"graphs": graphs})
+    try:
+        names = [o["name"] for o in graphs.get("support", {}).get("outputs", [])]
+
+        def prototypes(supports: np.ndarray) -> dict[str, np.ndarray]:
+            out = backend.run("support", {"images": supports})
+            return {n: out[n] for n in names}
+
+        feeds = _feeds(frames, "support" in graphs, prototypes)
+        scores = np.concatenate([backend.run("query", f)["scores"] for f in feeds["query"]])
+    finally:
+        backend.close()
+    return threshold_from_normal_scores(scores)
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "fp32", max_batch: int = 32,
+                  max_shots: int = 8, frame_size: tuple[int, int] | None = None, opset: int = 18,
+                  calibration_data: str | Path | None = None, engines: str = "auto") -> dict[str, Any]:
+    """Export a checkpoint to a bundle. engines: 'auto' (build when TensorRT and a GPU are here),
+    'never', or 'require' (fail without them). Returns the manifest."""
+    from packd_runtime.tensorrt_build import build_bundle_engines, why_no_tensorrt
+
+    if precision not in PRECISIONS:
+        raise PackdError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if max_batch < 1 or max_shots < 1:
+        raise PackdError("--max-batch and --max-shots must be at least 1")
+    if engines == "require" and (reason := why_no_tensorrt()):
+        raise PackdError(f"engines were required but cannot be built here: {reason}")
+    scorer, config = load_scorer(checkpoint)
+    spec = scorer.spec
+    frame_hw = tuple(frame_size or (spec.image_size, spec.image_size))
+    specs = graph_specs(scorer)
+    per_shot = scorer.model.prototypes_per_shot(spec.image_size) if scorer.few_shot else 0
+    limits = {"batch": max_batch, "shots": max_shots, "prototypes": max(max_shots * per_shot, 1)}
+    frames = calibration_frames(config, frame_hw, CALIBRATION_IMAGES, calibration_data and Path(calibration_data))
+    calibration = _feeds(frames, scorer.few_shot, _torch_prototypes(scorer, scorer.prototype_names))
+    graphs: dict[str, Any] = {}
+    with atomic_dir(out) as tmp:
+        for g in specs:
+            proto = export_onnx(g, _example(scorer, g, frame_hw), limits, opset)
+            if precision == "fp16":
+                proto = to_fp16(proto)
+            elif precision == "int8":
+                proto = to_int8(proto, calibration[g.name])
+            proto = check_onnx(proto)
+            problems = check_tensorrt_compat(proto)
+            if problems:
+                raise PackdError(f"{g.name} graph would not parse in TensorRT: " + "; ".join(problems[:5]))
+            onnx.save(proto, tmp / f"{g.name}.onnx")
+            graphs[g.name] = {"file": f"{g.name}.onnx", "inputs": _io(proto.graph.input),
+                              "outputs": _io(proto.graph.output)}
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "kind": config["kind"],
+            "teacher": config["teacher"],
+            "image_size": spec.image_size,
+            "input": {"dtype": "uint8", "layout": "NHWC", "color": "RGB", "range": [0, 255],
+                      "height": frame_hw[0], "width": frame_hw[1]},
+            "normalisation": {"mean": list(spec.mean), "std": list(spec.std)},
+            "settings": config["settings"],
+            "precision": precision,
+            "opset": opset,
+            "graphs": graphs,
+            "dynamic": {k: [1, v] for k, v in limits.items() if k == "batch" or scorer.few_shot},
+            "threshold": bundle_threshold(tmp, graphs, frames),
+            "versions": {"packd": packd.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                         "onnxruntime": onnxruntime.__version__},
+            "checkpoint": {"name": Path(checkpoint).resolve().name,
+                           "model_sha256": sha256(Path(checkpoint) / "model.safetensors"),
+                           "categories": config["train"]["categories"]},
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "engines": [],
+        }
+        if scorer.few_shot:
+            manifest["prototypes"] = {"per_shot": per_shot, "channels": list(scorer.model.prototype_channels)}
+        manifest["files"] = {f"{g}.onnx": sha256(tmp / f"{g}.onnx") for g in graphs}
+        write_json(tmp / MANIFEST, manifest)
+    if engines != "never" and why_no_tensorrt() is None:
+        manifest = build_bundle_engines(out)
+    return manifest
+
+
+def check_bundle(bundle: str | Path) -> dict[str, Any]:
+    """Manifest version, file hashes, ONNX validity and TensorRT parser compatibility; returns the manifest."""
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest)
+    for graph, spec in manifest["graphs"].items():
+        model = onnx.load(Path(bundle) / spec["file"])
+        check_onnx(model)
+        problems = check_tensorrt_compat(model)
+        if problems:
+            raise PackdError(f"{graph} graph would not parse in TensorRT: " + "; ".join(problems[:5]))
+        if [i["name"] for i in _io(model.graph.input)] != [i["name"] for i in spec["inputs"]]:
+            raise PackdError(f"{spec['file']} inputs do not match the manifest")
+    return manifest

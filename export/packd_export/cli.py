@@ -1,0 +1,95 @@
+"""`packd-export`: CHECKPOINT --out BUNDLE (export), `check BUNDLE`, `build BUNDLE` (engines on this GPU)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from packd.console import run_app
+from packd.errors import PackdError
+
+console = Console()
+export_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+tools_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                        rich_markup_mode=None)
+SUBCOMMANDS = ("check", "build")
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise PackdError(f"--frame-size must look like 480x640 (height x width), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise PackdError(f"--frame-size must be positive, got {text!r}")
+    return h, w
+
+
+@export_app.command(epilog="Also: packd-export check BUNDLE (verify a bundle), "
+                           "packd-export build BUNDLE (TensorRT engines on this GPU).")
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder written by `packd train`.")],
+    out: Annotated[Path, typer.Option(help="Bundle folder to write (replaced atomically if it exists).")],
+    precision: Annotated[str, typer.Option(
+        help="fp32, fp16 (FP16 trunk, FP32 distances/maps/scores) or int8 (Q/DQ, calibrated on normal "
+             "images).")] = "fp32",
+    max_batch: Annotated[int, typer.Option(help="Largest query batch the engines are built for.")] = 32,
+    max_shots: Annotated[int, typer.Option(
+        help="Few-shot kinds: most support images per changeover the engines are built for.")] = 8,
+    frame_size: Annotated[str | None, typer.Option(
+        help="Camera frame size HxW the graphs take (resized inside).", show_default="the model's input size")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17-19).")] = 18,
+    calibration_data: Annotated[Path | None, typer.Option(
+        help="Dataset root with the training categories' train/good images (int8 calibration and the "
+             "default threshold).", show_default="the data the checkpoint was trained on")] = None,
+    engines: Annotated[str, typer.Option(
+        help="auto: build TensorRT engines when TensorRT and a GPU are here; never; require: fail without "
+             "them.")] = "auto",
+) -> None:
+    """Export a checkpoint to a bundle: ONNX graphs, manifest, and TensorRT engines where possible."""
+    from packd_export.bundle import export_bundle
+    from packd_runtime.tensorrt_build import why_no_tensorrt
+
+    if engines not in ("auto", "never", "require"):
+        raise PackdError(f"--engines must be auto, never or require, got {engines!r}")
+    manifest = export_bundle(checkpoint, out, precision=precision, max_batch=max_batch, max_shots=max_shots,
+                             frame_size=_size(frame_size), opset=opset, calibration_data=calibration_data,
+                             engines=engines)
+    console.print(f"bundle written to {out}: {', '.join(manifest['files'])}")
+    if not manifest["engines"] and engines != "never":
+        console.print(f"no TensorRT engine built: {why_no_tensorrt()}; on the target run: packd-export build {out}")
+
+
+@tools_app.command()
+def check(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
+    """Verify manifest version, file hashes, ONNX validity and TensorRT parser compatibility."""
+    from packd_export.bundle import check_bundle
+
+    manifest = check_bundle(bundle)
+    console.print(f"{bundle}: ok ({manifest['kind']}, {manifest['precision']}, "
+                  f"graphs: {', '.join(manifest['graphs'])}, engines: {len(manifest['engines'])})")
+
+
+@tools_app.command()
+def build(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
+    """Build TensorRT engines for an existing bundle on this machine's GPU (run it on the target device)."""
+    from packd_runtime.tensorrt_build import build_bundle_engines
+
+    manifest = build_bundle_engines(bundle)
+    console.print(f"built {', '.join(e['file'] for e in manifest['engines'])}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`packd-export CHECKPOINT ...` exports; `packd-export check|build BUNDLE` checks or builds."""
+    argv = sys.argv[1:] if argv is None else argv
+    run_app(tools_app if argv and argv[0] in SUBCOMMANDS else export_app, argv, "packd-export")
+
+
+if __name__ == "__main__":
+    main()

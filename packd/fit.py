@@ -1,0 +1,106 @@
+"""The training loop every trainable kind shares, kept outside the models: Adam, AMP on GPU, a
+progress bar, a checkpoint every epoch and resume after an interruption, deterministic for a seed.
+
+A method supplies a `Training`: batches per epoch (depending only on the epoch number, so a resumed
+run continues exactly), the number of steps per epoch, and its loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from packd import __version__
+from packd.checkpoint import load_trainer_state, load_weights, read_config, save_checkpoint
+from packd.device import pick_device
+from packd.errors import PackdError
+from packd.settings import RunConfig
+
+RESUMABLE_KEYS = ("epochs", "device")  # run settings that may change between an interrupted run and its resume
+
+
+@dataclass(frozen=True)
+class Training:
+    """What a method trains with: `batches(epoch)` yields `steps` items, `loss(model, item)` scores one."""
+
+    batches: Callable[[int], Iterable]
+    steps: int
+    loss: Callable[[nn.Module, Any], torch.Tensor]
+
+
+def image_batches(dataset: Dataset, run: RunConfig) -> tuple[Callable[[int], Iterable], int]:
+    """Shuffled mini-batches whose order depends only on (seed, epoch); returns (batches, steps)."""
+    batch = min(run.batch_size, len(dataset))
+    drop = len(dataset) > batch
+
+    def batches(epoch: int) -> Iterable:
+        order = torch.Generator().manual_seed(run.seed * 100_003 + epoch)
+        return DataLoader(dataset, batch_size=batch, shuffle=True, generator=order, drop_last=drop)
+
+    return batches, (len(dataset) // batch if drop else 1)
+
+
+def _comparable(config: dict) -> dict:
+    """The settings that define a run, as JSON stores them (resumable settings and progress left out)."""
+    run = {k: v for k, v in config.get("run", {}).items() if k not in RESUMABLE_KEYS}
+    train = {k: v for k, v in config.get("train", {}).items() if k not in ("epochs_done", "history")}
+    rest = {k: v for k, v in config.items() if k not in ("run", "train", "format", "packd_version")}
+    return json.loads(json.dumps({**rest, "run": run, "train": train}))
+
+
+def _to(item: Any, device: torch.device) -> Any:
+    if torch.is_tensor(item):
+        return item.to(device, non_blocking=True)
+    return [_to(x, device) for x in item] if isinstance(item, (list, tuple)) else item
+
+
+def fit(model: nn.Module, training: Training, *, run: RunConfig, out: str | Path, config: dict[str, Any],
+        resume: bool = True, progress: bool = True) -> Path:
+    """Train the trainable parameters of `model`, checkpointing to `out` after every epoch."""
+    out = Path(out)
+    device = pick_device(run.device)
+    model.to(device)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=run.lr, betas=tuple(run.betas))
+    use_amp = run.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    config = {**config, "packd_version": __version__}
+    start, history = 0, []
+    state = load_trainer_state(out) if resume and (out / "config.json").is_file() else None
+    if state is not None:
+        previous = read_config(out)
+        if _comparable(previous) != _comparable(config):
+            raise PackdError(f"{out} holds a run with other settings; pass another --out, or --no-resume to start over")
+        load_weights(out, model)
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start, history = int(state["epoch"]), list(previous["train"].get("history", []))
+    columns = (TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        for epoch in range(start, run.epochs):
+            task = bar.add_task("train", total=training.steps, epoch=f"{epoch + 1}/{run.epochs}", loss=float("nan"))
+            model.train()
+            total, n = 0.0, 0
+            for item in training.batches(epoch):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    loss = training.loss(model, _to(item, device))
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                total, n = total + float(loss.detach()), n + 1
+                bar.update(task, advance=1, loss=total / n)
+            history.append(round(total / max(n, 1), 6))
+            train_cfg = {**config["train"], "epochs_done": epoch + 1, "history": history}
+            save_checkpoint(out, model, {**config, "train": train_cfg},
+                            {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1})
+    return out

@@ -1,0 +1,132 @@
+"""Building blocks shared by the distillation methods (RD, MemKD, PACKD): the student's channel plan,
+residual blocks, the one-class bottleneck (OCBE), the decoder stages, the residual refinement after
+the last stage, and support rotations.
+
+Generic over the teacher's channel plan (c1, c2, c3 at strides 4, 8, 16): the bottleneck maps
+them to 2*c3 channels at stride 32 and the decoder mirrors the teacher back to stride 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ChannelPlan:
+    """Teacher stage channels and the student's block layout."""
+
+    channels: tuple[int, int, int]
+    block: str = "basic"  # "basic" (ResNet-18/34 style) or "bottleneck" (ResNet-50 style)
+    ocbe_blocks: int = 2
+    decoder_blocks: tuple[int, int, int] = (2, 2, 2)  # deepest stage first, as the decoder runs
+    width_div: int = 2  # bottleneck width = out_channels // width_div (2: wide ResNet)
+
+
+_LAYOUTS = {  # teacher -> (block, ocbe blocks, decoder blocks, width divisor), mirroring the reference code
+    "wide_resnet50_2": ("bottleneck", 3, (3, 4, 6), 2),
+    "wide_resnet101_2": ("bottleneck", 3, (3, 23, 4), 2),
+    "resnet50": ("bottleneck", 3, (3, 4, 6), 4),
+    "resnet34": ("basic", 3, (3, 4, 6), 1),
+    "resnet18": ("basic", 2, (2, 2, 2), 1),
+}
+
+
+def plan_for(teacher_name: str, channels: tuple[int, int, int]) -> ChannelPlan:
+    """The student layout for a teacher: the reference layouts for ResNets, light basic blocks otherwise."""
+    block, ocbe, dec, div = _LAYOUTS.get(teacher_name, ("basic", 2, (2, 2, 2), 1))
+    return ChannelPlan(tuple(channels), block, ocbe, dec, div)
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+
+
+class Block(nn.Module):
+    """Residual block, basic or bottleneck; `resample` = 'down' (stride-2 conv) or 'up' (2x2 stride-2 deconv)."""
+
+    def __init__(self, cin: int, cout: int, kind: str, width_div: int, resample: str | None = None):
+        super().__init__()
+        if kind == "basic":
+            first = (nn.ConvTranspose2d(cin, cout, 2, 2, bias=False) if resample == "up"
+                     else nn.Conv2d(cin, cout, 3, 2 if resample == "down" else 1, 1, bias=False))
+            self.body = nn.Sequential(first, nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                                      *_conv_bn(cout, cout, 3, 1))
+        elif kind == "bottleneck":
+            w = cout // width_div
+            mid = (nn.ConvTranspose2d(w, w, 2, 2, bias=False) if resample == "up"
+                   else nn.Conv2d(w, w, 3, 2 if resample == "down" else 1, 1, bias=False))
+            self.body = nn.Sequential(*_conv_bn(cin, w, 1, 1), nn.ReLU(inplace=True),
+                                      mid, nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                                      *_conv_bn(w, cout, 1, 1))
+        else:
+            raise ValueError(f"unknown block kind {kind!r}")
+        if resample == "up":
+            self.shortcut = nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, 2, bias=False), nn.BatchNorm2d(cout))
+        elif resample == "down" or cin != cout:
+            self.shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, 2 if resample == "down" else 1))
+        else:
+            self.shortcut = nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class OCBE(nn.Module):
+    """One-class bottleneck: fuse the three teacher stages at stride 16, then a residual stage to stride 32."""
+
+    def __init__(self, plan: ChannelPlan):
+        super().__init__()
+        c1, c2, c3 = plan.channels
+        self.down1 = nn.Sequential(_conv_bn_relu(c1, c2), _conv_bn_relu(c2, c3))
+        self.down2 = _conv_bn_relu(c2, c3)
+        out = 2 * c3
+        blocks = [Block(3 * c3, out, plan.block, plan.width_div, "down")]
+        blocks += [Block(out, out, plan.block, plan.width_div) for _ in range(plan.ocbe_blocks - 1)]
+        self.blocks = nn.Sequential(*blocks)
+        self.out_channels = out
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        f1, f2, f3 = feats
+        return self.blocks(torch.cat([self.down1(f1), self.down2(f2), f3], dim=1))
+
+
+def decoder_stages(plan: ChannelPlan, in_channels: int, widen: Callable[[int], int] = int) -> nn.ModuleList:
+    """The student's three stages (c3 @16, c2 @8, c1 @4), each an upsampling block then plain blocks.
+
+    `widen(c)` is the input width of the next stage after a stage with c outputs: c for RD, wider
+    when a method concatenates guidance to every stage output (PACKD: 2c + 1, MemKD: 2c)."""
+    c1, c2, c3 = plan.channels
+    outs = (c3, c2, c1)
+    ins = (in_channels, widen(c3), widen(c2))
+    stages = []
+    for cin, cout, n in zip(ins, outs, plan.decoder_blocks):
+        blocks = [Block(cin, cout, plan.block, plan.width_div, "up")]
+        blocks += [Block(cout, cout, plan.block, plan.width_div) for _ in range(n - 1)]
+        stages.append(nn.Sequential(*blocks))
+    return nn.ModuleList(stages)
+
+
+class Refine(nn.Module):
+    """After the last stage: the student map and what guided it (`in_channels`) -> residual correction."""
+
+    def __init__(self, channels: int, in_channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, channels, 1))
+
+    def forward(self, student: torch.Tensor, integrated: torch.Tensor) -> torch.Tensor:
+        return student + self.body(integrated)
+
+
+def rotate_supports(x: torch.Tensor, rotations: int) -> torch.Tensor:
+    """(k,3,S,S) -> (k*rotations,3,S,S): the images turned by 0, 90, 180, 270 degrees (first `rotations`)."""
+    return torch.cat([torch.rot90(x, r, dims=(2, 3)) for r in range(rotations)], dim=0)

@@ -1,0 +1,93 @@
+"""PACKD's losses (Eq. 7): per stage KD + lambda1 x CDS (contrastive distillation over correspondences,
+averaged over the k supports) + lambda2 x orthogonality of each image's L prototypes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from packd.losses import kd_loss, orthogonality_loss
+from packd.methods.packd.model import PACKD
+
+
+def correspondence_similarity(support: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """CDS similarities between flattened, L2-normalised correspondence matrices (Eqs. 5-6).
+
+    support (E,k,M,C) teacher maps of each episode's supports, query (E,Q,M,C) teacher maps of its
+    queries, candidates (X,M,C) projected student maps of all X queries; locations are rows.
+    Returns sim (E,Q,k,X) = cos(flat R(Ts_en, Tq_eq), flat R(Ts_en, Sx)), R(a,b) = cosine of
+    every location of a with every location of b (M x M).
+
+    Exact without materialising M x M matrices when C < M: with U, V, W the row-normalised maps,
+    <U V^T, U W^T>_F = <U^T U, V^T W>_F, so everything is C x C (stage 1 at 256 px: M = 4096,
+    C = 256 for WRN50: 64x less memory than the correspondences themselves).
+    """
+    u = F.normalize(support.float(), dim=-1)
+    v = F.normalize(query.float(), dim=-1)
+    w = F.normalize(candidates.float(), dim=-1)
+    m, c = u.shape[-2], u.shape[-1]
+    if c < m:
+        gram = u.transpose(-1, -2) @ u  # (E,k,C,C)
+        y = torch.einsum("eqmc,encd->eqnmd", v, gram)  # V G
+        num = torch.einsum("eqnmd,xmd->eqnx", y, w)
+        anchor_sq = (y * v.unsqueeze(2)).sum(dim=(-1, -2))  # (E,Q,k) = <G, V^T V>
+        cand_sq = torch.einsum("encd,xcd->enx", gram, w.transpose(-1, -2) @ w)  # <G, W^T W>
+    else:
+        anchor = torch.einsum("enmc,eqpc->eqnmp", u, v)
+        cand = torch.einsum("enmc,xpc->enxmp", u, w)
+        num = torch.einsum("eqnmp,enxmp->eqnx", anchor, cand)
+        anchor_sq = (anchor ** 2).sum(dim=(-1, -2))
+        cand_sq = (cand ** 2).sum(dim=(-1, -2))
+    denom = (anchor_sq.unsqueeze(-1) * cand_sq.unsqueeze(1)).clamp_min(1e-12).sqrt()
+    return num / denom
+
+
+def cds_loss(support: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor, tau: float = 0.05) -> torch.Tensor:
+    """InfoNCE over correspondences: positive = the query's own projected student, negatives = the
+    students of queries from OTHER episodes (categories); averaged over the k supports and queries.
+
+    Candidates are ordered like the queries flattened (episode-major). Queries of the same
+    category other than the positive are neither positive nor negative.
+    """
+    e, q = query.shape[:2]
+    if e < 2:
+        raise ValueError("the contrastive loss needs queries of at least two categories in a batch")
+    logits = correspondence_similarity(support, query, candidates) / tau  # (E,Q,k,X)
+    episode = torch.arange(e, device=logits.device).repeat_interleave(q)  # episode of each candidate
+    own = torch.arange(e * q, device=logits.device).view(e, q)
+    positive = torch.zeros(e, q, e * q, dtype=torch.bool, device=logits.device)
+    positive.view(e * q, e * q)[torch.arange(e * q), own.flatten()] = True
+    negative = episode.view(1, 1, -1) != torch.arange(e, device=logits.device).view(e, 1, 1)
+    keep = (positive | negative).unsqueeze(2)  # (E,Q,1,X)
+    masked = logits.masked_fill(~keep, float("-inf"))
+    pos = logits.masked_fill(~positive.unsqueeze(2), 0).sum(-1)
+    return (torch.logsumexp(masked, dim=-1) - pos).mean()
+
+
+def packd_loss(model: PACKD, item: list, cds_weight: float, orth_weight: float, tau: float) -> torch.Tensor:
+    """Eq. 7 on one episodic batch: sum over stages of KD + cds_weight * mean over supports of CDS +
+    orth_weight * orthogonality."""
+    queries, supports = item  # (E,Q,3,S,S), (E,k,3,S,S)
+    e, q, k = queries.shape[0], queries.shape[1], supports.shape[1]
+    r = model.rotations
+    with torch.no_grad():
+        t_q = model.teacher(queries.flatten(0, 1))
+        t_s = model.support_teacher(supports.flatten(0, 1))  # rotation-major: (R*E*k, C, h, w)
+    per_image = model.extract(t_s)  # (R*E*k, L, C)
+    protos = []
+    for p in per_image:
+        n, c = p.shape[1], p.shape[2]
+        per_cat = p.view(r, e, k, n, c).transpose(0, 1).reshape(e, r * k * n, c)
+        protos.append(per_cat.unsqueeze(1).expand(e, q, -1, -1).reshape(e * q, r * k * n, c))
+    student = model.decode(t_q, protos)
+    loss = kd_loss(t_q, student)
+    if orth_weight:
+        loss = loss + orth_weight * sum(orthogonality_loss(p) for p in per_image)
+    if cds_weight:
+        for tq, ts, s, head in zip(t_q, t_s, student, model.projections):
+            c = tq.shape[1]
+            anchor_support = ts[: e * k].flatten(2).transpose(1, 2).reshape(e, k, -1, c)  # unrotated supports
+            query = tq.flatten(2).transpose(1, 2).reshape(e, q, -1, c)
+            cand = head(s).flatten(2).transpose(1, 2)
+            loss = loss + cds_weight * cds_loss(anchor_support, query, cand, tau)
+    return loss

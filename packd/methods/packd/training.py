@@ -1,0 +1,65 @@
+"""PACKD: settings, presets and episodic meta-training over many categories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+from packd.errors import PackdError
+from packd.fit import Training
+from packd.layers import ChannelPlan, plan_for
+from packd.losses import ORTH_HELP
+from packd.methods.packd.episodes import EpisodeSampler
+from packd.methods.packd.losses import packd_loss
+from packd.methods.packd.model import PACKD
+from packd.methods.rd.training import PLAN_HELP
+from packd.preprocess import InputSpec
+from packd.settings import RunConfig, setting, validate
+from packd.teachers import Teacher
+
+ROTATIONS_HELP = "Support rotations (1-4: 0/90/180/270 degrees), in training and at test time."
+
+
+@dataclass(frozen=True)
+class PACKDSettings:
+    """Meta-training and loss settings (paper: L = 20, tau = 0.05, lambda1 = lambda2 = 0.5, rotated supports).
+
+    A batch holds `categories_per_batch` categories x (batch size // categories_per_batch) queries."""
+
+    shots: int = setting(2, "Support images per category and batch in meta-training.", ge=1)
+    prototypes: int = setting(20, "Prototypes L per support image and stage.", ge=1)
+    rotations: int = setting(4, ROTATIONS_HELP, ge=1, le=4)
+    categories_per_batch: int = setting(4, "Categories per batch (the contrastive negatives come from the others).",
+                                        ge=1)
+    cds_weight: float = setting(0.5, "Contrastive distillation weight lambda1 (0 = PEIM only).", ge=0)
+    orth_weight: float = setting(0.5, ORTH_HELP, ge=0)
+    tau: float = setting(0.05, "Contrastive temperature.", gt=0)
+    plan: ChannelPlan | None = setting(None, PLAN_HELP, cli=False)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+PRESETS = {
+    "default": {"lr": 5e-4},
+    "paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 5e-4, "epochs": 100, "batch_size": 32,
+              "prototypes": 20, "tau": 0.05},
+}
+
+
+def build(teacher: Teacher, settings: PACKDSettings) -> tuple[PACKD, PACKDSettings]:
+    settings = replace(settings, plan=settings.plan or plan_for(teacher.name, teacher.channels))
+    return PACKD(teacher, settings.plan, settings.prototypes, settings.rotations), settings
+
+
+def training(model: PACKD, settings: PACKDSettings, *, run: RunConfig, data: Path, categories: list[str],
+             spec: InputSpec) -> Training:
+    """Episodes over the meta-training categories (never the targets), Eq. 7's loss."""
+    if settings.cds_weight and len(categories) < 2:
+        raise PackdError("the contrastive loss needs at least two training categories (or --cds-weight 0)")
+    per_batch = min(settings.categories_per_batch, len(categories))
+    sampler = EpisodeSampler(data, categories, spec, shots=settings.shots, queries=max(1, run.batch_size // per_batch),
+                             categories_per_batch=per_batch, seed=run.seed)
+    loss = partial(packd_loss, cds_weight=settings.cds_weight, orth_weight=settings.orth_weight, tau=settings.tau)
+    return Training(sampler.epoch, len(sampler), loss)

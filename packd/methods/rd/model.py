@@ -1,0 +1,34 @@
+"""Reverse Distillation (Deng & Li, CVPR 2022): frozen teacher -> one-class bottleneck -> student
+decoder mirroring the teacher. A pure module; its loss and training live in `training.py`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from packd.layers import OCBE, ChannelPlan, decoder_stages
+from packd.scoring import cosine_distances
+
+
+class ReverseDistillation(nn.Module):
+    """forward(normalised images) -> (teacher maps, student maps), both in teacher order."""
+
+    def __init__(self, teacher: nn.Module, plan: ChannelPlan):
+        super().__init__()
+        self.teacher = teacher
+        self.plan = plan
+        self.ocbe = OCBE(plan)
+        self.stages = decoder_stages(plan, self.ocbe.out_channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        with torch.no_grad():
+            t = self.teacher(x)
+        z, outs = self.ocbe(t), []
+        for stage in self.stages:
+            z = stage(z)
+            outs.append(z)
+        return t, outs[::-1]
+
+    def distances(self, x: torch.Tensor, prototypes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per stage 1 - cos(teacher, student); RD takes no prototypes."""
+        return cosine_distances(*self(x))

@@ -1,0 +1,50 @@
+"""Reverse Distillation: settings, presets and training on the normal images of the listed categories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from packd.data import AnomalyDataset, list_split
+from packd.fit import Training, image_batches
+from packd.layers import ChannelPlan, plan_for
+from packd.losses import kd_loss
+from packd.methods.rd.model import ReverseDistillation
+from packd.preprocess import InputSpec
+from packd.settings import RunConfig, setting, validate
+from packd.teachers import Teacher
+
+PLAN_HELP = "Student layout; derived from the teacher when not given."
+
+
+@dataclass(frozen=True)
+class RDSettings:
+    """RD has no settings of its own beyond the student layout, which follows the teacher."""
+
+    plan: ChannelPlan | None = setting(None, PLAN_HELP, cli=False)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+PRESETS = {"paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 0.005, "epochs": 200, "batch_size": 16}}
+
+
+def build(teacher: Teacher, settings: RDSettings) -> tuple[ReverseDistillation, RDSettings]:
+    """The model and its settings with the student layout filled in (what the checkpoint records)."""
+    settings = replace(settings, plan=settings.plan or plan_for(teacher.name, teacher.channels))
+    return ReverseDistillation(teacher, settings.plan), settings
+
+
+def loss(model: ReverseDistillation, item: list) -> torch.Tensor:
+    return kd_loss(*model(item[0]))
+
+
+def training(model: ReverseDistillation, settings: RDSettings, *, run: RunConfig, data: Path,
+             categories: list[str], spec: InputSpec) -> Training:
+    """Shuffled batches of the categories' train/good images, RD's KD loss."""
+    dataset = AnomalyDataset([s for c in categories for s in list_split(data, c, "train")], spec)
+    batches, steps = image_batches(dataset, run)
+    return Training(batches, steps, loss)

@@ -1,0 +1,93 @@
+"""Anomaly maps and image scores: the one scoring path for training-side evaluation and export.
+
+Every model kind turns an image into per-stage distance maps (`distances`); `AnomalyMap` upsamples
+them bilinearly to the input size, sums them, blurs the sum (Gaussian sigma 4, 33 taps, separable,
+mirror padding) and takes the max as the image score, always in FP32. `Scorer` puts any kind
+behind one interface: `prototypes(supports)` once per product, `forward(x, prototypes)` per image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from packd.errors import PackdError
+from packd.preprocess import InputSpec
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """scipy.ndimage's kernel: radius int(truncate*sigma+0.5), normalised to sum 1."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(torch.float32)
+
+
+def cosine_distances(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per stage 1 - cosine over channels of teacher and student maps -> (B,h,w), FP32."""
+    return [1.0 - F.cosine_similarity(t.float(), s.float(), dim=1, eps=1e-8) for t, s in zip(teacher, student)]
+
+
+class AnomalyMap(nn.Module):
+    """Per-stage distance maps -> (scores (B,), maps (B,S,S)), FP32."""
+
+    def __init__(self, image_size: int, sigma: float = 4.0):
+        super().__init__()
+        self.image_size = image_size
+        k = gaussian_kernel1d(sigma)
+        self.radius = (k.numel() - 1) // 2
+        if image_size <= self.radius:
+            raise ValueError(f"image size {image_size} must exceed the blur radius {self.radius}")
+        self.register_buffer("kx", k.view(1, 1, 1, -1), persistent=False)
+        self.register_buffer("ky", k.view(1, 1, -1, 1), persistent=False)
+
+    def forward(self, distances: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-stage distance maps (B,h,w) -> upsampled, summed, blurred map and its max."""
+        size = (self.image_size, self.image_size)
+        total = None
+        for d in distances:
+            d = F.interpolate(d.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+            total = d if total is None else total + d
+        maps = self.blur(total)[:, 0]
+        return maps.flatten(1).amax(dim=1), maps
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        """Separable Gaussian on (B,1,H,W) with mirror padding (scipy's mode='mirror')."""
+        r = self.radius
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), self.kx)
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), self.ky)
+
+
+
+class Scorer(nn.Module):
+    """Any model kind behind one interface: `prototypes(supports)` once per product (few-shot kinds),
+    `forward(x, prototypes)` per batch -> (scores, maps). Kinds without a support path take no prototypes.
+
+    A model provides `distances(x, prototypes) -> list of (B,h,w)`; a few-shot model also
+    `prototypes(supports) -> list of (n, C_i)` and `prototype_channels` (C_i per prototype tensor).
+    """
+
+    def __init__(self, model: nn.Module, spec: InputSpec, few_shot: bool):
+        super().__init__()
+        self.model, self.spec, self.few_shot = model, spec, few_shot
+        self.anomaly_map = AnomalyMap(spec.image_size)
+
+    @property
+    def prototype_names(self) -> list[str]:
+        """Graph names of the prototype tensors: prototypes_1..N."""
+        return [f"prototypes_{i + 1}" for i in range(len(self.model.prototype_channels))] if self.few_shot else []
+
+    @torch.no_grad()
+    def prototypes(self, supports: torch.Tensor) -> list[torch.Tensor]:
+        if not self.few_shot:
+            return []
+        if supports.shape[0] == 0:
+            raise PackdError("empty support set: give at least one normal image")
+        return self.model.prototypes(supports)
+
+    def forward(self, x: torch.Tensor, prototypes: list[torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.few_shot and not prototypes:
+            raise PackdError("this few-shot model needs prototypes: compute them from the support images first")
+        return self.anomaly_map(self.model.distances(x, prototypes or []))

@@ -1,1 +1,0 @@
-"""Execution backends: TensorRT (engines built for this GPU) and ONNX Runtime (CUDA or CPU)."""

@@ -1,0 +1,194 @@
+"""`Detector`: what camera software embeds. numpy + onnxruntime, or tensorrt + cuda-python; never torch.
+
+    with Detector.open("bundles/packd") as det:       # checks the manifest and every file's sha256
+        det.prototypes(support_frames)                 # product changeover: the support graph, once
+        det.calibrate(normal_frames)                   # optional: threshold from normal images only
+        result = det.detect(frame)                     # each frame: the query graph
+        result.scores, result.maps, result.labels
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packd_runtime.atomic import atomic_file
+from packd_runtime.backends import Backend, open_backend
+from packd_runtime.errors import PackdError
+from packd_runtime.manifest import (
+    fingerprint,
+    read_manifest,
+    threshold_from_normal_scores,
+    verify_files,
+)
+
+
+@dataclass(frozen=True)
+class Prototypes:
+    """The support graph's output for one product: one float32 array (n, C_i) per stage, tagged
+    with the fingerprint of the bundle that made them."""
+
+    arrays: tuple[np.ndarray, ...]
+    fingerprint: str
+    shots: int
+
+    def save(self, path: str | Path) -> None:
+        """Write an .npz (no pickles) atomically."""
+        with atomic_file(path) as f:
+            np.savez(f, fingerprint=np.array(self.fingerprint), shots=np.array(self.shots),
+                     **{f"stage_{i + 1}": a for i, a in enumerate(self.arrays)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Prototypes:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                stages = sorted(k for k in z.files if k.startswith("stage_"))
+                return cls(tuple(z[k] for k in stages), str(z["fingerprint"]), int(z["shots"]))
+        except FileNotFoundError:
+            raise PackdError(f"prototypes file not found: {path}") from None
+        except (OSError, ValueError, KeyError) as e:
+            raise PackdError(f"corrupted prototypes file {path}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Result:
+    """Per image: score, anomaly map at the model's input size, label (score > threshold), optional mask."""
+
+    scores: np.ndarray
+    maps: np.ndarray
+    labels: np.ndarray
+    threshold: float
+    masks: np.ndarray | None = None
+
+
+class Detector:
+    """A loaded bundle on one backend. Safe to call from several camera threads at once."""
+
+    def __init__(self, bundle: Path, manifest: dict[str, Any], backend: Backend, reason: str):
+        self.bundle, self.manifest, self.backend, self.reason = bundle, manifest, backend, reason
+        self.threshold = float(manifest["threshold"])
+        self.fingerprint = fingerprint(manifest)
+        self.few_shot = "support" in manifest["graphs"]
+        self.frame_hw = (manifest["input"]["height"], manifest["input"]["width"])
+        self.max_batch = manifest["dynamic"]["batch"][1]
+        self.max_shots = manifest["dynamic"]["shots"][1] if self.few_shot else 0
+        proto_inputs = manifest["graphs"]["query"]["inputs"][1:]
+        self.prototype_names = [i["name"] for i in proto_inputs]
+        self._proto_channels = [i["shape"][1] for i in proto_inputs]
+        self._current: Prototypes | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, bundle: str | Path, backend: str = "auto", device: int = 0, build: bool = False,
+             profile: bool = False) -> Detector:
+        """Verify the bundle and pick a backend: TensorRT when engines for this GPU and TensorRT
+        version are in the bundle (or `build=True` and the builder is here: build and cache them),
+        else ONNX Runtime (CUDA provider if present, else CPU). `detector.reason` says why.
+        `profile=True` makes the TensorRT backend time H2D, compute and D2H with CUDA events."""
+        bundle = Path(bundle)
+        manifest = read_manifest(bundle)
+        verify_files(bundle, manifest)
+        chosen, manifest, reason = open_backend(bundle, manifest, backend, device, build=build, profile=profile)
+        return cls(bundle, manifest, chosen, reason)
+
+    # ---- input checks ---------------------------------------------------------------------
+
+    def _frames(self, images: Any, what: str) -> Any:
+        """(H,W,3) or (B,H,W,3) uint8 in the bundle's frame size; device arrays pass unchanged."""
+        cai = getattr(images, "__cuda_array_interface__", None)
+        shape = tuple(cai["shape"]) if cai is not None else np.shape(images)
+        dtype = np.dtype(cai["typestr"]) if cai is not None else getattr(images, "dtype", None)
+        if cai is None:
+            images = np.asarray(images)
+            dtype = images.dtype
+        if len(shape) == 3:
+            if cai is not None:
+                raise PackdError(f"{what}: device arrays must be batched (B,H,W,3), got shape {shape}")
+            images, shape = images[None], (1, *shape)
+        h, w = self.frame_hw
+        if len(shape) != 4:
+            raise PackdError(f"{what} must be (B,{h},{w},3) or ({h},{w},3) uint8 RGB, got shape {shape}")
+        if shape[-1] != 3:
+            raise PackdError(f"{what} must have 3 channels (RGB, last axis), got {shape[-1]}")
+        if tuple(shape[1:3]) != (h, w):
+            raise PackdError(f"{what} must be {h}x{w} frames (this bundle's input size), got {shape[1]}x{shape[2]}")
+        if dtype != np.uint8:
+            raise PackdError(f"{what} must be uint8 RGB 0-255, got dtype {dtype}")
+        if shape[0] == 0:
+            raise PackdError(f"{what} is an empty batch")
+        return images if cai is not None else np.ascontiguousarray(images)
+
+    # ---- the two graphs -------------------------------------------------------------------
+
+    def prototypes(self, images: Any) -> Prototypes:
+        """Product changeover: run the support graph on k normal frames; the result becomes the
+        detector's current prototypes and is returned (save it to skip this next time)."""
+        if not self.few_shot:
+            raise PackdError(f"this {self.manifest['kind']} bundle has no support graph: it needs no prototypes")
+        images = self._frames(images, "support images")
+        k = images.shape[0]
+        if k > self.max_shots:
+            raise PackdError(f"{k} support images, but this bundle was built for at most {self.max_shots}")
+        out = self.backend.run("support", {"images": images})
+        arrays = tuple(out[name] for name in self.prototype_names)
+        protos = Prototypes(arrays, self.fingerprint, k)
+        self.use(protos)
+        return protos
+
+    def use(self, prototypes: Prototypes) -> None:
+        """Make saved prototypes current (e.g. at start-up); refuses prototypes of another model."""
+        self._check_prototypes(prototypes)
+        with self._lock:
+            self._current = prototypes
+
+    def _check_prototypes(self, prototypes: Prototypes) -> None:
+        if prototypes.fingerprint != self.fingerprint:
+            raise PackdError("these prototypes were made by another model (bundle fingerprint "
+                             f"{prototypes.fingerprint} != {self.fingerprint}): compute them again with this bundle")
+        if [a.shape[1] if a.ndim == 2 else None for a in prototypes.arrays] != self._proto_channels:
+            raise PackdError(f"prototype arrays must be (n, C) with C = {self._proto_channels}")
+
+    def detect(self, images: Any, prototypes: Prototypes | None = None, threshold: float | None = None,
+               masks: bool = False) -> Result:
+        """Score one frame or a batch of any size (split to the engine's maximum batch)."""
+        images = self._frames(images, "images")
+        feeds: dict[str, Any] = {}
+        if self.few_shot:
+            protos = prototypes or self._current
+            if protos is None:
+                raise PackdError(f"this {self.manifest['kind']} bundle needs prototypes first: call "
+                                 "detector.prototypes(support_images) at product changeover "
+                                 "(or detector.use(Prototypes.load(path)))")
+            if prototypes is not None:
+                self._check_prototypes(prototypes)
+            feeds = dict(zip(self.prototype_names, protos.arrays))
+        scores, maps = [], []
+        for i in range(0, images.shape[0], self.max_batch):
+            out = self.backend.run("query", {"images": images[i:i + self.max_batch], **feeds})
+            scores.append(out["scores"])
+            maps.append(out["maps"])
+        if len(scores) > 1:
+            scores, maps = [np.concatenate(scores)], [np.concatenate(maps)]
+        scores, maps = scores[0], maps[0]
+        t = self.threshold if threshold is None else float(threshold)
+        return Result(scores, maps, scores > t, t, maps > t if masks else None)
+
+    def calibrate(self, normal_images: Any, prototypes: Prototypes | None = None) -> float:
+        """Set the threshold from normal images only (mean + 3 std of their scores); returns it."""
+        result = self.detect(normal_images, prototypes)
+        self.threshold = threshold_from_normal_scores(result.scores)
+        return self.threshold
+
+    def close(self) -> None:
+        """Release the backend's sessions, engines, contexts, buffers and streams."""
+        self.backend.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

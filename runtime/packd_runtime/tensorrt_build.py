@@ -1,0 +1,144 @@
+"""TensorRT engines from the bundle's ONNX graphs, on the GPU where they will run. Part of the
+torch-free runtime, so a Jetson with only the runtime installed builds its own engines.
+
+A strongly typed network (precision comes from the ONNX), every parser error reported, one
+optimisation profile covering batch 1..max-batch (support graph: shots 1..max-shots) and
+prototype count 1..max-shots x prototypes per shot, the timing cache kept beside the engines,
+TF32 cleared for fp32 bundles (so they match ONNX Runtime), engines named by TensorRT version and
+GPU compute capability. Works with TensorRT 10.3 (JetPack 6) to 11.x.
+
+NOT RUN on a GPU in development (no TensorRT builder installs on the development machines);
+the names it uses are checked against a real TensorRT 11 binding where that binding has them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from packd_runtime.atomic import atomic_dir, write_json
+from packd_runtime.errors import PackdError
+from packd_runtime.manifest import MANIFEST, read_manifest, sha256, verify_files
+
+WORKSPACE_BYTES = 4 << 30
+OPT_BATCH, OPT_SHOTS = 8, 4
+
+
+def why_no_tensorrt() -> str | None:
+    """None when TensorRT's builder and a CUDA GPU are usable here, else the reason."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT is not installed (pip install tensorrt cuda-python, the tensorrt extra; JetPack on Jetson)"
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return "cuda-python is not installed (pip install cuda-python)"
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or count == 0:
+        return "no CUDA GPU is visible"
+    return None
+
+
+def compute_capability(device: int = 0) -> str:
+    """'87' for an Orin, '90' for an H100."""
+    from cuda.bindings import runtime as cudart
+
+    err, prop = cudart.cudaGetDeviceProperties(device)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise PackdError(f"cannot read the properties of CUDA device {device}: {err}")
+    return f"{prop.major}{prop.minor}"
+
+
+def engine_name(graph: str, trt_version: str, cc: str) -> str:
+    """A plan runs only on the TensorRT version and GPU type it was built for: say both in its name."""
+    return f"{graph}.trt{trt_version}.sm{cc}.engine"
+
+
+def profile_shapes(manifest: dict[str, Any], graph: str) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) shape of every input of `graph` from the manifest's dynamic ranges."""
+    dyn = manifest["dynamic"]
+    shapes = {}
+    for spec in manifest["graphs"][graph]["inputs"]:
+        lo, hi = dyn[spec["shape"][0]]
+        opt = min(hi, OPT_SHOTS if spec["shape"][0] == "shots" else OPT_BATCH)
+        if spec["shape"][0] == "prototypes":
+            opt = min(hi, OPT_SHOTS * manifest["prototypes"]["per_shot"])
+        rest = tuple(spec["shape"][1:])
+        shapes[spec["name"]] = ((lo, *rest), (opt, *rest), (hi, *rest))
+    return shapes
+
+
+def build_engine(onnx_path: Path, shapes: dict[str, tuple], out: Path, timing_cache: Path, fp32: bool) -> None:
+    """Parse, configure and build one serialized engine; raises PackdError with every parser error."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    try:
+        builder = trt.Builder(logger)
+    except (RuntimeError, TypeError) as e:
+        raise PackdError(f"TensorRT could not create a builder (is a CUDA GPU visible?): {e}") from None
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise PackdError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    config.builder_optimization_level = 3
+    if fp32:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, False)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        name = network.get_input(i).name
+        if name not in shapes:
+            raise PackdError(f"{onnx_path.name} has an input {name!r} the manifest does not describe")
+        profile.set_shape(name, *shapes[name])
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise PackdError(f"TensorRT failed to build an engine from {onnx_path.name} (see the log above)")
+    out.write_bytes(bytes(plan))
+    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+
+def build_engines(bundle: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Build an engine for every graph of the bundle on GPU 0; returns their manifest entries."""
+    import tensorrt as trt
+
+    version, cc = trt.__version__, compute_capability(0)
+    cache = bundle / f"timing.trt{version}.sm{cc}.cache"
+    entries = []
+    for graph, spec in manifest["graphs"].items():
+        name = engine_name(graph, version, cc)
+        shapes = profile_shapes(manifest, graph)
+        build_engine(bundle / spec["file"], shapes, bundle / name, cache, manifest["precision"] == "fp32")
+        entries.append({"graph": graph, "file": name, "tensorrt": version, "compute_capability": cc,
+                        "profile": {k: [list(s) for s in v] for k, v in shapes.items()}})
+    return entries
+
+
+def build_bundle_engines(bundle: str | Path) -> dict[str, Any]:
+    """Build engines for an existing bundle on this machine's GPU and record them (and the timing
+    cache) in the manifest; the bundle is rewritten atomically."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest)
+    if reason := why_no_tensorrt():
+        raise PackdError(f"cannot build engines here: {reason}")
+    with atomic_dir(bundle) as tmp:
+        shutil.copytree(bundle, tmp, dirs_exist_ok=True)
+        entries = build_engines(tmp, manifest)
+        built = {e["file"] for e in entries}
+        manifest["engines"] = [e for e in manifest["engines"] if e["file"] not in built] + entries
+        for name in [*built, *(p.name for p in tmp.glob("timing.*.cache"))]:
+            manifest["files"][name] = sha256(tmp / name)
+        write_json(tmp / MANIFEST, manifest)
+    return json.loads((bundle / MANIFEST).read_text())
