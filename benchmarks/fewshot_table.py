@@ -34,7 +34,7 @@ from packd.scoring import Scorer
 from packd.synth import synthesize, synthesize_photos
 from packd.teachers import create_teacher
 from packd.train import configure, train
-from packd_runtime.atomic import write_json
+from packd_runtime.atomic import check_report_path, write_report
 
 TEACHER = "tf_efficientnet_lite0"
 TRAIN_CATS = ["grid", "carpet", "stripes", "wood", "disc", "nut", "plate"]
@@ -69,6 +69,7 @@ def rd_on_supports(supports: torch.Tensor, steps: int, seed: int) -> ReverseDist
 def main(out: Path = Path("runs/fewshot"), shots: str = "1,2,4,8", runs: int = 3, epochs: int = 20,
          image_size: int = 128, support_steps: int = 40, seed: int = 0, quick: bool = False,
          results: Path = Path("benchmarks/results/fewshot_table")) -> None:
+    check_report_path(results.with_suffix(".json"))  # before the long run, not after it
     data = out / "data"
     ks = [int(k) for k in shots.split(",")]
     targets = HELD_OUT + CROSS
@@ -129,7 +130,7 @@ def main(out: Path = Path("runs/fewshot"), shots: str = "1,2,4,8", runs: int = 3
                 "summary": {g: {row: {str(k): {key: summary(row, str(k), cats, key) for key in FEWSHOT_KEYS}
                                      for k in ks} for row in ROWS} for g, cats in groups.items() if cats}}
     results.parent.mkdir(parents=True, exist_ok=True)
-    write_json(results.with_suffix(".json"), out_json)
+    write_report(results.with_suffix(".json"), out_json)
     lines = []
     for key in ("image_auroc", "pixel_auroc"):
         for g, cats in groups.items():

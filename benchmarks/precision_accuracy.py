@@ -23,7 +23,7 @@ from packd.metrics import image_auroc, pixel_metrics
 from packd.preprocess import load_frames, load_mask
 from packd_export.bundle import export_bundle
 from packd_runtime import Detector
-from packd_runtime.atomic import write_json
+from packd_runtime.atomic import check_report_path, write_report
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -40,6 +40,7 @@ def _run(bundle: Path, images: np.ndarray, supports: np.ndarray | None) -> tuple
 
 def main(runs_dir: Path = Path("runs/fewshot"), categories: str = "dots,tiles,capsule",
          results: Path = Path("benchmarks/results/precision_accuracy")) -> None:
+    check_report_path(results.with_suffix(".json"))  # before the long run, not after it
     data = runs_dir / "data"
     out: dict = {}
     for name in ("packd", "rd_meta"):
@@ -80,7 +81,7 @@ def main(runs_dir: Path = Path("runs/fewshot"), categories: str = "dots,tiles,ca
         out[name] = rows
         print(name, {p: {k: round(v, 4) for k, v in r["mean"].items()} for p, r in rows.items()}, flush=True)
     results.parent.mkdir(parents=True, exist_ok=True)
-    write_json(results.with_suffix(".json"), out)
+    write_report(results.with_suffix(".json"), out)
     lines = ["| model | precision | score rank agreement (Spearman) | max map error / map range "
              "| mean map error / map range | image AUROC | pixel AUROC | query.onnx MB |", "|---" * 8 + "|"]
     for name, rows in out.items():

@@ -16,11 +16,12 @@ import typer
 from packd.evaluate import METRIC_KEYS, evaluate
 from packd.synth import synthesize, synthesize_photos
 from packd.train import configure, train
-from packd_runtime.atomic import write_json
+from packd_runtime.atomic import check_report_path, write_report
 
 
 def main(out: Path = Path("runs/rd_bench"), epochs: int = 20, image_size: int = 128, batch_size: int = 8,
          size: int = 256, seed: int = 0, results: Path = Path("benchmarks/results/rd_per_category")) -> None:
+    check_report_path(results.with_suffix(".json"))  # before the long run, not after it
     data = out / "data"
     cats = synthesize(data, seed=seed, size=size) + synthesize_photos(data, seed=seed, size=size)
     rows = {}
@@ -36,7 +37,7 @@ def main(out: Path = Path("runs/rd_bench"), epochs: int = 20, image_size: int = 
         print(cat, {k: round(v, 4) for k, v in rows[cat].items()}, flush=True)
     mean = {k: sum(r[k] for r in rows.values()) / len(rows) for k in METRIC_KEYS}
     results.parent.mkdir(parents=True, exist_ok=True)
-    write_json(results.with_suffix(".json"), {"epochs": epochs, "image_size": image_size, "batch_size": batch_size,
+    write_report(results.with_suffix(".json"), {"epochs": epochs, "image_size": image_size, "batch_size": batch_size,
                                               "teacher": "tf_efficientnet_lite0", "categories": rows, "mean": mean})
     lines = ["| category | image AUROC | pixel AUROC | AUPRO | F1-max | train s |", "|---|---|---|---|---|---|"]
     mean_row = {**mean, "train_seconds": sum(r["train_seconds"] for r in rows.values()) / len(rows)}

@@ -1,6 +1,7 @@
 """Checkpoints: a directory with `model.safetensors` (every weight, teacher included, so loading needs
-no hub), `config.json` (what the model is and how it was trained) and `trainer.pt` (optimizer and
-progress, read with `weights_only=True`). Written to a temporary directory, then renamed into place.
+no hub), `config.json` (what the model is, how it was trained, and the sha256 of the weights) and
+`trainer.pt` (optimizer and progress, read with `weights_only=True`). Written atomically through
+`packd_runtime.atomic` (only over a checkpoint, under a lock, recovered after a crash).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from packd.errors import PackdError
-from packd_runtime.atomic import atomic_dir
+from packd_runtime.atomic import atomic_dir, recover_if_unlocked
+from packd_runtime.manifest import sha256
 
 FORMAT_VERSION = 2
 MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.safetensors", "config.json", "trainer.pt"
@@ -22,19 +24,21 @@ MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.safetensors", "config.json", "tra
 
 def save_checkpoint(out: str | Path, model: nn.Module, config: dict[str, Any],
                     trainer: dict[str, Any] | None = None) -> Path:
-    """Write model weights, config and (optionally) trainer state atomically to `out`."""
-    with atomic_dir(out) as tmp:
+    """Write model weights, config (with the weights' sha256) and optional trainer state atomically to `out`."""
+    with atomic_dir(out, CONFIG_FILE, "checkpoint") as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps({"format": FORMAT_VERSION, **config}, indent=2))
+        config = {"format": FORMAT_VERSION, **config, "model_sha256": sha256(tmp / MODEL_FILE)}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         if trainer is not None:
             torch.save(trainer, tmp / TRAINER_FILE)
-    return out
+    return Path(out)
 
 
 def read_config(ckpt: str | Path) -> dict[str, Any]:
     """The checkpoint's config, checked for presence and format version."""
     ckpt = Path(ckpt)
+    recover_if_unlocked(ckpt)
     path = ckpt / CONFIG_FILE
     if not ckpt.is_dir():
         raise PackdError(f"checkpoint folder not found: {ckpt}")
@@ -44,16 +48,23 @@ def read_config(ckpt: str | Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PackdError(f"corrupted {path}: {e}") from None
-    if config.get("format") != FORMAT_VERSION:
-        raise PackdError(f"{path} has format {config.get('format')!r}; this packd reads format {FORMAT_VERSION}")
+    if not isinstance(config, dict) or config.get("format") != FORMAT_VERSION:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise PackdError(f"{path} has format {found!r}; this packd reads format {FORMAT_VERSION}")
     return config
 
 
 def load_weights(ckpt: str | Path, model: nn.Module) -> None:
-    """Load `model.safetensors` strictly into a model built from the same config."""
+    """Load `model.safetensors` strictly into a model built from the same config, after checking its
+    sha256 against the config (flipped bytes in the weights are refused, never used)."""
     path = Path(ckpt) / MODEL_FILE
     if not path.is_file():
         raise PackdError(f"{ckpt} has no {MODEL_FILE}")
+    expected = read_config(ckpt).get("model_sha256")
+    if not isinstance(expected, str):
+        raise PackdError(f"{ckpt}/{CONFIG_FILE} lacks the weights' sha256")
+    if sha256(path) != expected:
+        raise PackdError(f"corrupted weights {path}: altered since the checkpoint was written (sha256 mismatch)")
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated files

@@ -12,10 +12,20 @@ from rich.text import Text
 from packd.errors import PackdError
 
 
+def _fail(message: str, code: int) -> None:
+    Console(stderr=True).print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def run_app(typer_app: typer.Typer, args: list[str] | None = None, prog_name: str | None = None) -> None:
-    """Run a typer app as a console command; PackdError -> one line on stderr, exit code 2."""
+    """Run a typer app as a console command: a PackdError or a usage error -> one line on stderr and exit
+    code 2; Ctrl-C -> one line saying what was kept, exit code 130."""
     try:
-        typer_app(args, prog_name=prog_name)
+        code = typer_app(args, prog_name=prog_name, standalone_mode=False)
     except PackdError as e:
-        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(e)), highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e), getattr(e, "exit_code", 2))
+    except typer.TyperException as e:  # bad option values, unknown options: the parser's own message
+        _fail(f"{e.format_message()} (see --help)", getattr(e, "exit_code", 2))
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -38,13 +38,29 @@ def _is_visa(root: Path) -> bool:
     return (root / VISA_SPLIT).is_file()
 
 
+def check_category_name(name: str) -> str:
+    """A category name becomes a folder name (overlays, conversions): no separators, no '..'."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+        raise PackdError(f"invalid category name {name!r}: it must be a plain folder name")
+    return name
+
+
+def _inside(root: Path, relative: str, what: str) -> Path:
+    """`root / relative`, refused unless it stays inside `root` (a dataset file must not point outside it)."""
+    path = root / relative
+    base = root.resolve()
+    if Path(relative).is_absolute() or (path.resolve() != base and base not in path.resolve().parents):
+        raise PackdError(f"{what} {relative!r} lies outside the dataset folder {root}")
+    return path
+
+
 def list_categories(root: str | Path) -> list[str]:
     """Category names found in a dataset root (MVTec/MPDD folders or VisA's split CSV)."""
     root = Path(root)
     if not root.is_dir():
         raise PackdError(f"dataset folder not found: {root}")
     if _is_visa(root):
-        cats = sorted({row["object"] for row in _visa_rows(root)})
+        cats = sorted({check_category_name(row["object"]) for row in _visa_rows(root)})
     else:
         cats = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
     if not cats:
@@ -54,12 +70,14 @@ def list_categories(root: str | Path) -> list[str]:
 
 
 def resolve_categories(root: str | Path, categories: str | list[str] | None) -> list[str]:
-    """`None`/empty -> all categories; otherwise check every name exists."""
-    available = list_categories(root)
-    if not categories:
-        return available
+    """`None`/empty list -> all categories; otherwise check every name is a plain name that exists."""
+    if categories is None or (isinstance(categories, list) and not categories):
+        return list_categories(root)
     names = [c.strip() for c in categories.split(",")] if isinstance(categories, str) else list(categories)
-    names = [c for c in names if c]
+    names = [check_category_name(c) for c in names if c]
+    if not names:
+        raise PackdError("--categories names no category")
+    available = list_categories(root)
     missing = [c for c in names if c not in available]
     if missing:
         raise PackdError(f"unknown categories {missing} in {root}; available: {', '.join(available)}")
@@ -114,10 +132,11 @@ def _visa_split(root: Path, category: str, split: str) -> list[Sample]:
         anomalous = row["label"].strip().lower() != "normal"
         if split == "train" and anomalous:
             continue
-        mask = root / row["mask"] if anomalous and row["mask"].strip() else None
+        mask = _inside(root, row["mask"], "VisA mask") if anomalous and row["mask"].strip() else None
         if anomalous and mask is None:
             raise PackdError(f"VisA row for {row['image']} is anomalous but names no mask")
-        samples.append(Sample(root / row["image"], int(anomalous), "anomaly" if anomalous else "good", mask))
+        image = _inside(root, row["image"], "VisA image")
+        samples.append(Sample(image, int(anomalous), "anomaly" if anomalous else "good", mask))
     return samples
 
 

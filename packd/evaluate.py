@@ -18,7 +18,7 @@ from packd.metrics import f1_max, image_auroc, pixel_metrics
 from packd.overlays import save_overlay
 from packd.preprocess import InputSpec
 from packd.scoring import Scorer
-from packd_runtime.atomic import write_json
+from packd_runtime.atomic import check_report_path, write_report
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max")
 
@@ -87,6 +87,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[st
              json_path: str | Path | None = None, overlays: str | Path | None = None, batch_size: int = 16,
              device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Full-shot evaluation of a checkpoint on the test split of `categories` (see `evaluation_categories`)."""
+    if json_path:
+        check_report_path(json_path)
     scorer, config = load_scorer(checkpoint)
     if scorer.few_shot:
         raise PackdError(f"{checkpoint} is a few-shot {config['kind']} model: evaluate it with --shots K")
@@ -110,5 +112,5 @@ def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[st
         "mean": {k: float(np.mean([m[k] for m in per_cat.values()])) for k in METRIC_KEYS},
     }
     if json_path:
-        write_json(json_path, report)
+        write_report(json_path, report)
     return report

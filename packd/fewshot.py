@@ -22,7 +22,7 @@ from packd.errors import PackdError
 from packd.evaluate import category_metrics, predict
 from packd.preprocess import InputSpec
 from packd.scoring import Scorer
-from packd_runtime.atomic import write_json
+from packd_runtime.atomic import check_report_path, write_report
 
 FEWSHOT_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -84,6 +84,8 @@ def evaluate_fewshot(scorer: Scorer, data: str | Path, categories: list[str], *,
     """k-shot evaluation of one model on `categories`; models without a support path are scored once
     per category. With `supports_from`, the support sets (and so k and the run count) come from that report."""
     data = Path(data)
+    if json_path:
+        check_report_path(json_path)
     if runs < 1:
         raise PackdError(f"--runs must be at least 1, got {runs}")
     cats = resolve_categories(data, categories)
@@ -109,5 +111,5 @@ def evaluate_fewshot(scorer: Scorer, data: str | Path, categories: list[str], *,
     report = {**(meta or {}), "data": str(data), "shots": len(first["support_sets"][0]), "runs": len(per_run),
               "seed": seed, "categories": per_cat, "mean": mean, "std": std}
     if json_path:
-        write_json(json_path, report)
+        write_report(json_path, report)
     return report

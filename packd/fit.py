@@ -23,6 +23,8 @@ from packd.checkpoint import load_trainer_state, load_weights, read_config, save
 from packd.device import pick_device
 from packd.errors import PackdError
 from packd.settings import RunConfig
+from packd_runtime.atomic import output_lock, recover
+from packd_runtime.errors import Interrupted
 
 RESUMABLE_KEYS = ("epochs", "device")  # run settings that may change between an interrupted run and its resume
 
@@ -52,7 +54,7 @@ def _comparable(config: dict) -> dict:
     """The settings that define a run, as JSON stores them (resumable settings and progress left out)."""
     run = {k: v for k, v in config.get("run", {}).items() if k not in RESUMABLE_KEYS}
     train = {k: v for k, v in config.get("train", {}).items() if k not in ("epochs_done", "history")}
-    rest = {k: v for k, v in config.items() if k not in ("run", "train", "format", "packd_version")}
+    rest = {k: v for k, v in config.items() if k not in ("run", "train", "format", "packd_version", "model_sha256")}
     return json.loads(json.dumps({**rest, "run": run, "train": train}))
 
 
@@ -64,8 +66,21 @@ def _to(item: Any, device: torch.device) -> Any:
 
 def fit(model: nn.Module, training: Training, *, run: RunConfig, out: str | Path, config: dict[str, Any],
         resume: bool = True, progress: bool = True) -> Path:
-    """Train the trainable parameters of `model`, checkpointing to `out` after every epoch."""
+    """Train the trainable parameters of `model`, checkpointing to `out` after every epoch. `out` is
+    locked for the whole run; a non-finite loss stops it (the last finished epoch's checkpoint stays)."""
     out = Path(out)
+    with output_lock(out):
+        recover(out)
+        try:
+            return _fit(model, training, run=run, out=out, config=config, resume=resume, progress=progress)
+        except KeyboardInterrupt:
+            done = read_config(out)["train"]["epochs_done"] if (out / "config.json").is_file() else 0
+            raise Interrupted(f"interrupted: the checkpoint of the last finished epoch ({done} of {run.epochs}) is "
+                              f"kept in {out}; run the same command again to resume") from None
+
+
+def _fit(model: nn.Module, training: Training, *, run: RunConfig, out: Path, config: dict[str, Any],
+         resume: bool, progress: bool) -> Path:
     device = pick_device(run.device)
     model.to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=run.lr, betas=tuple(run.betas))
@@ -93,6 +108,10 @@ def fit(model: nn.Module, training: Training, *, run: RunConfig, out: str | Path
             for item in training.batches(epoch):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     loss = training.loss(model, _to(item, device))
+                if not torch.isfinite(loss):
+                    kept = f"the checkpoint of epoch {epoch} is kept in {out}" if epoch else "nothing was saved"
+                    raise PackdError(f"training diverged in epoch {epoch + 1}: the loss is {float(loss.detach())} "
+                                     f"({kept}); lower --lr (now {run.lr}) or check the settings")
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)

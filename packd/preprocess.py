@@ -7,6 +7,10 @@ so the exported graphs contain exactly the code the model was trained with.
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from packd.errors import PackdError
+from packd.settings import from_dict
 
 
 @dataclass(frozen=True)
@@ -26,12 +31,17 @@ class InputSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def __post_init__(self) -> None:
+        if self.image_size < 32 or not all(math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
+            raise PackdError(f"invalid input spec: size {self.image_size}, mean {self.mean}, std {self.std}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> InputSpec:
-        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))
+        """Strict: every field present and typed (a checkpoint's 'input')."""
+        return from_dict(cls, d, "input")
 
 
 class Preprocess(torch.nn.Module):
@@ -60,15 +70,42 @@ def resize_mask(mask: np.ndarray, image_size: int) -> torch.Tensor:
     return t[0]
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 (H,W,3) RGB; grey and RGBA files are converted."""
+@contextmanager
+def _open(path: str | Path, what: str) -> Iterator[Image.Image]:
+    """Open an image with every decoder failure, and images of more than MAX_IMAGE_PIXELS pixels
+    (decompression bombs), turned into one-line PackdErrors."""
     try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                yield im
     except FileNotFoundError:
-        raise PackdError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise PackdError(f"cannot decode image {path}: {e}") from None
+        raise PackdError(f"{what} not found: {path}") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise PackdError(f"{what} {path} is too large to decode safely ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise PackdError(f"cannot decode {what} {path}: {e}") from None
+
+
+def _to_uint8_rgb(im: Image.Image, path: str | Path) -> np.ndarray:
+    """Any PIL mode -> uint8 (H,W,3) RGB. 16-bit images are scaled to 8 bits (PIL's own conversion
+    would clip them to white); float images have no agreed range and are refused."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im)
+        if a.min() < 0 or a.max() > 65535:
+            raise PackdError(f"image {path} has 32-bit values outside 0-65535: convert it to 8 or 16 bits")
+        a = np.round(a.astype(np.float64) / 257.0).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if im.mode == "F":
+        raise PackdError(f"image {path} holds floating-point pixels: convert it to 8 or 16 bits")
+    return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 (H,W,3) RGB; grey, RGBA, palette and 16-bit files are converted."""
+    with _open(path, "image") as im:
+        return _to_uint8_rgb(im, path)
 
 
 def load_frames(paths: list[str | Path], size: tuple[int, int] | None = None) -> np.ndarray:
@@ -89,13 +126,9 @@ def load_frames(paths: list[str | Path], size: tuple[int, int] | None = None) ->
 
 def load_mask(path: str | Path, expected_hw: tuple[int, int]) -> np.ndarray:
     """Decode a ground-truth mask to bool (H,W): any non-zero pixel is anomalous (VisA stores small values)."""
-    try:
-        with Image.open(path) as im:
-            m = np.asarray(im.convert("L")) != 0
-    except FileNotFoundError:
-        raise PackdError(f"mask not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise PackdError(f"cannot decode mask {path}: {e}") from None
+    with _open(path, "mask") as im:
+        m = np.asarray(im) != 0 if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F") else (
+            np.asarray(im.convert("L")) != 0)
     if m.shape != tuple(expected_hw):
         raise PackdError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but its image is "
                          f"{expected_hw[1]}x{expected_hw[0]}")

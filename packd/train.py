@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from packd.checkpoint import save_checkpoint
+from packd.checkpoint import CONFIG_FILE, save_checkpoint
 from packd.data import resolve_categories
 from packd.errors import PackdError
 from packd.fit import fit
@@ -18,6 +18,7 @@ from packd.methods import method, model_config
 from packd.preprocess import InputSpec
 from packd.settings import RunConfig, option_name, to_dict
 from packd.teachers import create_teacher
+from packd_runtime.atomic import check_replaceable
 
 
 def presets(kind: str) -> list[str]:
@@ -49,9 +50,17 @@ def train(kind: str, *, data: str | Path, out: str | Path, categories: str | lis
     m = method(kind)
     default_run, default_settings = configure(kind)
     run, settings = run or default_run, settings or default_settings
+    data, out = Path(data), Path(out)
+    if out.resolve() == data.resolve() or out.resolve() in data.resolve().parents:
+        raise PackdError(f"--out {out} would hold the dataset --data {data}: choose another output folder")
+    check_replaceable(out, CONFIG_FILE, "checkpoint")
     cats = resolve_categories(data, categories)
     torch.manual_seed(run.seed)
-    teacher = create_teacher(run.teacher, run.teacher_weights, random_init=run.random_teacher)
+    teacher = create_teacher(run.teacher, run.teacher_weights, random_init=run.random_teacher,
+                             image_size=run.image_size)
+    if run.image_size % teacher.size_multiple:
+        raise PackdError(f"--image-size must be a multiple of {teacher.size_multiple} for {run.teacher}, "
+                         f"got {run.image_size}")
     model, settings = m.build(teacher, settings)
     spec = InputSpec(run.image_size, teacher.mean, teacher.std)
     config = {**model_config(kind, teacher, spec, settings), "run": to_dict(run),
@@ -59,5 +68,5 @@ def train(kind: str, *, data: str | Path, out: str | Path, categories: str | lis
     if m.training is None:
         save_checkpoint(out, model, {**config, "train": {**config["train"], "epochs_done": 0, "history": []}})
         return Path(out)
-    training = m.training(model, settings, run=run, data=Path(data), categories=cats, spec=spec)
+    training = m.training(model, settings, run=run, data=data, categories=cats, spec=spec)
     return fit(model, training, run=run, out=out, config=config, resume=resume, progress=progress)

@@ -38,7 +38,7 @@ def effnet_teacher():
 
 @pytest.fixture(scope="session")
 def checkpoints(synth_root, tmp_path_factory):
-    """Tiny RD, MemKD and PACKD checkpoints (one epoch, 64 px)."""
+    """Tiny RD, MemKD and PACKD checkpoints (one epoch, 64 px) and a kNN one (a bounded bank of 100)."""
     root = tmp_path_factory.mktemp("ckpts")
     return {
         "rd": train_small("rd", synth_root, "grid", root / "rd", epochs=1, batch_size=4),
@@ -46,6 +46,7 @@ def checkpoints(synth_root, tmp_path_factory):
                              exemplars=3),
         "packd": train_small("packd", synth_root, ["grid", "disc"], root / "packd", epochs=1, batch_size=4, shots=2,
                              prototypes=4, rotations=2, categories_per_batch=2),
+        "knn": train_small("knn", synth_root, ["grid", "disc"], root / "knn", rotations=2, max_bank=100),
     }
 
 

@@ -77,7 +77,7 @@ def test_synth_train_eval_end_to_end(tmp_path):
     assert np.asarray(Image.open(pngs[0])).shape == (64, 192, 3)
 
 
-def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synth_root):
     cases = [
         (["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "ck")], "dataset folder not found"),
         (["eval", "--checkpoint", str(tmp_path), "--data", str(tmp_path)], "not a packd checkpoint"),
@@ -87,8 +87,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
          "--rotations must be at most 4"),
         (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--image-size", "16"],
          "--image-size must be at least 32"),
-        (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--image-size", "100"],
-         "--image-size must be a multiple of 32"),
+        (["train", "--data", str(synth_root), "--out", str(tmp_path / "ck"), "--image-size", "100", "--teacher",
+          TEACHER], "--image-size must be a multiple of 32 for tf_efficientnet_lite0"),
         (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--slots", "4"],
          "--slots does not apply to --model rd"),
         (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--preset", "fast"], "unknown --preset"),

@@ -148,5 +148,5 @@ def test_synth_deterministic_and_varied(tmp_path):
 def test_synth_rejects_bad_arguments(tmp_path):
     with pytest.raises(PackdError, match="unknown synthetic categories"):
         synthesize(tmp_path, categories=["nope"])
-    with pytest.raises(PackdError, match="at least 32"):
+    with pytest.raises(PackdError, match="between 32 and 2048"):
         synthesize(tmp_path, size=8)

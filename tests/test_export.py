@@ -35,7 +35,7 @@ def test_bundle_layout_and_check(bundles, kind):
     manifest, path = bundles[kind]
     files = {"query.onnx"} | ({"support.onnx"} if kind == "packd" else set())
     assert set(manifest["files"]) == files and set(p.name for p in path.iterdir()) == files | {"manifest.json"}
-    assert manifest["kind"] == kind and manifest["format"] == 1 and manifest["precision"] == "fp32"
+    assert manifest["kind"] == kind and manifest["format"] == 2 and manifest["precision"] == "fp32"
     assert manifest["input"] == {"dtype": "uint8", "layout": "NHWC", "color": "RGB", "range": [0, 255],
                                  "height": FRAME[0], "width": FRAME[1]}
     q = manifest["graphs"]["query"]

@@ -24,7 +24,7 @@ import torch
 from scipy.stats import spearmanr
 
 from packd.methods import load_scorer
-from packd_export.graphs import QueryGraph, SupportGraph
+from packd_export.graphs import QueryGraph
 from packd_runtime import Detector
 
 PERCENTILES = (90, 95, 99)
@@ -102,14 +102,14 @@ class TorchRunner:
     device: str = "cpu"
     mode: str = "eager"  # eager | fp16 | bf16 | cudagraphs | compile
     query: Any = None
-    support: Any = None
+    support: Any = None  # frames -> prototypes, as the deployed support path (graph + bank bound)
     prototypes: list[torch.Tensor] = field(default_factory=list)
     _graphs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         scorer = load_scorer(self.ckpt)[0].to(self.device)
         self.query = QueryGraph(scorer).eval().to(self.device)
-        self.support = SupportGraph(scorer).eval().to(self.device)
+        self.support = lambda frames: scorer.prototypes(self.query.preprocess(frames))  # bank bound included
         if self.mode == "compile":
             self.query = torch.compile(self.query)
 

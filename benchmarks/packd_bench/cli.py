@@ -32,7 +32,7 @@ from packd_bench.bench import (
     time_calls,
 )
 from packd_runtime import Detector
-from packd_runtime.atomic import write_json
+from packd_runtime.atomic import check_report_path, write_report
 from packd_runtime.manifest import read_manifest
 
 console = Console()
@@ -115,6 +115,7 @@ def main(
     if min(sizes) < 1 or iters < 1 or warmup < 0 or max_shots < 1:
         raise PackdError("batch sizes, --iters and --max-shots must be positive, --warmup non-negative")
     _pyplot()  # fail before the long run, not after it
+    check_report_path(out.with_suffix(".json"))
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     ckpt, bundles = _targets(target, checkpoint, precisions.split(","), out, max(sizes), max_shots)
     config = read_config(ckpt) if ckpt else None
@@ -188,7 +189,7 @@ def main(
         results["runtime_overhead"] = {b: runtime_overhead(fp32, frames[:b], supports[:2] if few_shot else None, iters)
                                        for b in sorted({1, min(8, max(sizes))})}
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out.with_suffix(".json"), results)
+    write_report(out.with_suffix(".json"), results)
     out.with_suffix(".md").write_text(markdown(results))
     plot(results, out.with_suffix(".png"))
     console.print(markdown(results))

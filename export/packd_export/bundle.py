@@ -20,14 +20,15 @@ import packd
 from packd.data import list_split
 from packd.errors import PackdError
 from packd.methods import load_scorer
-from packd.preprocess import load_frames
+from packd.preprocess import Preprocess, load_frames
 from packd.scoring import Scorer
 from packd_export.graphs import GraphSpec, graph_specs
 from packd_export.onnx_export import check_onnx, export_onnx
 from packd_export.precision import to_fp16, to_int8
 from packd_export.trt_compat import check_tensorrt_compat
-from packd_runtime.atomic import atomic_dir, write_json
+from packd_runtime.atomic import atomic_dir, check_replaceable, write_json
 from packd_runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from packd_runtime.coreset import bound_prototypes
 from packd_runtime.manifest import (
     BUNDLE_FORMAT,
     MANIFEST,
@@ -90,14 +91,14 @@ def _feeds(frames: dict[str, np.ndarray], few_shot: bool, prototypes) -> dict[st
 
 @torch.no_grad()
 def _torch_prototypes(scorer: Scorer, names: list[str]):
-    """The FP32 PyTorch support graph as a feed maker (for int8 calibration of the query graph)."""
-    from packd_export.graphs import SupportGraph
+    """The FP32 PyTorch support path (bank bound included) as a feed maker, for int8 calibration."""
+    preprocess = Preprocess(scorer.spec)
+    return lambda supports: {n: p.numpy() for n, p in
+                             zip(names, scorer.prototypes(preprocess(torch.from_numpy(supports))))}
 
-    support = SupportGraph(scorer).eval()
-    return lambda supports: {n: p.numpy() for n, p in zip(names, support(torch.from_numpy(supports)))}
 
-
-def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.ndarray]) -> float:
+def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.ndarray],
+                     max_prototypes: int = 0) -> float:
     """The default threshold of a bundle from its OWN graphs (so fp16 / int8 bundles get theirs): mean +
     3 std of the scores of normal training images, few-shot kinds with prototypes from 2 of them."""
     backend = OnnxRuntimeBackend(bundle, {"graphs": graphs})
@@ -106,7 +107,8 @@ def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.
 
         def prototypes(supports: np.ndarray) -> dict[str, np.ndarray]:
             out = backend.run("support", {"images": supports})
-            return {n: out[n] for n in names}
+            arrays = [out[n] for n in names]
+            return dict(zip(names, bound_prototypes(arrays, max_prototypes) if max_prototypes else arrays))
 
         feeds = _feeds(frames, "support" in graphs, prototypes)
         scores = np.concatenate([backend.run("query", f)["scores"] for f in feeds["query"]])
@@ -129,15 +131,21 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
     if engines == "require" and (reason := why_no_tensorrt()):
         raise PackdError(f"engines were required but cannot be built here: {reason}")
     scorer, config = load_scorer(checkpoint)
+    broken = [k for k, v in scorer.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise PackdError(f"{checkpoint} has non-finite weights ({', '.join(broken[:3])}): its training diverged; "
+                         "retrain it (e.g. with a lower --lr)")
+    check_replaceable(out, MANIFEST, "bundle")
     spec = scorer.spec
     frame_hw = tuple(frame_size or (spec.image_size, spec.image_size))
     specs = graph_specs(scorer)
     per_shot = scorer.model.prototypes_per_shot(spec.image_size) if scorer.few_shot else 0
-    limits = {"batch": max_batch, "shots": max_shots, "prototypes": max(max_shots * per_shot, 1)}
+    most = max_shots * per_shot if not scorer.max_prototypes else min(max_shots * per_shot, scorer.max_prototypes)
+    limits = {"batch": max_batch, "shots": max_shots, "prototypes": max(most, 1)}
     frames = calibration_frames(config, frame_hw, CALIBRATION_IMAGES, calibration_data and Path(calibration_data))
     calibration = _feeds(frames, scorer.few_shot, _torch_prototypes(scorer, scorer.prototype_names))
     graphs: dict[str, Any] = {}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, MANIFEST, "bundle") as tmp:
         for g in specs:
             proto = export_onnx(g, _example(scorer, g, frame_hw), limits, opset)
             if precision == "fp16":
@@ -164,7 +172,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
             "opset": opset,
             "graphs": graphs,
             "dynamic": {k: [1, v] for k, v in limits.items() if k == "batch" or scorer.few_shot},
-            "threshold": bundle_threshold(tmp, graphs, frames),
+            "threshold": bundle_threshold(tmp, graphs, frames, scorer.max_prototypes),
             "versions": {"packd": packd.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxruntime": onnxruntime.__version__},
             "checkpoint": {"name": Path(checkpoint).resolve().name,
@@ -174,7 +182,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
             "engines": [],
         }
         if scorer.few_shot:
-            manifest["prototypes"] = {"per_shot": per_shot, "channels": list(scorer.model.prototype_channels)}
+            manifest["prototypes"] = {"per_shot": per_shot, "channels": list(scorer.model.prototype_channels),
+                                      "max_count": scorer.max_prototypes}
         manifest["files"] = {f"{g}.onnx": sha256(tmp / f"{g}.onnx") for g in graphs}
         write_json(tmp / MANIFEST, manifest)
     if engines != "never" and why_no_tensorrt() is None:
@@ -182,16 +191,27 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
     return manifest
 
 
+def _real_io(model: onnx.ModelProto) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return _io(model.graph.input), _io(model.graph.output)
+
+
 def check_bundle(bundle: str | Path) -> dict[str, Any]:
-    """Manifest version, file hashes, ONNX validity and TensorRT parser compatibility; returns the manifest."""
+    """What the runtime checks on open (schema, confined paths, hashes, external data) and more: every
+    graph's real I/O names, dtypes and shapes equal the manifest's, its weights are finite, it passes
+    the ONNX checker and TensorRT's parser rules. Returns the manifest."""
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
     for graph, spec in manifest["graphs"].items():
         model = onnx.load(Path(bundle) / spec["file"])
+        if _real_io(model) != (spec["inputs"], spec["outputs"]):
+            raise PackdError(f"{spec['file']}'s inputs/outputs {_real_io(model)} differ from the manifest's")
+        bad = [i.name for i in model.graph.initializer
+               if onnx.helper.tensor_dtype_to_np_dtype(i.data_type).kind == "f"
+               and not np.isfinite(onnx.numpy_helper.to_array(i)).all()]
+        if bad:
+            raise PackdError(f"{spec['file']} has non-finite weights ({', '.join(bad[:3])}): the model is broken")
         check_onnx(model)
         problems = check_tensorrt_compat(model)
         if problems:
             raise PackdError(f"{graph} graph would not parse in TensorRT: " + "; ".join(problems[:5]))
-        if [i["name"] for i in _io(model.graph.input)] != [i["name"] for i in spec["inputs"]]:
-            raise PackdError(f"{spec['file']} inputs do not match the manifest")
     return manifest

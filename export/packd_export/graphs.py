@@ -32,7 +32,8 @@ class QueryGraph(nn.Module):
 
 
 class SupportGraph(nn.Module):
-    """uint8 frames of k normal images -> one prototype tensor per `scorer.prototype_names`."""
+    """uint8 frames of k normal images -> one prototype tensor per `scorer.prototype_names` (a bank
+    bound, if the kind has one, is applied after this graph: at changeover, in the runtime)."""
 
     def __init__(self, scorer: Scorer):
         super().__init__()
@@ -40,7 +41,7 @@ class SupportGraph(nn.Module):
         self.scorer = scorer
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.scorer.prototypes(self.preprocess(images)))
+        return tuple(self.scorer.model.prototypes(self.preprocess(images)))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch import nn
 from packd.checkpoint import load_weights, read_config
 from packd.errors import PackdError
 from packd.fit import Training
-from packd.methods import memkd, packd, rd
+from packd.methods import knn, memkd, packd, rd
 from packd.preprocess import InputSpec
 from packd.scoring import Scorer
 from packd.settings import from_dict, to_dict
@@ -47,11 +47,13 @@ class Method:
 
 METHODS: dict[str, Method] = {m.kind: m for m in (
     Method("rd", "Reverse Distillation, per category", rd.RDSettings, rd.build, few_shot=False,
-           training=rd.training, presets=rd.PRESETS),
+           training=rd.make_training, presets=rd.PRESETS),
     Method("memkd", "MemKD (RD + normality recall memory), per category", memkd.MemKDSettings, memkd.build,
-           few_shot=False, training=memkd.training, presets=memkd.PRESETS),
+           few_shot=False, training=memkd.make_training, presets=memkd.PRESETS),
     Method("packd", "PACKD, meta-trained few-shot (prototypes from k normal images)", packd.PACKDSettings,
-           packd.build, few_shot=True, training=packd.training, presets=packd.PRESETS),
+           packd.build, few_shot=True, training=packd.make_training, presets=packd.PRESETS),
+    Method("knn", "training-free nearest neighbour: the supports' patches are the memory bank", knn.KNNSettings,
+           knn.build, few_shot=True, presets=knn.PRESETS),
 )}
 
 
@@ -74,7 +76,8 @@ def load_model(ckpt: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         m = method(config["kind"])
         spec = InputSpec.from_dict(config["input"])
-        teacher = teacher_skeleton(config["teacher"]["name"], spec.mean, spec.std, config["teacher"]["source"])
+        teacher = teacher_skeleton(config["teacher"]["name"], spec.mean, spec.std, config["teacher"]["source"],
+                                   spec.image_size)
     except (KeyError, TypeError) as e:
         raise PackdError(f"checkpoint config in {ckpt} lacks or mistypes {e}") from None
     model, _ = m.build(teacher, from_dict(m.settings, config.get("settings"), f"{ckpt}/config.json settings"))

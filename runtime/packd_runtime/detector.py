@@ -10,6 +10,9 @@
 from __future__ import annotations
 
 import threading
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import numpy as np
 
 from packd_runtime.atomic import atomic_file
 from packd_runtime.backends import Backend, open_backend
+from packd_runtime.coreset import bound_prototypes
 from packd_runtime.errors import PackdError
 from packd_runtime.manifest import (
     fingerprint,
@@ -29,8 +33,8 @@ from packd_runtime.manifest import (
 
 @dataclass(frozen=True)
 class Prototypes:
-    """The support graph's output for one product: one float32 array (n, C_i) per stage, tagged
-    with the fingerprint of the bundle that made them."""
+    """The support graph's output for one product: one float32 array (n, C_i) per prototype input,
+    tagged with the fingerprint of the bundle that made them. Checked against a detector before use."""
 
     arrays: tuple[np.ndarray, ...]
     fingerprint: str
@@ -44,13 +48,20 @@ class Prototypes:
 
     @classmethod
     def load(cls, path: str | Path) -> Prototypes:
+        """Read an .npz written by `save` (pickles are never loaded); a damaged file is refused."""
         try:
             with np.load(path, allow_pickle=False) as z:
-                stages = sorted(k for k in z.files if k.startswith("stage_"))
-                return cls(tuple(z[k] for k in stages), str(z["fingerprint"]), int(z["shots"]))
+                stages = sorted((k for k in z.files if k.startswith("stage_")), key=lambda k: int(k[6:]))
+                if not stages or not {"fingerprint", "shots"} <= set(z.files):
+                    raise ValueError(f"holds {sorted(z.files)}, not prototypes")
+                arrays = tuple(z[k] for k in stages)
+                fp, shots = z["fingerprint"], z["shots"]
+                if fp.dtype.kind != "U" or fp.ndim or shots.dtype.kind not in "iu" or shots.ndim:
+                    raise ValueError("fingerprint or shot count of the wrong type")
+                return cls(arrays, str(fp), int(shots))
         except FileNotFoundError:
             raise PackdError(f"prototypes file not found: {path}") from None
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
             raise PackdError(f"corrupted prototypes file {path}: {e}") from None
 
 
@@ -66,7 +77,8 @@ class Result:
 
 
 class Detector:
-    """A loaded bundle on one backend. Safe to call from several camera threads at once."""
+    """A loaded bundle on one backend. Safe to call from several camera threads at once; `close()` waits
+    for calls in flight, and any call after it raises a PackdError."""
 
     def __init__(self, bundle: Path, manifest: dict[str, Any], backend: Backend, reason: str):
         self.bundle, self.manifest, self.backend, self.reason = bundle, manifest, backend, reason
@@ -76,11 +88,15 @@ class Detector:
         self.frame_hw = (manifest["input"]["height"], manifest["input"]["width"])
         self.max_batch = manifest["dynamic"]["batch"][1]
         self.max_shots = manifest["dynamic"]["shots"][1] if self.few_shot else 0
+        self.max_prototypes = manifest["dynamic"]["prototypes"][1] if self.few_shot else 0
+        self.max_count = manifest["prototypes"].get("max_count", 0) if self.few_shot else 0
         proto_inputs = manifest["graphs"]["query"]["inputs"][1:]
         self.prototype_names = [i["name"] for i in proto_inputs]
         self._proto_channels = [i["shape"][1] for i in proto_inputs]
         self._current: Prototypes | None = None
         self._lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._in_flight, self._closed = 0, False
 
     @classmethod
     def open(cls, bundle: str | Path, backend: str = "auto", device: int = 0, build: bool = False,
@@ -94,6 +110,19 @@ class Detector:
         verify_files(bundle, manifest)
         chosen, manifest, reason = open_backend(bundle, manifest, backend, device, build=build, profile=profile)
         return cls(bundle, manifest, chosen, reason)
+
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        with self._idle:
+            if self._closed:
+                raise PackdError("this detector is closed: open the bundle again")
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
 
     # ---- input checks ---------------------------------------------------------------------
 
@@ -133,9 +162,12 @@ class Detector:
         k = images.shape[0]
         if k > self.max_shots:
             raise PackdError(f"{k} support images, but this bundle was built for at most {self.max_shots}")
-        out = self.backend.run("support", {"images": images})
-        arrays = tuple(out[name] for name in self.prototype_names)
-        protos = Prototypes(arrays, self.fingerprint, k)
+        with self._call():
+            out = self.backend.run("support", {"images": images})
+        arrays = [out[name] for name in self.prototype_names]
+        if self.max_count and arrays[0].shape[0] > self.max_count:
+            arrays = bound_prototypes(arrays, self.max_count)  # the bank bound (greedy coreset), as in training
+        protos = Prototypes(tuple(arrays), self.fingerprint, k)
         self.use(protos)
         return protos
 
@@ -145,17 +177,34 @@ class Detector:
         with self._lock:
             self._current = prototypes
 
-    def _check_prototypes(self, prototypes: Prototypes) -> None:
+    def _check_prototypes(self, prototypes: Any) -> None:
+        """Only prototypes this bundle could have made: same fingerprint, float32 (n, C_i), finite."""
+        if not isinstance(prototypes, Prototypes):
+            raise PackdError(f"expected Prototypes, got {type(prototypes).__name__}")
         if prototypes.fingerprint != self.fingerprint:
             raise PackdError("these prototypes were made by another model (bundle fingerprint "
                              f"{prototypes.fingerprint} != {self.fingerprint}): compute them again with this bundle")
-        if [a.shape[1] if a.ndim == 2 else None for a in prototypes.arrays] != self._proto_channels:
-            raise PackdError(f"prototype arrays must be (n, C) with C = {self._proto_channels}")
+        if len(prototypes.arrays) != len(self._proto_channels):
+            raise PackdError(f"expected {len(self._proto_channels)} prototype arrays, got {len(prototypes.arrays)}")
+        n = {a.shape[0] for a in prototypes.arrays if isinstance(a, np.ndarray) and a.ndim == 2}
+        for a, c in zip(prototypes.arrays, self._proto_channels):
+            if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+                raise PackdError(f"prototype arrays must be float32, got {getattr(a, 'dtype', type(a).__name__)}")
+            if a.ndim != 2 or a.shape[1] != c or len(n) != 1:
+                raise PackdError(f"prototype arrays must be (n, C) with one n and C = {self._proto_channels}, got "
+                                 f"{[x.shape for x in prototypes.arrays]}")
+            if not 1 <= a.shape[0] <= self.max_prototypes:
+                raise PackdError(f"{a.shape[0]} prototypes, but this bundle takes 1 to {self.max_prototypes}")
+            if not np.isfinite(a).all():
+                raise PackdError("the prototypes hold NaN or infinite values: refused")
 
     def detect(self, images: Any, prototypes: Prototypes | None = None, threshold: float | None = None,
                masks: bool = False) -> Result:
         """Score one frame or a batch of any size (split to the engine's maximum batch)."""
         images = self._frames(images, "images")
+        t = self.threshold if threshold is None else float(threshold)
+        if not np.isfinite(t):
+            raise PackdError(f"threshold must be a finite number, got {threshold}")
         feeds: dict[str, Any] = {}
         if self.few_shot:
             protos = prototypes or self._current
@@ -167,14 +216,14 @@ class Detector:
                 self._check_prototypes(prototypes)
             feeds = dict(zip(self.prototype_names, protos.arrays))
         scores, maps = [], []
-        for i in range(0, images.shape[0], self.max_batch):
-            out = self.backend.run("query", {"images": images[i:i + self.max_batch], **feeds})
-            scores.append(out["scores"])
-            maps.append(out["maps"])
-        if len(scores) > 1:
-            scores, maps = [np.concatenate(scores)], [np.concatenate(maps)]
-        scores, maps = scores[0], maps[0]
-        t = self.threshold if threshold is None else float(threshold)
+        with self._call():
+            for i in range(0, images.shape[0], self.max_batch):
+                out = self.backend.run("query", {"images": images[i:i + self.max_batch], **feeds})
+                scores.append(out["scores"])
+                maps.append(out["maps"])
+        scores, maps = np.concatenate(scores), np.concatenate(maps)
+        if not np.isfinite(scores).all():
+            raise PackdError("the model gave non-finite scores: this bundle or these prototypes are broken")
         return Result(scores, maps, scores > t, t, maps > t if masks else None)
 
     def calibrate(self, normal_images: Any, prototypes: Prototypes | None = None) -> float:
@@ -184,7 +233,13 @@ class Detector:
         return self.threshold
 
     def close(self) -> None:
-        """Release the backend's sessions, engines, contexts, buffers and streams."""
+        """Wait for calls in flight, then release the backend's sessions, engines, contexts, buffers and
+        streams. Later calls raise a PackdError; closing twice is harmless."""
+        with self._idle:
+            if self._closed:
+                return
+            self._closed = True
+            self._idle.wait_for(lambda: self._in_flight == 0)
         self.backend.close()
 
     def __enter__(self) -> Detector:

@@ -6,3 +6,9 @@ exporter and the runtime all raise and catch the same class."""
 
 class PackdError(Exception):
     """Bad input, missing or corrupted files, missing dependencies: the message says what is wrong and what to do."""
+
+
+class Interrupted(PackdError):
+    """The user stopped a long run (Ctrl-C); the message says what was kept and how to go on."""
+
+    exit_code = 130

@@ -133,7 +133,7 @@ def build_bundle_engines(bundle: str | Path) -> dict[str, Any]:
     verify_files(bundle, manifest)
     if reason := why_no_tensorrt():
         raise PackdError(f"cannot build engines here: {reason}")
-    with atomic_dir(bundle) as tmp:
+    with atomic_dir(bundle, MANIFEST, "bundle") as tmp:
         shutil.copytree(bundle, tmp, dirs_exist_ok=True)
         entries = build_engines(tmp, manifest)
         built = {e["file"] for e in entries}

@@ -1,9 +1,11 @@
-"""Training-free PatchCore-style few-shot detector: nearest-neighbour distance to the support patches.
+"""Training-free nearest-neighbour few-shot detector: distance of every query patch to the nearest
+patch of the (rotated) supports, the field's strongest few-shot family.
 
-Features: teacher stages 2 and 3, each averaged over 3x3 neighbourhoods (PatchCore's local
-aggregation), stage 3 upsampled to stage 2 and concatenated. The memory bank is every patch of
-the (rotated) supports: this model's "prototypes". The distance map goes through the shared
-`AnomalyMap` (same upsampling, blur and max as the other kinds).
+Features: for CNN teachers PatchCore's choice (stages 2 and 3, each averaged over 3x3
+neighbourhoods, stage 3 upsampled to stage 2 and concatenated); for ViT teachers AnomalyDINO's
+(the last block's patch tokens, e.g. DINOv2 ViT-S/14). The memory bank is every patch of the
+rotated supports: this model's "prototypes", one (n, D) tensor. Distance: cosine (1 - the highest
+cosine similarity: one matmul and a max, stable in FP16 too) or L2. Both are computed in FP32.
 """
 
 from __future__ import annotations
@@ -18,23 +20,33 @@ from packd.layers import rotate_supports
 class NearestNeighbour(nn.Module):
     """prototypes(supports) -> [bank (n, D)]; distances(x, [bank]) -> [distance map (B,h,w)]."""
 
-    def __init__(self, teacher: nn.Module, rotations: int = 4):
+    def __init__(self, teacher: nn.Module, rotations: int = 4, distance: str = "cosine", score: str = "max",
+                 max_bank: int = 0):
         super().__init__()
-        self.teacher, self.rotations = teacher, rotations
+        self.teacher, self.rotations, self.distance = teacher, rotations, distance
+        self.image_score = score  # read by the Scorer: "max" of the blurred map or "top1" (mean of the top 1 %)
+        self.max_prototypes = max_bank  # 0: keep every support patch; else a greedy coreset of this size
+        self.stride = teacher.size_multiple if teacher.vit else 8
 
     @property
     def prototype_channels(self) -> tuple[int, ...]:
-        return (self.teacher.channels[1] + self.teacher.channels[2],)
+        return (self.teacher.channels[0] if self.teacher.vit else self.teacher.channels[1] + self.teacher.channels[2],)
 
     def prototypes_per_shot(self, image_size: int) -> int:
-        """Bank entries from one support image: rotations x stage-2 patches."""
-        return self.rotations * (image_size // 8) ** 2
+        """Bank entries from one support image: rotations x patches."""
+        return self.rotations * (image_size // self.stride) ** 2
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        _, f2, f3 = self.teacher(x)
-        f2 = F.avg_pool2d(f2, 3, 1, 1)
-        f3 = F.interpolate(F.avg_pool2d(f3, 3, 1, 1), size=f2.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.cat([f2, f3], dim=1)
+        """(B,3,S,S) -> (B,D,h,w) patch features, L2-normalised for the cosine distance; FP32."""
+        if self.teacher.vit:
+            f = self.teacher(x)[0].float()
+        else:
+            _, f2, f3 = self.teacher(x)
+            f2 = F.avg_pool2d(f2.float(), 3, 1, 1)
+            f3 = F.interpolate(F.avg_pool2d(f3.float(), 3, 1, 1), size=f2.shape[-2:], mode="bilinear",
+                               align_corners=False)
+            f = torch.cat([f2, f3], dim=1)
+        return F.normalize(f, dim=1) if self.distance == "cosine" else f
 
     @torch.no_grad()
     def prototypes(self, supports: torch.Tensor) -> list[torch.Tensor]:
@@ -46,6 +58,10 @@ class NearestNeighbour(nn.Module):
         f = self.features(x)
         b, d, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(b, h * w, d)
-        bank = prototypes[0]
-        sq = (q * q).sum(-1, keepdim=True) - 2 * q @ bank.t() + (bank * bank).sum(-1)  # (B,HW,n)
-        return [sq.amin(dim=-1).clamp_min(0).sqrt().view(b, h, w)]
+        bank = prototypes[0].float()
+        if self.distance == "cosine":
+            dist = 1.0 - (q @ bank.t()).amax(dim=-1)
+        else:
+            sq = (q * q).sum(-1, keepdim=True) - 2 * q @ bank.t() + (bank * bank).sum(-1)  # (B,HW,n)
+            dist = sq.amin(dim=-1).clamp_min(0).sqrt()
+        return [dist.view(b, h, w)]

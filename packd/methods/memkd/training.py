@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from packd.data import AnomalyDataset, list_split
+from packd.errors import PackdError
 from packd.fit import Training, image_batches
 from packd.layers import ChannelPlan, plan_for
 from packd.losses import ORTH_HELP, kd_loss, orthogonality_loss
@@ -39,11 +40,14 @@ PRESETS = {"paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 0.00
 
 
 def build(teacher: Teacher, settings: MemKDSettings) -> tuple[MemKD, MemKDSettings]:
+    if teacher.vit:
+        raise PackdError(f"{teacher.name} is a vision transformer: distillation needs a CNN teacher with stages "
+                         "at strides 4, 8 and 16 (the knn kind takes ViTs)")
     settings = replace(settings, plan=settings.plan or plan_for(teacher.name, teacher.channels))
     return MemKD(teacher, settings.plan, settings.slots, settings.temperature), settings
 
 
-def training(model: MemKD, settings: MemKDSettings, *, run: RunConfig, data: Path, categories: list[str],
+def make_training(model: MemKD, settings: MemKDSettings, *, run: RunConfig, data: Path, categories: list[str],
              spec: InputSpec) -> Training:
     """Batches of train/good images; a fixed exemplar set of N of them (drawn with the seed) feeds the
     memorisation loss; an orthogonality loss keeps the memory slots distinct."""

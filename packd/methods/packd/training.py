@@ -15,10 +15,8 @@ from packd.methods.packd.losses import packd_loss
 from packd.methods.packd.model import PACKD
 from packd.methods.rd.training import PLAN_HELP
 from packd.preprocess import InputSpec
-from packd.settings import RunConfig, setting, validate
+from packd.settings import ROTATIONS_HELP, RunConfig, setting, validate
 from packd.teachers import Teacher
-
-ROTATIONS_HELP = "Support rotations (1-4: 0/90/180/270 degrees), in training and at test time."
 
 
 @dataclass(frozen=True)
@@ -49,11 +47,14 @@ PRESETS = {
 
 
 def build(teacher: Teacher, settings: PACKDSettings) -> tuple[PACKD, PACKDSettings]:
+    if teacher.vit:
+        raise PackdError(f"{teacher.name} is a vision transformer: distillation needs a CNN teacher with stages "
+                         "at strides 4, 8 and 16 (the knn kind takes ViTs)")
     settings = replace(settings, plan=settings.plan or plan_for(teacher.name, teacher.channels))
     return PACKD(teacher, settings.plan, settings.prototypes, settings.rotations), settings
 
 
-def training(model: PACKD, settings: PACKDSettings, *, run: RunConfig, data: Path, categories: list[str],
+def make_training(model: PACKD, settings: PACKDSettings, *, run: RunConfig, data: Path, categories: list[str],
              spec: InputSpec) -> Training:
     """Episodes over the meta-training categories (never the targets), Eq. 7's loss."""
     if settings.cds_weight and len(categories) < 2:

@@ -35,6 +35,11 @@ class OnnxRuntimeBackend:
         self._sessions = {g: ort.InferenceSession(str(bundle / spec["file"]), sess_options=opts, providers=providers)
                           for g, spec in manifest["graphs"].items()}
         self._outputs = {g: [o["name"] for o in spec["outputs"]] for g, spec in manifest["graphs"].items()}
+        for g, spec in manifest["graphs"].items():  # the runtime reads outputs by name: the names must be right
+            session = self._sessions[g]
+            real = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+            if real != ([i["name"] for i in spec["inputs"]], self._outputs[g]):
+                raise PackdError(f"{spec['file']} has inputs/outputs {real}, not the manifest's: refused")
         self.cuda = cuda
         self.device_id = device
         self.device = f"cuda:{device}" if cuda else "cpu"

@@ -1,0 +1,39 @@
+"""The nearest-neighbour kind's settings and presets. It is training-free: `packd train --model knn`
+writes its checkpoint (teacher weights and these settings) at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from packd.errors import PackdError
+from packd.methods.knn.model import NearestNeighbour
+from packd.settings import ROTATIONS_HELP, setting, validate
+from packd.teachers import Teacher
+
+
+@dataclass(frozen=True)
+class KNNSettings:
+    """Bank and scoring settings; defaults chosen by validation on the training categories (README)."""
+
+    rotations: int = setting(4, ROTATIONS_HELP, ge=1, le=4)
+    distance: str = setting("cosine", "Patch distance: cosine (on L2-normalised features) or l2.",
+                            choices=("cosine", "l2"))
+    score: str = setting("max", "Image score: max of the blurred map, or top1 (mean of the top 1 % patch "
+                         "distances).", choices=("max", "top1"))
+    max_bank: int = setting(0, "Largest memory bank kept at changeover (greedy k-centre coreset); 0 keeps every "
+                            "support patch.", ge=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+PRESETS = {
+    "patchcore": {"teacher": "wide_resnet50_2", "image_size": 256, "distance": "l2", "score": "max"},
+    "anomalydino": {"teacher": "vit_small_patch14_dinov2", "image_size": 448, "distance": "cosine", "score": "top1"},
+}
+
+
+def build(teacher: Teacher, settings: KNNSettings) -> tuple[NearestNeighbour, KNNSettings]:
+    if not teacher.vit and len(teacher.channels) != 3:
+        raise PackdError(f"teacher {teacher.name} has neither stride stages nor patch tokens")
+    return NearestNeighbour(teacher, settings.rotations, settings.distance, settings.score, settings.max_bank), settings

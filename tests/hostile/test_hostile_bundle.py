@@ -1,0 +1,143 @@
+"""Hostile input, bundle surface: forged manifests and graphs with their hashes recomputed (as an
+attacker would), external data and paths that point outside the bundle, symbolic links."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from conftest import FRAME
+from onnx import numpy_helper
+
+from packd.errors import PackdError
+from packd_export.bundle import check_bundle
+from packd_runtime import Detector
+from packd_runtime.manifest import sha256
+
+
+def forge(src, dst, manifest=None, graph=None, rehash=True):
+    """Copy a bundle, edit its manifest (dict -> None) and/or its query graph (ModelProto -> None),
+    then recompute every hash the manifest lists, so only the checks beyond hashes can catch it."""
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    if graph is not None:
+        model = onnx.load(dst / "query.onnx")
+        graph(model, dst)
+        onnx.save(model, dst / "query.onnx")
+    if manifest is not None:
+        manifest(m, dst)
+    if rehash:
+        m["files"] = {name: sha256(dst / name) for name in m["files"] if (dst / name).is_file()} | {
+            name: d for name, d in m["files"].items() if not (dst / name).is_file()}
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def _refused(bundle, match):
+    with pytest.raises(PackdError, match=match):
+        check_bundle(bundle)
+    with pytest.raises(PackdError, match=match):
+        Detector.open(bundle)
+
+
+def _externalise(location, copy_secret_to=None):
+    def edit(model, dst):
+        t = max(model.graph.initializer, key=lambda i: len(i.raw_data))
+        data = numpy_helper.to_array(t)
+        target = dst / location if copy_secret_to is None else copy_secret_to
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (data + 1.0).astype(data.dtype).tofile(target)  # different values: a loader that follows it changes scores
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        entry = t.external_data.add()
+        entry.key, entry.value = "location", location
+    return edit
+
+
+def test_non_finite_thresholds_and_weights_fail_closed(bundles, tmp_path):
+    src = bundles["rd"][1]
+    b = forge(src, tmp_path / "nan", manifest=lambda m, d: m.update(threshold=math.nan))
+    _refused(b, "threshold is nan")
+
+    def poison(model, dst):
+        t = max(model.graph.initializer, key=lambda i: len(i.raw_data))
+        a = numpy_helper.to_array(t).copy()
+        a.flat[0] = np.inf
+        t.CopyFrom(numpy_helper.from_array(a, t.name))
+
+    with pytest.raises(PackdError, match="non-finite weights"):
+        check_bundle(forge(src, tmp_path / "inf", graph=poison))
+
+
+def test_check_verifies_the_graphs_real_io_and_every_listed_file(bundles, tmp_path):
+    src = bundles["rd"][1]
+    b = forge(src, tmp_path / "unlisted", manifest=lambda m, d: m["files"].pop("query.onnx"))
+    _refused(b, "not listed in 'files'")
+    b = forge(src, tmp_path / "renamed", manifest=lambda m, d: m["graphs"]["query"]["outputs"][0].update(name="score"))
+    _refused(b, "outputs must be")
+
+    def swap(model, dst):  # maps first, scores second: a positional reader would return maps as scores
+        outs = list(model.graph.output)
+        del model.graph.output[:]
+        model.graph.output.extend(outs[::-1])
+
+    b = forge(src, tmp_path / "swapped", graph=swap)
+    _refused(b, "differ from the manifest|not the manifest's")
+    both = forge(src, tmp_path / "swapped_both", graph=swap,
+                 manifest=lambda m, d: m["graphs"]["query"].update(outputs=m["graphs"]["query"]["outputs"][::-1]))
+    frames = np.random.default_rng(0).integers(0, 256, (2, *FRAME, 3), dtype=np.uint8)
+    with Detector.open(src) as a, Detector.open(both) as c:  # consistent but reordered: read by name, equal
+        ra, rc = a.detect(frames), c.detect(frames)
+    assert ra.scores.shape == rc.scores.shape == (2,) and np.array_equal(ra.scores, rc.scores)
+
+
+@pytest.mark.parametrize("location", ["../../secret.bin", "/tmp/packd_secret.bin"])
+def test_external_data_outside_the_bundle_is_never_loaded(bundles, tmp_path, location):
+    secret = tmp_path / "secret.bin" if location.startswith("..") else None
+    b = forge(bundles["rd"][1], tmp_path / "x" / "ext", graph=_externalise(location, secret or
+                                                                          tmp_path / "packd_secret.bin"))
+    _refused(b, "outside the bundle|outside it")
+
+
+def test_external_data_inside_the_bundle_must_be_listed_and_hashed(bundles, tmp_path):
+    b = forge(bundles["rd"][1], tmp_path / "unlisted", graph=_externalise("weights.bin"))
+    _refused(b, "does not list")
+    listed = forge(bundles["rd"][1], tmp_path / "listed", graph=_externalise("weights.bin"),
+                   manifest=lambda m, d: m["files"].update({"weights.bin": "0" * 64}))
+    with Detector.open(listed) as det:  # inside, listed, hashed: a legitimate large-model layout loads
+        assert det.detect(np.zeros((1, *FRAME, 3), np.uint8)).scores.shape == (1,)
+    (listed / "weights.bin").write_bytes((listed / "weights.bin").read_bytes()[::-1])
+    _refused(listed, "altered or corrupted")
+
+
+def test_manifest_paths_and_symbolic_links_stay_inside(bundles, tmp_path):
+    src = bundles["rd"][1]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(src / "query.onnx", outside / "query.onnx")
+    b = forge(src, tmp_path / "dotdot", manifest=lambda m, d: (
+        m["graphs"]["query"].update(file="../elsewhere/query.onnx"),
+        m["files"].update({"../elsewhere/query.onnx": sha256(outside / "query.onnx")})), rehash=False)
+    _refused(b, "outside it")
+    b = forge(src, tmp_path / "absolute", manifest=lambda m, d: (
+        m["graphs"]["query"].update(file=str(outside / "query.onnx")),
+        m["files"].update({str(outside / "query.onnx"): sha256(outside / "query.onnx")})), rehash=False)
+    _refused(b, "outside it")
+    link = forge(src, tmp_path / "link", rehash=False)
+    (link / "query.onnx").unlink()
+    (link / "query.onnx").symlink_to(outside / "query.onnx")
+    _refused(link, "symbolic link")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m, d: m.pop("threshold"), "missing 'threshold'"),
+    (lambda m, d: m.update(threshold="0.5"), "'threshold' has the wrong type"),
+    (lambda m, d: m["input"].update(height="72"), "'height' has the wrong type"),
+    (lambda m, d: m.update(graphs=[]), "'graphs' has the wrong type"),
+    (lambda m, d: m["dynamic"].update(batch=[0, 4]), "dynamic range batch"),
+    (lambda m, d: m.update(engines=[{"file": "x.engine"}]), "not a hashed file"),
+])
+def test_manifests_with_missing_or_mistyped_keys_are_one_line_errors(bundles, tmp_path, edit, match):
+    _refused(forge(bundles["rd"][1], tmp_path / "b", manifest=edit), match)

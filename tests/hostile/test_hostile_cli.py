@@ -1,0 +1,90 @@
+"""Hostile input, CLI surface: every bad option value is one line and exit code 2, checked before any
+long work; Ctrl-C says what was kept."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TEACHER
+
+from packd.cli import app
+from packd.console import run_app
+
+
+def _run(capsys, args):
+    with pytest.raises(SystemExit) as e:
+        run_app(app, args, prog_name="packd")
+    return e.value.code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--lr", "-1"], "--lr must be greater than 0"),
+    (["--model", "packd", "--rotations", "0"], "--rotations must be at least 1"),
+    (["--model", "packd", "--rotations", "5"], "--rotations must be at most 4"),
+    (["--model", "packd", "--prototypes", "0"], "--prototypes must be at least 1"),
+    (["--model", "packd", "--tau", "0"], "--tau must be greater than 0"),
+    (["--model", "memkd", "--exemplars", "0"], "--exemplars must be at least 1"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--epochs", "abc"], "Invalid value for '--epochs'"),
+    (["--bogus"], "No such option: --bogus"),
+])
+def test_bad_training_options_are_one_line_and_exit_2(capsys, tmp_path, extra, message):
+    code, out = _run(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), *extra])
+    assert code == 2 and message in out.err and out.err.strip().count("\n") == 0, out.err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--train", "-1"], "--train must be at least 1"),
+    (["--categories", ","], "names no category"),
+    (["--size", "100000"], "--size must be between 32 and 2048"),
+])
+def test_bad_synth_options(capsys, tmp_path, extra, message):
+    code, out = _run(capsys, ["data", "synth", "--out", str(tmp_path / "d"), *extra])
+    assert code == 2 and message in out.err and out.err.strip().count("\n") == 0, out.err
+    assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+
+
+def test_synth_help_keeps_its_brackets(capsys):
+    code, out = _run(capsys, ["data", "synth", "--help"])
+    assert code == 0 and "[photos]" in out.out
+
+
+def test_outputs_are_validated_before_the_long_work(capsys, tmp_path, synth_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    code, out = _run(capsys, ["train", "--data", str(synth_root), "--out", ".", "--teacher", TEACHER])
+    assert code == 2 and "not a checkpoint written by packd" in out.err  # before an epoch, not after
+    report = tmp_path / "folder"
+    report.mkdir()
+    code, out = _run(capsys, ["eval", "--checkpoint", str(tmp_path / "none"), "--data", str(synth_root),
+                              "--json", str(report)])
+    assert code == 2 and "is a folder" in out.err
+    code, out = _run(capsys, ["eval", "--checkpoint", str(tmp_path / "none"), "--data", str(synth_root),
+                              "--json", str(tmp_path / "notes.txt")])
+    assert code == 2 and "not a report written by packd" in out.err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_the_last_epoch_is_kept_and_how_to_resume(synth_root, tmp_path):
+    out = tmp_path / "ck"
+    args = [sys.executable, "-m", "packd.cli", "train", "--data", str(synth_root), "--categories", "grid",
+            "--teacher", TEACHER, "--image-size", "64", "--epochs", "200", "--batch-size", "4", "--out", str(out)]
+    with open(tmp_path / "out.txt", "w") as stdout, open(tmp_path / "err.txt", "w") as stderr:  # never a full pipe
+        proc = subprocess.Popen(args, stdout=stdout, stderr=stderr, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        deadline = time.time() + 300
+        while not (out / "config.json").is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=180)
+    err = (tmp_path / "err.txt").read_text()
+    assert proc.returncode == 130, err
+    done = json.loads((out / "config.json").read_text())["train"]["epochs_done"]
+    assert "interrupted" in err and "is kept" in err and "run the same command again to resume" in err
+    assert f"({done} of 200)" in err or f"({done + 1} of 200)" in err

@@ -1,0 +1,114 @@
+"""Hostile input, runtime surface: prototypes that are wrong, forged or damaged; calls after close();
+close() under load; full disks."""
+
+import errno
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import FRAME
+
+from packd_runtime import Detector, PackdError, Prototypes
+
+
+def _frames(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *FRAME, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def det(bundles):
+    with Detector.open(bundles["packd"][1], backend="onnxruntime") as d:
+        yield d
+
+
+def test_wrong_prototypes_are_refused(det, tmp_path):
+    good = det.prototypes(_frames(2))
+    fp, arrays = good.fingerprint, good.arrays
+    cases = [
+        (Prototypes(tuple(a.astype(np.float64) for a in arrays), fp, 2), "must be float32, got float64"),
+        (Prototypes(tuple(a[:0] for a in arrays), fp, 2), "takes 1 to"),
+        (Prototypes(tuple(a[:, :-1] for a in arrays), fp, 2), "must be \\(n, C\\)"),
+        (Prototypes(arrays[:2], fp, 2), "expected 3 prototype arrays"),
+        (Prototypes((arrays[0][:3], *arrays[1:]), fp, 2), "one n"),
+        (Prototypes(tuple(np.concatenate([a] * 3) for a in arrays), fp, 2), "takes 1 to 24"),
+        (Prototypes(tuple(np.full_like(a, np.nan) for a in arrays), fp, 2), "NaN or infinite"),
+    ]
+    for bad, match in cases:
+        with pytest.raises(PackdError, match=match):
+            det.use(bad)
+        with pytest.raises(PackdError, match=match):
+            det.detect(_frames(1), bad)
+    forged = Prototypes(tuple(np.full_like(a, np.inf) for a in arrays), fp, 2)  # right fingerprint, inf values
+    forged.save(tmp_path / "forged.npz")
+    with pytest.raises(PackdError, match="NaN or infinite"):
+        det.use(Prototypes.load(tmp_path / "forged.npz"))
+
+
+def test_damaged_prototype_files_are_refused(det, tmp_path):
+    good = det.prototypes(_frames(2))
+    good.save(tmp_path / "p.npz")
+    data = (tmp_path / "p.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
+    with zipfile.ZipFile(tmp_path / "other.npz", "w") as z:
+        z.writestr("x.npy", b"not an array")
+    np.savez(tmp_path / "objects.npz", stage_1=np.array([{"a": 1}], dtype=object), fingerprint=np.array("x"),
+             shots=np.array(1))
+    for name in ("truncated.npz", "other.npz", "objects.npz"):
+        with pytest.raises(PackdError, match="corrupted prototypes file"):
+            Prototypes.load(tmp_path / name)
+
+
+def test_calls_after_close_are_clear_errors(bundles):
+    det = Detector.open(bundles["packd"][1], backend="onnxruntime")
+    protos = det.prototypes(_frames(2))
+    det.close()
+    det.close()  # twice is harmless
+    for call in (lambda: det.detect(_frames(1)), lambda: det.prototypes(_frames(1)),
+                 lambda: det.calibrate(_frames(2)), lambda: det.detect(_frames(1), protos)):
+        with pytest.raises(PackdError, match="detector is closed"):
+            call()
+
+
+def test_close_waits_for_calls_in_flight(bundles):
+    det = Detector.open(bundles["rd"][1], backend="onnxruntime")
+    real = det.backend.run
+    started = threading.Event()
+
+    def slow(graph, feeds):
+        started.set()
+        time.sleep(0.5)
+        return real(graph, feeds)
+
+    det.backend.run = slow
+    results = []
+    t = threading.Thread(target=lambda: results.append(det.detect(_frames(2))))
+    t.start()
+    started.wait(5)
+    t0 = time.perf_counter()
+    det.close()  # must not pull the sessions from under the running call
+    assert time.perf_counter() - t0 > 0.2
+    t.join()
+    assert len(results) == 1 and results[0].scores.shape == (2,)
+
+
+def test_non_finite_thresholds_are_refused(det):
+    det.prototypes(_frames(2))
+    with pytest.raises(PackdError, match="threshold must be a finite number"):
+        det.detect(_frames(1), threshold=float("nan"))
+
+
+def test_a_full_disk_keeps_the_old_prototypes_file(det, tmp_path, monkeypatch):
+    protos = det.prototypes(_frames(2))
+    protos.save(tmp_path / "p.npz")
+    before = (tmp_path / "p.npz").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(PackdError, match="disk full"):
+        protos.save(tmp_path / "p.npz")
+    assert (tmp_path / "p.npz").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npz"]
