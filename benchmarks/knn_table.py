@@ -25,13 +25,12 @@ import numpy as np
 import torch
 import typer
 
-from packd.data import list_split
 from packd.fewshot import FEWSHOT_KEYS, draw_support_sets, evaluate_fewshot
 from packd.methods import load_scorer
-from packd.metrics import image_auroc, pixel_metrics
-from packd.preprocess import load_frames, load_mask
+from packd.preprocess import load_frames
 from packd.train import configure, train
 from packd_bench.bench import time_calls
+from packd_bench.runtime_eval import bundle_fewshot_runs, category_test_frames
 from packd_export.bundle import export_bundle
 from packd_runtime import Detector
 from packd_runtime.atomic import check_report_path, write_report
@@ -65,24 +64,10 @@ def _torch_coreset(bank: np.ndarray, n: int, dim: int = 128) -> torch.Tensor:
     return torch.from_numpy(bank)[sorted(chosen)]
 
 
-def _category(data: Path, cat: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    test = list_split(data, cat, "test")
-    frames = load_frames([s.path for s in test], (size, size))
-    masks = np.stack([load_mask(s.mask, (size, size)) if s.mask else np.zeros((size, size), bool) for s in test])
-    return frames, masks, np.array([s.label for s in test])
-
-
-def _runtime_metrics(det: Detector, data: Path, cat: str, supports, cache: dict) -> dict[str, float]:
-    frames, masks, labels = cache.setdefault(cat, _category(data, cat, det.frame_hw[0]))
-    det.prototypes(load_frames([s.path for s in supports], det.frame_hw))
-    r = det.detect(frames)
-    return {"image_auroc": image_auroc(labels, r.scores), **pixel_metrics(r.maps, masks)}
-
-
 def main(runs_dir: Path = Path("runs/fewshot"), runs: int = 3, seed: int = 0, shots: str = "1,2,4,8",
          results: Path = Path("benchmarks/results/knn_table")) -> None:
     check_report_path(results.with_suffix(".json"))
-    data, out = runs_dir / "data", runs_dir / "knn"
+    data, out = runs_dir / "data", runs_dir / "knn_study"
     report: dict = {"teacher": TEACHER, "image_size": 128, "runs": runs, "seed": seed, "validation": {}}
 
     # 1. validation on training categories
@@ -100,13 +85,10 @@ def main(runs_dir: Path = Path("runs/fewshot"), runs: int = 3, seed: int = 0, sh
     ckpt = _knn(data, out / "chosen", distance=distance, score=score)
     bundle = out / "bundle_fp32"
     export_bundle(ckpt, bundle, max_batch=32, max_shots=8, engines="never")
-    cache: dict = {}
     rows: dict = {}
     with Detector.open(bundle, backend="onnxruntime") as det:
         for k in (int(v) for v in shots.split(",")):
-            for cat in HELD_OUT + CROSS:
-                sets = draw_support_sets(data, cat, k, runs, seed)
-                rows.setdefault(str(k), {})[cat] = [_runtime_metrics(det, data, cat, s, cache) for s in sets]
+            rows[str(k)] = bundle_fewshot_runs(det, data, HELD_OUT + CROSS, k, runs, seed)
             print("row 0, k =", k, flush=True)
     groups = {"held-out synthetic": HELD_OUT, "cross-dataset photos": CROSS}
     report["row0"] = {g: {k: {key: _summary(rows[k], cats, key, runs) for key in ("image_auroc", "pixel_auroc")}
@@ -116,7 +98,7 @@ def main(runs_dir: Path = Path("runs/fewshot"), runs: int = 3, seed: int = 0, sh
     # 3. bank size: changeover, query latency, AUROC (k = 8, held-out synthetic)
     sizes = [0, 2048, 512, 128]
     report["bank"] = {}
-    frames = cache["dots"][0][:8]
+    frames = category_test_frames(data, "dots", (128, 128))[0][:8]
     for size in sizes:
         ck = _knn(data, out / f"bank_{size}", distance=distance, score=score, max_bank=size)
         b = out / f"bundle_bank_{size}"
@@ -127,8 +109,8 @@ def main(runs_dir: Path = Path("runs/fewshot"), runs: int = 3, seed: int = 0, sh
             bank = det.prototypes(supports).arrays[0]
             one = time_calls(lambda d=det: d.detect(frames[:1]), 2, 20, 1)["median_ms"]
             eight = time_calls(lambda d=det: d.detect(frames), 2, 10, 8)["median_ms"]
-            auroc = float(np.mean([np.mean([_runtime_metrics(det, data, c, s, cache)["image_auroc"]
-                                            for s in draw_support_sets(data, c, 8, runs, seed)]) for c in HELD_OUT]))
+            per_cat = bundle_fewshot_runs(det, data, HELD_OUT, 8, runs, seed)
+            auroc = float(np.mean([np.mean([r["image_auroc"] for r in runs_]) for runs_ in per_cat.values()]))
         full = det.max_shots * det.manifest["prototypes"]["per_shot"]
         entry = {"bank": int(bank.shape[0]), "changeover_ms": changeover, "query_ms_batch1": one,
                  "query_ms_batch8": eight, "image_auroc_held_out_k8": auroc}
@@ -167,10 +149,10 @@ def markdown(r: dict) -> str:
               "", "| bank entries | changeover ms | query ms (batch 1) | query ms (batch 8) | coreset numpy ms "
               "| same in PyTorch ms | image AUROC held-out k=8 |", "|---|---|---|---|---|---|---|"]
     for e in r["bank"].values():
+        coreset = (f"{e['coreset_numpy_ms']:.0f} | {e['coreset_torch_ms']:.0f}" if "coreset_numpy_ms" in e
+                   else "- | -")
         lines.append(f"| {e['bank']} | {e['changeover_ms']:.1f} | {e['query_ms_batch1']:.2f} "
-                     f"| {e['query_ms_batch8']:.2f} "
-                     f"| {e.get('coreset_numpy_ms', 0):.0f} | {e.get('coreset_torch_ms', 0):.0f} "
-                     f"| {e['image_auroc_held_out_k8']:.3f} |")
+                     f"| {e['query_ms_batch8']:.2f} | {coreset} | {e['image_auroc_held_out_k8']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

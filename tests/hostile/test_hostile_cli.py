@@ -77,7 +77,9 @@ def test_ctrl_c_says_the_last_epoch_is_kept_and_how_to_resume(synth_root, tmp_pa
     args = [sys.executable, "-m", "packd.cli", "train", "--data", str(synth_root), "--categories", "grid",
             "--teacher", TEACHER, "--image-size", "64", "--epochs", "200", "--batch-size", "4", "--out", str(out)]
     with open(tmp_path / "out.txt", "w") as stdout, open(tmp_path / "err.txt", "w") as stderr:  # never a full pipe
-        proc = subprocess.Popen(args, stdout=stdout, stderr=stderr, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        # as in a terminal: background jobs (CI, nohup) inherit SIGINT ignored, which Python then keeps
+        proc = subprocess.Popen(args, stdout=stdout, stderr=stderr, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 300
         while not (out / "config.json").is_file() and time.time() < deadline:
             time.sleep(0.2)
