@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from packd.errors import PackdError
+from packd.teachers import Teacher
+
 
 @dataclass(frozen=True)
 class ChannelPlan:
@@ -39,6 +42,14 @@ def plan_for(teacher_name: str, channels: tuple[int, int, int]) -> ChannelPlan:
     """The student layout for a teacher: the reference layouts for ResNets, light basic blocks otherwise."""
     block, ocbe, dec, div = _LAYOUTS.get(teacher_name, ("basic", 2, (2, 2, 2), 1))
     return ChannelPlan(tuple(channels), block, ocbe, dec, div)
+
+
+def student_plan(teacher: Teacher, plan: ChannelPlan | None) -> ChannelPlan:
+    """The given student layout, or the teacher's (`plan_for`); distillation needs a CNN teacher."""
+    if teacher.vit:
+        raise PackdError(f"{teacher.name} is a vision transformer: distillation needs a CNN teacher with stages "
+                         "at strides 4, 8 and 16 (the knn kind takes ViTs)")
+    return plan or plan_for(teacher.name, teacher.channels)
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int) -> list[nn.Module]:

@@ -9,9 +9,8 @@ import numpy as np
 import torch
 
 from packd.data import AnomalyDataset, list_split
-from packd.errors import PackdError
 from packd.fit import Training, image_batches
-from packd.layers import ChannelPlan, plan_for
+from packd.layers import ChannelPlan, student_plan
 from packd.losses import ORTH_HELP, kd_loss, orthogonality_loss
 from packd.methods.memkd.model import MemKD
 from packd.methods.rd.training import PLAN_HELP
@@ -40,15 +39,12 @@ PRESETS = {"paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 0.00
 
 
 def build(teacher: Teacher, settings: MemKDSettings) -> tuple[MemKD, MemKDSettings]:
-    if teacher.vit:
-        raise PackdError(f"{teacher.name} is a vision transformer: distillation needs a CNN teacher with stages "
-                         "at strides 4, 8 and 16 (the knn kind takes ViTs)")
-    settings = replace(settings, plan=settings.plan or plan_for(teacher.name, teacher.channels))
+    settings = replace(settings, plan=student_plan(teacher, settings.plan))
     return MemKD(teacher, settings.plan, settings.slots, settings.temperature), settings
 
 
 def make_training(model: MemKD, settings: MemKDSettings, *, run: RunConfig, data: Path, categories: list[str],
-             spec: InputSpec) -> Training:
+                  spec: InputSpec) -> Training:
     """Batches of train/good images; a fixed exemplar set of N of them (drawn with the seed) feeds the
     memorisation loss; an orthogonality loss keeps the memory slots distinct."""
     dataset = AnomalyDataset([s for c in categories for s in list_split(data, c, "train")], spec)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from packd.errors import PackdError
 from packd.fit import Training
-from packd.layers import ChannelPlan, plan_for
+from packd.layers import ChannelPlan, student_plan
 from packd.losses import ORTH_HELP
 from packd.methods.packd.episodes import EpisodeSampler
 from packd.methods.packd.losses import packd_loss
@@ -47,15 +47,12 @@ PRESETS = {
 
 
 def build(teacher: Teacher, settings: PACKDSettings) -> tuple[PACKD, PACKDSettings]:
-    if teacher.vit:
-        raise PackdError(f"{teacher.name} is a vision transformer: distillation needs a CNN teacher with stages "
-                         "at strides 4, 8 and 16 (the knn kind takes ViTs)")
-    settings = replace(settings, plan=settings.plan or plan_for(teacher.name, teacher.channels))
+    settings = replace(settings, plan=student_plan(teacher, settings.plan))
     return PACKD(teacher, settings.plan, settings.prototypes, settings.rotations), settings
 
 
 def make_training(model: PACKD, settings: PACKDSettings, *, run: RunConfig, data: Path, categories: list[str],
-             spec: InputSpec) -> Training:
+                  spec: InputSpec) -> Training:
     """Episodes over the meta-training categories (never the targets), Eq. 7's loss."""
     if settings.cds_weight and len(categories) < 2:
         raise PackdError("the contrastive loss needs at least two training categories (or --cds-weight 0)")

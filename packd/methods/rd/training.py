@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 
 from packd.data import AnomalyDataset, list_split
-from packd.errors import PackdError
 from packd.fit import Training, image_batches
-from packd.layers import ChannelPlan, plan_for
+from packd.layers import ChannelPlan, student_plan
 from packd.losses import kd_loss
 from packd.methods.rd.model import ReverseDistillation
 from packd.preprocess import InputSpec
@@ -35,10 +34,7 @@ PRESETS = {"paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 0.00
 
 def build(teacher: Teacher, settings: RDSettings) -> tuple[ReverseDistillation, RDSettings]:
     """The model and its settings with the student layout filled in (what the checkpoint records)."""
-    if teacher.vit:
-        raise PackdError(f"{teacher.name} is a vision transformer: distillation needs a CNN teacher with stages "
-                         "at strides 4, 8 and 16 (the knn kind takes ViTs)")
-    settings = replace(settings, plan=settings.plan or plan_for(teacher.name, teacher.channels))
+    settings = replace(settings, plan=student_plan(teacher, settings.plan))
     return ReverseDistillation(teacher, settings.plan), settings
 
 
@@ -47,7 +43,7 @@ def loss(model: ReverseDistillation, item: list) -> torch.Tensor:
 
 
 def make_training(model: ReverseDistillation, settings: RDSettings, *, run: RunConfig, data: Path,
-             categories: list[str], spec: InputSpec) -> Training:
+                  categories: list[str], spec: InputSpec) -> Training:
     """Shuffled batches of the categories' train/good images, RD's KD loss."""
     dataset = AnomalyDataset([s for c in categories for s in list_split(data, c, "train")], spec)
     batches, steps = image_batches(dataset, run)
