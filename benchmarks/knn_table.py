@@ -105,10 +105,10 @@ def main(runs_dir: Path = Path("runs/fewshot"), runs: int = 3, seed: int = 0, sh
         export_bundle(ck, b, max_batch=8, max_shots=8, engines="never")
         with Detector.open(b, backend="onnxruntime") as det:
             supports = load_frames([s.path for s in draw_support_sets(data, "dots", 8, 1, seed)[0]], det.frame_hw)
-            changeover = time_calls(lambda d=det, s=supports: d.prototypes(s), 1, 5, 8)["median_ms"]
+            changeover = time_calls(lambda d=det, s=supports: d.prototypes(s), warmup=1, iters=5, images=8)["median_ms"]
             bank = det.prototypes(supports).arrays[0]
-            one = time_calls(lambda d=det: d.detect(frames[:1]), 2, 20, 1)["median_ms"]
-            eight = time_calls(lambda d=det: d.detect(frames), 2, 10, 8)["median_ms"]
+            one = time_calls(lambda d=det: d.detect(frames[:1]), warmup=2, iters=20, images=1)["median_ms"]
+            eight = time_calls(lambda d=det: d.detect(frames), warmup=2, iters=10, images=8)["median_ms"]
             per_cat = bundle_fewshot_runs(det, data, HELD_OUT, 8, runs, seed)
             auroc = float(np.mean([np.mean([r["image_auroc"] for r in runs_]) for runs_ in per_cat.values()]))
         full = det.max_shots * det.manifest["prototypes"]["per_shot"]
@@ -117,7 +117,8 @@ def main(runs_dir: Path = Path("runs/fewshot"), runs: int = 3, seed: int = 0, sh
         if size:
             full_bank = np.random.default_rng(0).standard_normal((full, bank.shape[1])).astype(np.float32)
             for name, fn in (("coreset_numpy_ms", greedy_coreset), ("coreset_torch_ms", _torch_coreset)):
-                entry[name] = time_calls(lambda n=size, f=fn, x=full_bank: f(x, n), 0, 3, 1)["median_ms"]
+                stats = time_calls(lambda n=size, f=fn, x=full_bank: f(x, n), warmup=0, iters=3, images=1)
+                entry[name] = stats["median_ms"]
         report["bank"][str(size or full)] = entry
         print("bank", size or full, entry, flush=True)
     write_report(results.with_suffix(".json"), report)

@@ -44,7 +44,7 @@ def data_synth(
     """Write a synthetic anomaly-detection dataset in the MVTec AD layout."""
     from packd.synth import Counts, synthesize, synthesize_photos
 
-    counts = Counts(train, test_good, test_defect)
+    counts = Counts(train=train, test_good=test_good, test_defect=test_defect)
     cats = synthesize(out, seed=seed, size=size, categories=categories.split(",") if categories else None,
                       counts=counts)
     if photos:

@@ -80,7 +80,7 @@ def write_overlays(folder: Path, dataset: AnomalyDataset, pred: dict[str, np.nda
     for i, sample in enumerate(dataset.samples):
         image = _denormalise(dataset[i][0], dataset.spec)
         save_overlay(folder / f"{sample.defect}_{sample.path.stem}.png", image, pred["maps"][i], pred["masks"][i],
-                     lo, hi)
+                     lo=lo, hi=hi)
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[str] | None = None, *,

@@ -38,7 +38,7 @@ def latency_stats(seconds: list[float], images: int, wall: float) -> dict[str, f
     return out
 
 
-def time_calls(fn: Callable[[], Any], warmup: int, iters: int, images: int) -> dict[str, float]:
+def time_calls(fn: Callable[[], Any], *, warmup: int, iters: int, images: int) -> dict[str, float]:
     """Warm up, then time `iters` calls one by one (each call ends with results on the host)."""
     for _ in range(warmup):
         fn()

@@ -160,12 +160,12 @@ def main(
             if few_shot:
                 set_supports = runner.set_supports if family == "pytorch" else runner.prototypes
                 for k in range(1, max_shots + 1):
-                    stats = time_calls(lambda k=k, f=set_supports: f(supports[:k]), 1, 5, k)
+                    stats = time_calls(lambda k=k, f=set_supports: f(supports[:k]), warmup=1, iters=5, images=k)
                     row["changeover"][k] = stats["median_ms"]
                 set_supports(supports[:2])
             call = runner if family == "pytorch" else partial(_detect, runner)
             for b in sizes:
-                stats = time_calls(lambda b=b, f=call: f(frames[:b]), warmup, iters, b)
+                stats = time_calls(lambda b=b, f=call: f(frames[:b]), warmup=warmup, iters=iters, images=b)
                 if family == "pytorch":
                     stats["gpu_compute_ms"] = runner.compute_ms(frames[:b])
                 else:

@@ -35,7 +35,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
 DEMO_TRAIN = ["grid", "carpet", "stripes", "disc", "nut", "plate"]
 
 
-def _deploy(bundle: Path, supports: np.ndarray, normals: np.ndarray, frames: np.ndarray, masks: np.ndarray,
+def _deploy(bundle: Path, *, supports: np.ndarray, normals: np.ndarray, frames: np.ndarray, masks: np.ndarray,
             labels: np.ndarray) -> tuple[dict, object]:
     """One bundle in the runtime: changeover, calibration on normal images only, detection, metrics."""
     with Detector.open(bundle) as det:
@@ -87,12 +87,13 @@ def demo(
     supports, normals = load_frames(train_images[:shots]), load_frames(train_images[shots:shots + 16])
     reports, results = {}, {}
     for kind in ckpts:
-        reports[kind], results[kind] = _deploy(out / f"bundle_{kind}", supports, normals, frames, masks, labels)
+        reports[kind], results[kind] = _deploy(out / f"bundle_{kind}", supports=supports, normals=normals,
+                                               frames=frames, masks=masks, labels=labels)
     best = max(reports, key=lambda k: reports[k]["image_auroc"])
     result = results[best]
     hi = 1.5 * result.threshold  # one colour scale for every image, tied to the threshold (yellow at it)
     for s, image, amap, mask in zip(test, frames, result.maps, masks):
-        save_overlay(out / "overlays" / category / f"{s.defect}_{s.path.stem}.png", image, amap, mask, 0.0, hi)
+        save_overlay(out / "overlays" / category / f"{s.defect}_{s.path.stem}.png", image, amap, mask, lo=0.0, hi=hi)
     write_report(out / "report.json", {"category": category, "shots": shots, "images": len(labels),
                                        "anomalous": int(labels.sum()), "overlays_from": best, "kinds": reports})
     table = Table(title=f"{shots}-shot on unseen {category!r}: {len(labels)} images, {int(labels.sum())} anomalous")
@@ -115,7 +116,8 @@ def demo(
         with Detector.open(out / f"bundle_{kind}", backend="onnxruntime") as det:
             det.prototypes(supports)
             for name, call in (("PyTorch eager", torch_runner), ("ONNX Runtime", det.detect)):
-                one, eight = (time_calls(lambda b=b, call=call: call(frames[:b]), 2, 10, b) for b in (1, 8))
+                one, eight = (time_calls(lambda b=b, call=call: call(frames[:b]), warmup=2, iters=10, images=b)
+                              for b in (1, 8))
                 bench.add_row(kind, name, f"{one['median_ms']:.1f}", f"{eight['median_ms']:.1f}",
                               f"{eight['throughput_img_s']:.0f}")
     console.print(bench)

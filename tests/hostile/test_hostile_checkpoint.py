@@ -120,3 +120,35 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_checkpoint(synth_root, tmp_pa
         train_small("rd", synth_root, "grid", out, epochs=2, batch_size=4)
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_a_full_disk_during_export_or_a_report_keeps_the_old_files(checkpoints, tmp_path, monkeypatch):
+    import io
+
+    import packd_export.bundle as bundle_mod
+    import packd_runtime.atomic as atomic
+    from packd_runtime.atomic import write_report
+
+    export_bundle(checkpoints["rd"], tmp_path / "b", max_batch=2, engines="never")
+    before = (tmp_path / "b" / "manifest.json").read_text()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(bundle_mod.onnx, "save", full)
+        with pytest.raises(PackdError, match="disk full while writing"):
+            export_bundle(checkpoints["rd"], tmp_path / "b", max_batch=2, engines="never")
+    assert (tmp_path / "b" / "manifest.json").read_text() == before
+    write_report(tmp_path / "r.json", {"a": 1})
+
+    class FullFile(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_fdopen = atomic.os.fdopen
+    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: (real_fdopen(fd, mode).close(), FullFile())[1])
+    with pytest.raises(PackdError, match="disk full while writing"):
+        write_report(tmp_path / "r.json", {"a": 2})
+    assert json.loads((tmp_path / "r.json").read_text())["a"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "r.json"]

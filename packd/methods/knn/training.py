@@ -37,4 +37,6 @@ PRESETS = {
 def build(teacher: Teacher, settings: KNNSettings) -> tuple[NearestNeighbour, KNNSettings]:
     if not teacher.vit and len(teacher.channels) != 3:
         raise PackdError(f"teacher {teacher.name} has neither stride stages nor patch tokens")
-    return NearestNeighbour(teacher, settings.rotations, settings.distance, settings.score, settings.max_bank), settings
+    model = NearestNeighbour(teacher, rotations=settings.rotations, distance=settings.distance, score=settings.score,
+                             max_bank=settings.max_bank)
+    return model, settings

@@ -40,7 +40,7 @@ PRESETS = {"paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 0.00
 
 def build(teacher: Teacher, settings: MemKDSettings) -> tuple[MemKD, MemKDSettings]:
     settings = replace(settings, plan=student_plan(teacher, settings.plan))
-    return MemKD(teacher, settings.plan, settings.slots, settings.temperature), settings
+    return MemKD(teacher, settings.plan, slots=settings.slots, temperature=settings.temperature), settings
 
 
 def make_training(model: MemKD, settings: MemKDSettings, *, run: RunConfig, data: Path, categories: list[str],

@@ -48,7 +48,7 @@ PRESETS = {
 
 def build(teacher: Teacher, settings: PACKDSettings) -> tuple[PACKD, PACKDSettings]:
     settings = replace(settings, plan=student_plan(teacher, settings.plan))
-    return PACKD(teacher, settings.plan, settings.prototypes, settings.rotations), settings
+    return PACKD(teacher, settings.plan, n_prototypes=settings.prototypes, rotations=settings.rotations), settings
 
 
 def make_training(model: PACKD, settings: PACKDSettings, *, run: RunConfig, data: Path, categories: list[str],
