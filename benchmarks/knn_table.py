@@ -139,8 +139,8 @@ def markdown(r: dict) -> str:
     lines += ["", f"Chosen: distance {r['chosen']['distance']}, image score {r['chosen']['score']}.", ""]
     for g, rows in r["row0"].items():
         ks = list(rows)
-        lines += [f"Row (0) through the exported fp32 bundle in ONNX Runtime, {g}, mean ± std over {r['runs']} support "
-                  "sets:", "", "| | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        lines += [f"Row (0) through the exported fp32 bundle in ONNX Runtime, {g}, mean ± std over {r['runs']} "
+                  "support sets:", "", "| | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
         for key in ("image_auroc", "pixel_auroc"):
             lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(f"{rows[k][key][0]:.3f} ± {rows[k][key][1]:.3f}"
                                                                    for k in ks) + " |")

@@ -16,7 +16,7 @@ from torch import nn
 
 from packd.errors import PackdError
 from packd_runtime.atomic import atomic_dir, recover_if_unlocked
-from packd_runtime.manifest import sha256
+from packd_runtime.manifest import read_json, sha256
 
 FORMAT_VERSION = 2
 MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.safetensors", "config.json", "trainer.pt"
@@ -42,12 +42,7 @@ def read_config(ckpt: str | Path) -> dict[str, Any]:
     path = ckpt / CONFIG_FILE
     if not ckpt.is_dir():
         raise PackdError(f"checkpoint folder not found: {ckpt}")
-    if not path.is_file():
-        raise PackdError(f"{ckpt} is not a packd checkpoint: {CONFIG_FILE} missing")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PackdError(f"corrupted {path}: {e}") from None
+    config = read_json(path, f"{ckpt} is not a packd checkpoint: {CONFIG_FILE} missing")
     if not isinstance(config, dict) or config.get("format") != FORMAT_VERSION:
         found = config.get("format") if isinstance(config, dict) else None
         raise PackdError(f"{path} has format {found!r}; this packd reads format {FORMAT_VERSION}")

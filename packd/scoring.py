@@ -67,7 +67,6 @@ class AnomalyMap(nn.Module):
         return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), self.ky)
 
 
-
 class Scorer(nn.Module):
     """Any model kind behind one interface: `prototypes(supports)` once per product (few-shot kinds),
     `forward(x, prototypes)` per batch -> (scores, maps). Kinds without a support path take no prototypes.

@@ -89,7 +89,7 @@ class Detector:
         self.max_batch = manifest["dynamic"]["batch"][1]
         self.max_shots = manifest["dynamic"]["shots"][1] if self.few_shot else 0
         self.max_prototypes = manifest["dynamic"]["prototypes"][1] if self.few_shot else 0
-        self.max_count = manifest["prototypes"].get("max_count", 0) if self.few_shot else 0
+        self.max_count = manifest["prototypes"]["max_count"] if self.few_shot else 0
         proto_inputs = manifest["graphs"]["query"]["inputs"][1:]
         self.prototype_names = [i["name"] for i in proto_inputs]
         self._proto_channels = [i["shape"][1] for i in proto_inputs]
@@ -165,7 +165,7 @@ class Detector:
         with self._call():
             out = self.backend.run("support", {"images": images})
         arrays = [out[name] for name in self.prototype_names]
-        if self.max_count and arrays[0].shape[0] > self.max_count:
+        if self.max_count:
             arrays = bound_prototypes(arrays, self.max_count)  # the bank bound (greedy coreset), as in training
         protos = Prototypes(tuple(arrays), self.fingerprint, k)
         self.use(protos)

@@ -44,6 +44,16 @@ def threshold_from_normal_scores(scores: np.ndarray) -> float:
     return float(scores.mean() + 3.0 * scores.std())
 
 
+def read_json(path: Path, missing: str) -> Any:
+    """A JSON file packd wrote, or a one-line PackdError: `missing` when absent, 'corrupted' when unreadable."""
+    if not path.is_file() or path.is_symlink():
+        raise PackdError(missing)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackdError(f"corrupted {path}: {e}") from None
+
+
 def _fail(where: str, what: str) -> PackdError:
     return PackdError(f"invalid manifest {where}: {what}")
 
@@ -157,13 +167,7 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
     path = bundle / MANIFEST
     if not bundle.is_dir():
         raise PackdError(f"bundle folder not found: {bundle}")
-    if not path.is_file() or path.is_symlink():
-        raise PackdError(f"{bundle} is not a packd bundle: {MANIFEST} missing")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PackdError(f"corrupted {path}: {e}") from None
-    return check_manifest(manifest, str(path))
+    return check_manifest(read_json(path, f"{bundle} is not a packd bundle: {MANIFEST} missing"), str(path))
 
 
 def verify_files(bundle: str | Path, manifest: dict[str, Any]) -> None:
