@@ -16,7 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from packd.console import run_app
+from packd.errors import PackdError
 from packd.methods import METHODS
+from packd.scoring import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
 from packd.settings import DEVICE_HELP, RunConfig, cli_fields, default_of
 
 app = typer.Typer(help="Few-shot industrial anomaly detection: data, training, evaluation.", no_args_is_help=True,
@@ -179,6 +181,12 @@ def eval_(
         help="Few-shot protocol: reuse the support sets (and so k) saved in an earlier --json report.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.", min=1)] = 16,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    stage_weights: Annotated[str | None, typer.Option(help=STAGE_WEIGHTS_HELP)] = None,
+    border: Annotated[int | None, typer.Option(help=BORDER_HELP)] = None,
+    prototype_score: Annotated[float | None, typer.Option(help=PROTOTYPE_SCORE_HELP)] = None,
+    prototypes: Annotated[str, typer.Option(
+        help="Few-shot diagnostic: score each category with its own prototypes, the next category's (other) "
+             "or zeros (zero). If the prototypes matter, other and zero score worse.")] = "own",
 ) -> None:
     """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO (and F1-max), per category and mean."""
     from packd.evaluate import evaluate, evaluation_categories
@@ -187,16 +195,20 @@ def eval_(
     from packd.settings import check_device
 
     check_device(device)
+    scoring = scoring_overrides(stage_weights=stage_weights, border=border, prototype_score=prototype_score)
     if shots is None and supports_from is None:
+        if prototypes != "own":
+            raise PackdError("--prototypes other/zero is a few-shot diagnostic: give --shots K")
         _print_report(evaluate(checkpoint, data, categories, json_path=json_out, overlays=overlays,
-                               batch_size=batch_size, device=device))
+                               batch_size=batch_size, device=device, scoring=scoring))
         return
-    scorer, config = load_scorer(checkpoint)
+    scorer, config = load_scorer(checkpoint, scoring)
     cats = evaluation_categories(config, data, categories, scorer.few_shot)
     meta = {"checkpoint": str(checkpoint), "model": config["kind"], "teacher": config["teacher"]["name"],
             "image_size": scorer.spec.image_size}
     report = evaluate_fewshot(scorer, data, cats, shots=shots, runs=runs, seed=seed, json_path=json_out,
-                              supports_from=supports_from, batch_size=batch_size, device=device, meta=meta)
+                              supports_from=supports_from, batch_size=batch_size, device=device, meta=meta,
+                              swap=prototypes)
     _print_fewshot(report)
 
 

@@ -85,11 +85,12 @@ def write_overlays(folder: Path, dataset: AnomalyDataset, pred: dict[str, np.nda
 
 def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[str] | None = None, *,
              json_path: str | Path | None = None, overlays: str | Path | None = None, batch_size: int = 16,
-             device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Full-shot evaluation of a checkpoint on the test split of `categories` (see `evaluation_categories`)."""
+             device: str = "auto", progress: bool = True, scoring: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Full-shot evaluation of a checkpoint on the test split of `categories` (see `evaluation_categories`);
+    `scoring` overrides the checkpoint's scoring settings (see `load_scorer`)."""
     if json_path:
         check_report_path(json_path)
-    scorer, config = load_scorer(checkpoint)
+    scorer, config = load_scorer(checkpoint, scoring)
     if scorer.few_shot:
         raise PackdError(f"{checkpoint} is a few-shot {config['kind']} model: evaluate it with --shots K")
     cats = evaluation_categories(config, data, categories, few_shot=False)

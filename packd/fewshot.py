@@ -25,6 +25,7 @@ from packd.scoring import Scorer
 from packd_runtime.atomic import check_report_path, write_report
 
 FEWSHOT_KEYS = ("image_auroc", "pixel_auroc", "aupro")
+SWAPS = ("own", "other", "zero")  # whose prototypes score a category: its own, the next category's, or zeros
 
 
 def draw_support_sets(data: str | Path, category: str, shots: int, runs: int, seed: int = 0) -> list[list[Sample]]:
@@ -77,27 +78,45 @@ def _support_sets(data: Path, category: str, shots: int | None, runs: int, seed:
     return sets
 
 
+def _swapped(scorer: Scorer, protos: list[torch.Tensor], swap: str, donor: list[Sample]) -> list[torch.Tensor]:
+    if swap == "zero":
+        return [torch.zeros_like(p) for p in protos]
+    return scorer.prototypes(load_supports(donor, scorer.spec)) if swap == "other" else protos
+
+
 def evaluate_fewshot(scorer: Scorer, data: str | Path, categories: list[str], *, shots: int | None = None,
                      runs: int = 10, seed: int = 0, json_path: str | Path | None = None,
                      supports_from: str | Path | None = None, batch_size: int = 16, device: str = "auto",
-                     progress: bool = True, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+                     progress: bool = True, meta: dict[str, Any] | None = None, swap: str = "own") -> dict[str, Any]:
     """k-shot evaluation of one model on `categories`; models without a support path are scored once
-    per category. With `supports_from`, the support sets (and so k and the run count) come from that report."""
+    per category. With `supports_from`, the support sets (and so k and the run count) come from that report.
+
+    `swap` is the prototype diagnostic: "other" scores each category with the prototypes of the next
+    category's support set (same k and run), "zero" with zeros. If the prototypes matter, both hurt."""
     data = Path(data)
     if json_path:
         check_report_path(json_path)
     if runs < 1:
         raise PackdError(f"--runs must be at least 1, got {runs}")
+    if swap not in SWAPS:
+        raise PackdError(f"swap must be one of {', '.join(SWAPS)}, got {swap!r}")
     cats = resolve_categories(data, categories)
+    if swap != "own" and not scorer.few_shot:
+        raise PackdError("the prototype swap needs a few-shot model")
+    if swap == "other" and len(cats) < 2:
+        raise PackdError("swapping in another category's prototypes needs at least two categories")
     per_cat: dict[str, Any] = {}
     with Progress(disable=not progress) as bar:
-        for cat in cats:
+        for ci, cat in enumerate(cats):
             sets = _support_sets(data, cat, shots, runs, seed, supports_from)
+            donors = (_support_sets(data, cats[(ci + 1) % len(cats)], shots, runs, seed, supports_from)
+                      if swap == "other" else sets)
             test = AnomalyDataset(list_split(data, cat, "test"), scorer.spec)
             results, shared = [], None
-            for support in sets:
+            for support, donor in zip(sets, donors):
                 if scorer.few_shot or shared is None:
                     protos = scorer.prototypes(load_supports(support, scorer.spec))
+                    protos = _swapped(scorer, protos, swap, donor)
                     pred = predict(scorer, test, protos, batch_size=batch_size, device=device, progress=bar)
                     shared = category_metrics(pred)
                 results.append({k: shared[k] for k in FEWSHOT_KEYS})
@@ -109,7 +128,7 @@ def evaluate_fewshot(scorer: Scorer, data: str | Path, categories: list[str], *,
                for r in range(len(first["runs"]))]
     mean, std = _summary(per_run)
     report = {**(meta or {}), "data": str(data), "shots": len(first["support_sets"][0]), "runs": len(per_run),
-              "seed": seed, "categories": per_cat, "mean": mean, "std": std}
+              "seed": seed, "prototypes": swap, "categories": per_cat, "mean": mean, "std": std}
     if json_path:
         write_report(json_path, report)
     return report

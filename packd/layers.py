@@ -3,11 +3,15 @@ residual blocks, the one-class bottleneck (OCBE), the decoder stages, the residu
 the last stage, and support rotations.
 
 Generic over the teacher's channel plan (c1, c2, c3 at strides 4, 8, 16): the bottleneck maps
-them to 2*c3 channels at stride 32 and the decoder mirrors the teacher back to stride 4.
+them to 2*c3 channels at stride 32 and the decoder mirrors the teacher back to stride 4. A decoder
+stage ends in a ReLU only where the teacher's stage output is non-negative (ResNets, as in the RD
+reference); for teachers with signed stage outputs (EfficientNets' linear projections) it ends
+linear, or the student could never match the teacher's negative half.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +31,12 @@ class ChannelPlan:
     ocbe_blocks: int = 2
     decoder_blocks: tuple[int, int, int] = (2, 2, 2)  # deepest stage first, as the decoder runs
     width_div: int = 2  # bottleneck width = out_channels // width_div (2: wide ResNet)
+    linear: tuple[bool, bool, bool] = (False, False, False)  # per teacher stage: signed outputs, no final ReLU
+    norm: str = "batch"  # the student's normalisation: "batch" (RD reference) or "group" (per image)
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise PackdError(f"student norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
 
 
 _LAYOUTS = {  # teacher -> (block, ocbe blocks, decoder blocks, width divisor), mirroring the reference code
@@ -38,57 +48,69 @@ _LAYOUTS = {  # teacher -> (block, ocbe blocks, decoder blocks, width divisor), 
 }
 
 
-def plan_for(teacher_name: str, channels: tuple[int, int, int]) -> ChannelPlan:
-    """The student layout for a teacher: the reference layouts for ResNets, light basic blocks otherwise."""
-    block, ocbe, dec, div = _LAYOUTS.get(teacher_name, ("basic", 2, (2, 2, 2), 1))
-    return ChannelPlan(tuple(channels), block, ocbe, dec, div)
+NORMS = ("batch", "group")
 
 
-def student_plan(teacher: Teacher, plan: ChannelPlan | None) -> ChannelPlan:
+def plan_for(teacher: Teacher, norm: str = "batch") -> ChannelPlan:
+    """The student layout for a teacher: the reference layouts for ResNets, light basic blocks otherwise;
+    linear stage outputs where the teacher's are signed."""
+    block, ocbe, dec, div = _LAYOUTS.get(teacher.name, ("basic", 2, (2, 2, 2), 1))
+    return ChannelPlan(tuple(teacher.channels), block, ocbe, dec, div, linear=teacher.signed_stages(), norm=norm)
+
+
+def student_plan(teacher: Teacher, plan: ChannelPlan | None, norm: str = "batch") -> ChannelPlan:
     """The given student layout, or the teacher's (`plan_for`); distillation needs a CNN teacher."""
     if teacher.vit:
         raise PackdError(f"{teacher.name} is a vision transformer: distillation needs a CNN teacher with stages "
                          "at strides 4, 8 and 16 (the knn kind takes ViTs)")
-    return plan or plan_for(teacher.name, teacher.channels)
+    return plan or plan_for(teacher, norm)
 
 
-def _conv_bn(cin: int, cout: int, k: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm, or GroupNorm (8 groups where the channels allow): statistics of one image, never of a
+    batch that mixes categories, and the same in training and deployment."""
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(math.gcd(channels, 8), channels)
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int, norm: str) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), norm_layer(norm, cout)]
 
 
 class Block(nn.Module):
-    """Residual block, basic or bottleneck; `resample` = 'down' (stride-2 conv) or 'up' (2x2 stride-2 deconv)."""
+    """Residual block, basic or bottleneck; `resample` = 'down' (stride-2 conv) or 'up' (2x2 stride-2 deconv);
+    `linear` drops the final ReLU (a stage output that must match a signed teacher map)."""
 
-    def __init__(self, cin: int, cout: int, kind: str, width_div: int, resample: str | None = None):
+    def __init__(self, cin: int, cout: int, plan: ChannelPlan, resample: str | None = None, linear: bool = False):
         super().__init__()
-        if kind == "basic":
+        norm = plan.norm
+        if plan.block == "basic":
             first = (nn.ConvTranspose2d(cin, cout, 2, 2, bias=False) if resample == "up"
                      else nn.Conv2d(cin, cout, 3, 2 if resample == "down" else 1, 1, bias=False))
-            self.body = nn.Sequential(first, nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                                      *_conv_bn(cout, cout, 3, 1))
-        elif kind == "bottleneck":
-            w = cout // width_div
+            self.body = nn.Sequential(first, norm_layer(norm, cout), nn.ReLU(inplace=True),
+                                      *_conv_bn(cout, cout, 3, 1, norm))
+        elif plan.block == "bottleneck":
+            w = cout // plan.width_div
             mid = (nn.ConvTranspose2d(w, w, 2, 2, bias=False) if resample == "up"
                    else nn.Conv2d(w, w, 3, 2 if resample == "down" else 1, 1, bias=False))
-            self.body = nn.Sequential(*_conv_bn(cin, w, 1, 1), nn.ReLU(inplace=True),
-                                      mid, nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                                      *_conv_bn(w, cout, 1, 1))
+            self.body = nn.Sequential(*_conv_bn(cin, w, 1, 1, norm), nn.ReLU(inplace=True),
+                                      mid, norm_layer(norm, w), nn.ReLU(inplace=True),
+                                      *_conv_bn(w, cout, 1, 1, norm))
         else:
-            raise ValueError(f"unknown block kind {kind!r}")
+            raise ValueError(f"unknown block kind {plan.block!r}")
         if resample == "up":
-            self.shortcut = nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, 2, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, 2, bias=False), norm_layer(norm, cout))
         elif resample == "down" or cin != cout:
-            self.shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, 2 if resample == "down" else 1))
+            self.shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, 2 if resample == "down" else 1, norm))
         else:
             self.shortcut = nn.Identity()
-        self.act = nn.ReLU(inplace=True)
+        self.act = nn.Identity() if linear else nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.body(x) + self.shortcut(x))
 
 
-def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def _conv_bn_relu(cin: int, cout: int, norm: str) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), norm_layer(norm, cout), nn.ReLU(inplace=True))
 
 
 class OCBE(nn.Module):
@@ -97,11 +119,11 @@ class OCBE(nn.Module):
     def __init__(self, plan: ChannelPlan):
         super().__init__()
         c1, c2, c3 = plan.channels
-        self.down1 = nn.Sequential(_conv_bn_relu(c1, c2), _conv_bn_relu(c2, c3))
-        self.down2 = _conv_bn_relu(c2, c3)
+        self.down1 = nn.Sequential(_conv_bn_relu(c1, c2, plan.norm), _conv_bn_relu(c2, c3, plan.norm))
+        self.down2 = _conv_bn_relu(c2, c3, plan.norm)
         out = 2 * c3
-        blocks = [Block(3 * c3, out, plan.block, plan.width_div, "down")]
-        blocks += [Block(out, out, plan.block, plan.width_div) for _ in range(plan.ocbe_blocks - 1)]
+        blocks = [Block(3 * c3, out, plan, "down")]
+        blocks += [Block(out, out, plan) for _ in range(plan.ocbe_blocks - 1)]
         self.blocks = nn.Sequential(*blocks)
         self.out_channels = out
 
@@ -111,7 +133,8 @@ class OCBE(nn.Module):
 
 
 def decoder_stages(plan: ChannelPlan, in_channels: int, widen: Callable[[int], int] = int) -> nn.ModuleList:
-    """The student's three stages (c3 @16, c2 @8, c1 @4), each an upsampling block then plain blocks.
+    """The student's three stages (c3 @16, c2 @8, c1 @4), each an upsampling block then plain blocks;
+    a stage's last block is linear where the plan says the teacher's stage is signed.
 
     `widen(c)` is the input width of the next stage after a stage with c outputs: c for RD, wider
     when a method concatenates guidance to every stage output (PACKD: 2c + 1, MemKD: 2c)."""
@@ -119,9 +142,9 @@ def decoder_stages(plan: ChannelPlan, in_channels: int, widen: Callable[[int], i
     outs = (c3, c2, c1)
     ins = (in_channels, widen(c3), widen(c2))
     stages = []
-    for cin, cout, n in zip(ins, outs, plan.decoder_blocks):
-        blocks = [Block(cin, cout, plan.block, plan.width_div, "up")]
-        blocks += [Block(cout, cout, plan.block, plan.width_div) for _ in range(n - 1)]
+    for cin, cout, n, linear in zip(ins, outs, plan.decoder_blocks, plan.linear[::-1]):
+        blocks = [Block(cin, cout, plan, "up", linear=linear and n == 1)]
+        blocks += [Block(cout, cout, plan, linear=linear and i == n - 2) for i in range(n - 1)]
         stages.append(nn.Sequential(*blocks))
     return nn.ModuleList(stages)
 
@@ -129,10 +152,10 @@ def decoder_stages(plan: ChannelPlan, in_channels: int, widen: Callable[[int], i
 class Refine(nn.Module):
     """After the last stage: the student map and what guided it (`in_channels`) -> residual correction."""
 
-    def __init__(self, channels: int, in_channels: int):
+    def __init__(self, channels: int, in_channels: int, norm: str = "batch"):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, channels, 1))
+                                  norm_layer(norm, channels), nn.ReLU(inplace=True), nn.Conv2d(channels, channels, 1))
 
     def forward(self, student: torch.Tensor, integrated: torch.Tensor) -> torch.Tensor:
         return student + self.body(integrated)

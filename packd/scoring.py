@@ -1,12 +1,17 @@
 """Anomaly maps and image scores: the one scoring path for training-side evaluation and export.
 
 Every model kind turns an image into per-stage distance maps (`distances`); `AnomalyMap` upsamples
-them bilinearly to the input size, sums them, blurs the sum (Gaussian sigma 4, 33 taps, separable,
-mirror padding) and takes the max as the image score, always in FP32. `Scorer` puts any kind
-behind one interface: `prototypes(supports)` once per product, `forward(x, prototypes)` per image.
+them bilinearly to the input size, sums them with per-stage weights, blurs the sum (Gaussian
+sigma 4, 33 taps, separable, mirror padding) and takes the max over the image, less an optional
+border (where zero-padded teacher features put spurious maxima), as the image score, always in
+FP32. `Scorer` puts any kind behind one interface: `prototypes(supports)` once per product,
+`forward(x, prototypes)` per image. The exported query graph wraps the same `Scorer`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +19,7 @@ from torch import nn
 
 from packd.errors import PackdError
 from packd.preprocess import InputSpec
+from packd.settings import setting, validate
 from packd_runtime.coreset import bound_prototypes
 
 
@@ -30,15 +36,57 @@ def cosine_distances(teacher: list[torch.Tensor], student: list[torch.Tensor]) -
     return [1.0 - F.cosine_similarity(t.float(), s.float(), dim=1, eps=1e-8) for t, s in zip(teacher, student)]
 
 
+def parse_weights(text: str) -> tuple[float, ...]:
+    """'1,0.5,2' -> (1.0, 0.5, 2.0): finite, non-negative, not all zero."""
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise PackdError(f"--stage-weights must be comma-separated numbers, got {text!r}") from None
+    if not all(0 <= w < float("inf") for w in weights) or not any(weights):
+        raise PackdError(f"--stage-weights must be finite, non-negative and not all zero, got {text!r}")
+    return weights
+
+
+STAGE_WEIGHTS_HELP = "Weights of the stage maps (strides 4, 8, 16) in the anomaly map, comma-separated."
+BORDER_HELP = "Pixels at the image border left out of the image score (the map keeps them)."
+PROTOTYPE_SCORE_HELP = ("Weight of the nearest-prototype distance (1 - the highest cosine between the query's teacher "
+                        "feature and the prototypes) added to each stage's KD map (packd); 0: the paper's KD map only.")
+
+
+def scoring_overrides(**values: Any) -> dict[str, Any]:
+    """The scoring settings given on a command line (None: keep the checkpoint's)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How the distillation kinds turn stage maps into a map and a score (a base of their settings).
+    The defaults are the papers' (equal weights, whole image); see the README for the validated ones."""
+
+    stage_weights: str = setting("1,1,1", STAGE_WEIGHTS_HELP)
+    border: int = setting(0, BORDER_HELP, ge=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if len(parse_weights(self.stage_weights)) != 3:
+            raise PackdError(f"--stage-weights needs 3 weights (strides 4, 8, 16), got {self.stage_weights!r}")
+
+
 class AnomalyMap(nn.Module):
     """Per-stage distance maps -> (scores (B,), maps (B,S,S)), FP32. Image score: "max" of the blurred
-    map, or "top1": the mean of the top 1 % of the first distance map's patches (AnomalyDINO's)."""
+    map inside `border`, or "top1": the mean of the top 1 % of the first distance map's patches (AnomalyDINO's).
+    `weights` (one per stage, default equal) weight the stage maps in the sum."""
 
-    def __init__(self, image_size: int, sigma: float = 4.0, score: str = "max"):
+    def __init__(self, image_size: int, sigma: float = 4.0, score: str = "max",
+                 weights: tuple[float, ...] | None = None, border: int = 0):
         super().__init__()
         if score not in ("max", "top1"):
             raise ValueError(f"unknown image score {score!r}")
-        self.image_size, self.score = image_size, score
+        if not 0 <= border < image_size // 4:
+            raise PackdError(f"--border must be between 0 and a quarter of the image size ({image_size // 4 - 1}), "
+                             f"got {border}")
+        self.image_size, self.score, self.border = image_size, score, border
+        self.weights = tuple(weights) if weights else None
         k = gaussian_kernel1d(sigma)
         self.radius = (k.numel() - 1) // 2
         if image_size <= self.radius:
@@ -47,15 +95,21 @@ class AnomalyMap(nn.Module):
         self.register_buffer("ky", k.view(1, 1, -1, 1), persistent=False)
 
     def forward(self, distances: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-stage distance maps (B,h,w) -> upsampled, summed, blurred map and its max."""
+        """Per-stage distance maps (B,h,w) -> upsampled, weighted, summed, blurred map and its max."""
+        if self.weights is not None and len(self.weights) != len(distances):
+            raise PackdError(f"{len(self.weights)} stage weights for {len(distances)} stage maps")
         size = (self.image_size, self.image_size)
         total = None
-        for d in distances:
+        for i, d in enumerate(distances):
             d = F.interpolate(d.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+            if self.weights is not None and self.weights[i] != 1:
+                d = d * self.weights[i]
             total = d if total is None else total + d
         maps = self.blur(total)[:, 0]
         if self.score == "max":
-            return maps.flatten(1).amax(dim=1), maps
+            b = self.border
+            inner = maps[:, b:self.image_size - b, b:self.image_size - b] if b else maps
+            return inner.flatten(1).amax(dim=1), maps
         patches = distances[0].float().flatten(1)
         k = max(1, round(0.01 * patches.shape[1]))
         return patches.topk(k, dim=1).values.mean(dim=1), maps
@@ -75,13 +129,17 @@ class Scorer(nn.Module):
     `prototypes(supports) -> list of (n, C_i)` and `prototype_channels` (C_i per prototype tensor).
     Optional: `image_score` ("max" or "top1") and `max_prototypes` (a bank bound applied after the
     support path with the runtime's own coreset function, so evaluation and deployment agree).
+    `scoring` (the distillation kinds' settings) weights the stage maps and sets the border.
     """
 
-    def __init__(self, model: nn.Module, spec: InputSpec, few_shot: bool):
+    def __init__(self, model: nn.Module, spec: InputSpec, few_shot: bool, scoring: ScoreSettings | None = None):
         super().__init__()
         self.model, self.spec, self.few_shot = model, spec, few_shot
         self.max_prototypes = getattr(model, "max_prototypes", 0)
-        self.anomaly_map = AnomalyMap(spec.image_size, score=getattr(model, "image_score", "max"))
+        weights = parse_weights(scoring.stage_weights) if scoring else None
+        self.anomaly_map = AnomalyMap(spec.image_size, score=getattr(model, "image_score", "max"),
+                                      weights=None if weights and set(weights) == {1.0} else weights,
+                                      border=scoring.border if scoring else 0)
 
     @property
     def prototype_names(self) -> list[str]:

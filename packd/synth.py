@@ -1,7 +1,9 @@
 """Synthetic anomaly-detection data in the MVTec AD layout, deterministic by seed.
 
-Ten categories (six textures, four objects) with three defect types each and pixel masks, varied
-enough that meta-training on some categories and testing on others means something. Also turns
+Eighteen categories (ten textures, eight objects) with three defect types each and pixel masks,
+varied enough that meta-training on some categories and testing on others means something. The
+later objects vary in pose (any rotation, shifts) and lighting (a smooth illumination gradient),
+as MVTec's objects do. Also turns
 real texture photographs (scikit-image's `brick`, `grass`, `gravel`) into a category with painted
 defects, so results are not only measured on images this module drew.
 """
@@ -103,6 +105,43 @@ def _tex_tiles(rng, s):
     return _mix(np.zeros(3, np.float32), _rgb(0.35, 0.33, 0.3), grout) + img * (1 - grout[..., None]), None
 
 
+def _tex_weave(rng, s):
+    y, x = _grid(s)
+    n = 10
+    u, v = x * n + rng.uniform(0, 1), y * n + rng.uniform(0, 1)
+    over = ((np.floor(u) + np.floor(v)) % 2).astype(np.float32)
+    across = 0.5 + 0.5 * np.cos(np.pi * (2 * (v % 1) - 1))
+    along = 0.5 + 0.5 * np.cos(np.pi * (2 * (u % 1) - 1))
+    shade = over * across + (1 - over) * along
+    return _mix(_rgb(0.3, 0.25, 0.2), _rgb(0.85, 0.78, 0.62), 0.15 + 0.8 * shade), None
+
+
+def _tex_marble(rng, s):
+    y, x = _grid(s)
+    n = gaussian_filter(rng.standard_normal((s, s)).astype(np.float32), s / 20)
+    n = n / (n.std() + 1e-6)
+    a = rng.uniform(0, np.pi)
+    veins = np.abs(np.sin(2 * np.pi * (3 * (x * np.cos(a) + y * np.sin(a)) + 0.6 * n)))
+    return _mix(_rgb(0.35, 0.36, 0.4), _rgb(0.92, 0.92, 0.9), veins ** 0.3), None
+
+
+def _tex_leather(rng, s):
+    n = gaussian_filter(rng.standard_normal((s, s)).astype(np.float32), s / 64)
+    grain = gaussian_filter(np.abs(n) / (np.abs(n).std() + 1e-6), 0.7)
+    return _mix(_rgb(0.22, 0.12, 0.07), _rgb(0.5, 0.3, 0.17), np.clip(grain * 0.6, 0, 1)), None
+
+
+def _tex_perforated(rng, s):
+    y, x = _grid(s)
+    n = 8
+    u, v = (x * n + rng.uniform(0, 1)) % 1, (y * n + rng.uniform(0, 1)) % 1
+    hole = np.hypot(u - 0.5, v - 0.5) < 0.2
+    brushed = gaussian_filter(rng.standard_normal((s, s)).astype(np.float32), (0.5, s / 16))
+    img = _mix(_rgb(0.55, 0.57, 0.6), _rgb(0.75, 0.77, 0.8), np.clip(0.5 + 2 * brushed, 0, 1))
+    img[hole] = _rgb(0.08, 0.08, 0.1)
+    return img, None
+
+
 # ---- objects: a shape on a plain background; region = the object's pixels --------------------
 
 
@@ -163,6 +202,60 @@ def _obj_plate(rng, s):
     img[obj] = _rgb(0.7, 0.72, 0.74)
     img[obj & (np.abs(u) < 0.12) & (np.abs(v) < 0.04)] = _rgb(0.55, 0.57, 0.6)
     return img, obj
+
+
+def _lit(rng, img: Array) -> Array:
+    """A smooth illumination gradient in a random direction (strength up to 25 %)."""
+    y, x = _grid(img.shape[0])
+    a = rng.uniform(0, 2 * np.pi)
+    ramp = (x - 0.5) * np.cos(a) + (y - 0.5) * np.sin(a)
+    return img * (1 + rng.uniform(0.05, 0.25) * ramp)[..., None]
+
+
+def _obj_screw(rng, s):
+    u, v = _object_frame(rng, s, 180)
+    shaft = (np.abs(v) < 0.06) & (u > -0.2) & (u < 0.32)
+    head = (np.abs(v) < 0.13) & (u > -0.3) & (u <= -0.2)
+    obj = shaft | head
+    img = _background(s, _rgb(0.1, 0.1, 0.1))
+    thread = 0.5 + 0.5 * np.sin(2 * np.pi * u * 40)
+    img[shaft] = _mix(_rgb(0.45, 0.45, 0.47), _rgb(0.8, 0.8, 0.82), thread)[shaft]
+    img[head] = _rgb(0.7, 0.7, 0.72)
+    img[head & (np.abs(v) < 0.02)] = _rgb(0.3, 0.3, 0.32)
+    return _lit(rng, img), obj
+
+
+def _obj_gear(rng, s):
+    u, v = _object_frame(rng, s, 180)
+    r, ang = np.hypot(u, v), np.arctan2(v, u)
+    teeth = 0.3 + 0.04 * (np.cos(12 * ang) > 0)
+    obj = (r < teeth) & (r > 0.08)
+    img = _background(s, _rgb(0.85, 0.85, 0.82))
+    img[obj] = _rgb(0.6, 0.5, 0.3)
+    img[obj & (r < 0.2) & (r > 0.16)] = _rgb(0.45, 0.37, 0.22)
+    return _lit(rng, img), obj
+
+
+def _obj_bottle(rng, s):
+    u, v = _object_frame(rng, s, 10)
+    r = np.hypot(u, v)
+    obj = r < 0.38
+    img = _background(s, _rgb(0.05, 0.05, 0.06))
+    img[obj] = _mix(_rgb(0.15, 0.3, 0.12), _rgb(0.35, 0.55, 0.3), np.clip(r / 0.38, 0, 1))[obj]
+    img[(r > 0.22) & (r < 0.25)] = _rgb(0.5, 0.7, 0.45)
+    img[r < 0.1] = _rgb(0.02, 0.03, 0.02)
+    return _lit(rng, img), obj
+
+
+def _obj_chip(rng, s):
+    u, v = _object_frame(rng, s, 8)
+    body = (np.abs(u) < 0.22) & (np.abs(v) < 0.16)
+    legs = (np.abs(v) < 0.26) & (np.abs(v) >= 0.16) & (np.abs((u + 0.2) % 0.1 - 0.05) < 0.02) & (np.abs(u) < 0.2)
+    img = _background(s, _rgb(0.2, 0.45, 0.25))
+    img[legs] = _rgb(0.82, 0.82, 0.85)
+    img[body] = _rgb(0.12, 0.12, 0.13)
+    img[body & (np.hypot(u + 0.15, v + 0.09) < 0.025)] = _rgb(0.3, 0.3, 0.32)
+    return _lit(rng, img), body | legs
 
 
 # ---- defects: (rng, image, region, background) -> (image, mask) --------------------------------
@@ -288,6 +381,14 @@ CATEGORIES: dict[str, tuple[Generator, tuple[str, ...]]] = {
     "nut": (_obj_nut, ("missing", "crack", "stain")),
     "capsule": (_obj_capsule, ("spot", "scratch", "missing")),
     "plate": (_obj_plate, ("crack", "spot", "contamination")),
+    "weave": (_tex_weave, ("crack", "contamination", "spot")),
+    "marble": (_tex_marble, ("scratch", "stain", "spot")),
+    "leather": (_tex_leather, ("scratch", "contamination", "stain")),
+    "perforated": (_tex_perforated, ("crack", "spot", "stain")),
+    "screw": (_obj_screw, ("scratch", "missing", "spot")),
+    "gear": (_obj_gear, ("missing", "crack", "contamination")),
+    "bottle": (_obj_bottle, ("contamination", "crack", "spot")),
+    "chip": (_obj_chip, ("scratch", "spot", "missing")),
 }
 
 SYNTH_MARKER = ".packd-synth"  # in every category folder the generator writes: only those are ever replaced

@@ -56,6 +56,14 @@ class Teacher(nn.Module):
         """Always eval: the teacher's BatchNorm statistics are part of its frozen knowledge."""
         return super().train(False)
 
+    @torch.no_grad()
+    def signed_stages(self) -> tuple[bool, ...]:
+        """Per stage: does its output take negative values? Probed once on fixed noise (ResNet stages end
+        in a ReLU; EfficientNet stages in a linear projection). A student matches that sign."""
+        side = 2 * self.size_multiple
+        x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+        return tuple(bool((f < 0).any()) for f in self(x))
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         extra = {"norm": True} if self.vit else {}
         return self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True, **extra)

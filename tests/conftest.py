@@ -38,14 +38,15 @@ def effnet_teacher():
 
 @pytest.fixture(scope="session")
 def checkpoints(synth_root, tmp_path_factory):
-    """Tiny RD, MemKD and PACKD checkpoints (one epoch, 64 px) and a kNN one (a bounded bank of 100)."""
+    """Tiny RD, MemKD and PACKD checkpoints (one epoch, 64 px) and a kNN one (a bounded bank of 100). PACKD's
+    scoring is not the default (stage weights, a border, the prototype score), so parity tests cover it."""
     root = tmp_path_factory.mktemp("ckpts")
     return {
         "rd": train_small("rd", synth_root, "grid", root / "rd", epochs=1, batch_size=4),
         "memkd": train_small("memkd", synth_root, "grid", root / "memkd", epochs=1, batch_size=4, slots=6,
                              exemplars=3),
         "packd": train_small("packd", synth_root, ["grid", "disc"], root / "packd", epochs=1, batch_size=4, shots=2,
-                             prototypes=4, rotations=2, categories_per_batch=2),
+                             prototypes=4, rotations=2, categories_per_batch=2, stage_weights="0.5,1,2", border=4),
         "knn": train_small("knn", synth_root, ["grid", "disc"], root / "knn", rotations=2, max_bank=100),
     }
 

@@ -75,6 +75,13 @@ def test_synth_train_eval_end_to_end(tmp_path):
     pngs = sorted((overlays / "disc").glob("*.png"))
     assert len(pngs) == 9
     assert np.asarray(Image.open(pngs[0])).shape == (64, 192, 3)
+    r = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--categories", "disc",
+                            "--json", str(report), "--border", "8", "--stage-weights", "0,0,1"])
+    assert r.exit_code == 0, r.output
+    only_deep = json.loads(report.read_text())["categories"]["disc"]
+    assert only_deep["pixel_auroc"] != rep["categories"]["disc"]["pixel_auroc"]  # another map: another score
+    r = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--prototype-score", "1"])
+    assert "rd models take scoring overrides" in str(r.exception)
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synth_root):

@@ -150,3 +150,16 @@ def test_synth_rejects_bad_arguments(tmp_path):
         synthesize(tmp_path, categories=["nope"])
     with pytest.raises(PackdError, match="between 32 and 2048"):
         synthesize(tmp_path, size=8)
+
+
+def test_new_objects_vary_in_pose_and_lighting():
+    """The later objects turn freely and are lit from varying directions, as MVTec's objects are."""
+    from packd.synth import CATEGORIES as CATS
+
+    rng = np.random.default_rng(0)
+    draws = [CATS["screw"][0](rng, 64) for _ in range(6)]
+    masks = [m for _, m in draws]
+    assert all(m.any() for m in masks)
+    assert min(np.mean(a != b) for i, a in enumerate(masks) for b in masks[i + 1:]) > 0.02  # every pose differs
+    backgrounds = [img[0, 0].mean() - img[-1, -1].mean() for img, _ in (CATS["gear"][0](rng, 64) for _ in range(6))]
+    assert np.ptp(backgrounds) > 0.02  # the illumination gradient changes between images

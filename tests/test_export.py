@@ -71,8 +71,12 @@ def test_query_parity_with_pytorch(checkpoints, bundles, kind):
 
 
 def test_packd_parity_support_and_query(checkpoints, bundles):
+    """Parity of the whole scoring module: stage weights, a border, the prototype score, a GroupNorm student."""
     query, support = _torch_graphs(checkpoints["packd"])
     path = bundles["packd"][1]
+    settings = bundles["packd"][0]["settings"]
+    assert (settings["stage_weights"], settings["border"], settings["prototype_score"], settings["norm"]) == (
+        "0.5,1,2", 4, 1.0, "group")
     sup = ort.InferenceSession(str(path / "support.onnx"), providers=["CPUExecutionProvider"])
     qry = ort.InferenceSession(str(path / "query.onnx"), providers=["CPUExecutionProvider"])
     for shots in (1, 3):  # prototype counts 8 and 24, neither the one used at export
@@ -149,11 +153,13 @@ def _cli(args):
 
 @pytest.mark.slow
 def test_fp16_bundle_through_cli(checkpoints, tmp_path, capsys):
-    args = [str(checkpoints["rd"]), "--out", str(tmp_path / "b16"), "--precision", "fp16", "--max-batch", "2"]
+    args = [str(checkpoints["rd"]), "--out", str(tmp_path / "b16"), "--precision", "fp16", "--max-batch", "2",
+            "--border", "6", "--stage-weights", "0,1,1"]
     assert _cli(args) == 0
     out = capsys.readouterr().out
     manifest = json.loads((tmp_path / "b16" / "manifest.json").read_text())
     assert manifest["precision"] == "fp16" and manifest["engines"] == []
+    assert (manifest["settings"]["border"], manifest["settings"]["stage_weights"]) == (6, "0,1,1")
     assert "no TensorRT engine built" in out and "packd-export build" in out
     assert _cli(["check", str(tmp_path / "b16")]) == 0
     assert "ok" in capsys.readouterr().out

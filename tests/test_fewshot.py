@@ -122,3 +122,27 @@ def test_default_categories_are_the_same_for_both_eval_paths(synth_root, tmp_pat
     a, b = (json.loads((tmp_path / n).read_text()) for n in "ab")
     assert list(a["categories"]) == list(b["categories"]) == ["nut"]
     assert a["categories"]["nut"]["image_auroc"] == b["categories"]["nut"]["mean"]["image_auroc"]
+
+
+def test_prototype_swap_diagnostic(synth_root, effnet_teacher):
+    """swap="other" scores a category with the next category's prototypes (same k and run), "zero" with zeros."""
+    from packd.data import AnomalyDataset, list_split
+    from packd.evaluate import category_metrics, predict
+
+    scorer = Scorer(NearestNeighbour(effnet_teacher, rotations=1), SPEC, few_shot=True)
+    cats = ["grid", "disc"]
+    reps = {swap: evaluate_fewshot(scorer, synth_root, cats, shots=2, runs=1, swap=swap, progress=False)
+            for swap in fewshot.SWAPS}
+    assert [r["prototypes"] for r in reps.values()] == list(fewshot.SWAPS)
+    test = AnomalyDataset(list_split(synth_root, "grid", "test"), SPEC)
+    for swap, donor in (("own", "grid"), ("other", "disc")):
+        protos = scorer.prototypes(load_supports(draw_support_sets(synth_root, donor, 2, 1, 0)[0], SPEC))
+        ref = category_metrics(predict(scorer, test, protos, device="cpu"))
+        assert reps[swap]["categories"]["grid"]["runs"][0]["pixel_auroc"] == pytest.approx(ref["pixel_auroc"])
+    bank = scorer.prototypes(load_supports(draw_support_sets(synth_root, "grid", 2, 1, 0)[0], SPEC))
+    ref = category_metrics(predict(scorer, test, [torch.zeros_like(bank[0])], device="cpu"))
+    assert reps["zero"]["categories"]["grid"]["runs"][0]["pixel_auroc"] == pytest.approx(ref["pixel_auroc"])
+    with pytest.raises(PackdError, match="swap must be one of"):
+        evaluate_fewshot(scorer, synth_root, cats, shots=2, runs=1, swap="mine", progress=False)
+    with pytest.raises(PackdError, match="at least two categories"):
+        evaluate_fewshot(scorer, synth_root, ["grid"], shots=2, runs=1, swap="other", progress=False)

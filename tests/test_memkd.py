@@ -17,7 +17,7 @@ def test_memory_recalls_its_values():
 
 
 def test_memorisation_loss_is_zero_for_remembered_features(effnet_teacher):
-    model = MemKD(effnet_teacher, plan_for("tf_efficientnet_lite0", effnet_teacher.channels), slots=8, temperature=0.01)
+    model = MemKD(effnet_teacher, plan_for(effnet_teacher), slots=8, temperature=0.01)
     feats = []
     with torch.no_grad():
         for mem in model.memories:
@@ -34,7 +34,8 @@ def test_memory_trains_and_is_checkpointed(synth_root, tmp_path):
     torch.manual_seed(0)  # the same seed train_memkd used: the initial memory
     from packd.teachers import create_teacher
 
-    fresh = MemKD(create_teacher("tf_efficientnet_lite0"), plan_for("tf_efficientnet_lite0", (24, 40, 112)), slots=6)
+    teacher = create_teacher("tf_efficientnet_lite0")
+    fresh = MemKD(teacher, plan_for(teacher), slots=6)
     trained, cfg = load_model(out)
     assert cfg["kind"] == "memkd" and cfg["settings"]["slots"] == 6 and cfg["settings"]["temperature"] == 0.1
     names = {n for n, _ in trained.named_parameters()}

@@ -8,9 +8,9 @@ from packd.losses import orthogonality_loss
 from packd.methods.packd import PACKD
 from packd.methods.packd.episodes import EpisodeSampler
 from packd.methods.packd.losses import cds_loss, correspondence_similarity, packd_loss
-from packd.methods.packd.model import PrototypeExtractor, integrate
+from packd.methods.packd.model import PrototypeExtractor, integrate, prototype_distance
 from packd.preprocess import InputSpec
-from packd.scoring import Scorer
+from packd.scoring import Scorer, cosine_distances
 
 SPEC = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
 
@@ -18,8 +18,7 @@ SPEC = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
 @pytest.fixture(scope="module")
 def model(effnet_teacher):
     torch.manual_seed(0)
-    plan = plan_for("tf_efficientnet_lite0", effnet_teacher.channels)
-    return PACKD(effnet_teacher, plan, n_prototypes=5, rotations=2)
+    return PACKD(effnet_teacher, plan_for(effnet_teacher), n_prototypes=5, rotations=2)
 
 
 def test_prototypes_are_attention_weighted_means():
@@ -81,27 +80,27 @@ def _brute_similarity(s, q, w):
     def corr(a, b):
         return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t()
 
-    e, k, _, _ = s.shape
-    out = torch.zeros(e, q.shape[1], k, w.shape[0])
+    e, nq, k = s.shape[:3]
+    out = torch.zeros(e, nq, k, w.shape[0])
     for ei in range(e):
-        for qi in range(q.shape[1]):
+        for qi in range(nq):
             for n in range(k):
-                a = corr(s[ei, n], q[ei, qi]).flatten()
+                a = corr(s[ei, qi, n], q[ei, qi]).flatten()
                 for x in range(w.shape[0]):
-                    out[ei, qi, n, x] = F.cosine_similarity(a, corr(s[ei, n], w[x]).flatten(), dim=0)
+                    out[ei, qi, n, x] = F.cosine_similarity(a, corr(s[ei, qi, n], w[x]).flatten(), dim=0)
     return out
 
 
 @pytest.mark.parametrize("m, c", [(9, 5), (4, 7)])  # the C x C path (C < M) and the direct path
 def test_correspondence_similarity_exact(m, c):
     torch.manual_seed(1)
-    s, q, w = torch.randn(2, 3, m, c), torch.randn(2, 2, m, c), torch.randn(4, m, c)
+    s, q, w = torch.randn(2, 2, 3, m, c), torch.randn(2, 2, m, c), torch.randn(4, m, c)  # per-query supports
     assert torch.allclose(correspondence_similarity(s, q, w), _brute_similarity(s, q, w), atol=1e-5)
 
 
 def test_cds_loss_rewards_matching_positive():
     torch.manual_seed(2)
-    s, q = torch.randn(2, 2, 6, 4), torch.randn(2, 2, 6, 4)
+    s, q = torch.randn(2, 2, 2, 6, 4), torch.randn(2, 2, 6, 4)
     good = cds_loss(s, q, q.flatten(0, 1))  # each student equals its own teacher
     swapped = cds_loss(s, q, q.flip(0).flatten(0, 1))  # students of the other category
     assert good.item() < 0.01 and swapped.item() > 1.0
@@ -111,7 +110,7 @@ def test_cds_loss_rewards_matching_positive():
 
 def test_packd_loss_trains_every_part(model):
     torch.manual_seed(3)
-    queries, supports = torch.randn(2, 2, 3, 64, 64), torch.randn(2, 2, 3, 64, 64)
+    queries, supports = torch.randn(2, 2, 3, 64, 64), torch.randn(2, 2, 2, 3, 64, 64)
     model.train()
     model.zero_grad()
     loss = packd_loss(model, [queries, supports], cds_weight=0.5, orth_weight=0.5, tau=0.05)
@@ -127,10 +126,12 @@ def test_episode_sampler(synth_root):
     assert len(sampler) == 16 // 6
     batches = list(sampler.epoch(0))
     q, s = batches[0]
-    assert q.shape == (2, 3, 3, 64, 64) and s.shape == (2, 2, 3, 64, 64)
+    assert q.shape == (2, 3, 3, 64, 64) and s.shape == (2, 3, 2, 3, 64, 64)  # each query has its own supports
     for e in range(2):  # supports are never the batch's own queries
-        for img in s[e]:
+        for img in s[e].flatten(0, 1):
             assert not any(torch.equal(img, x) for x in q[e])
+    drawn = {tuple(torch.stack([img.sum() for img in s[0, i]]).tolist()) for i in range(3)}
+    assert len(drawn) > 1  # drawn per query, not shared by the episode
     again = list(sampler.epoch(0))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
     assert not torch.equal(list(sampler.epoch(1))[0][0], q)
@@ -144,3 +145,54 @@ def test_scorer_refuses_missing_or_empty_supports(model):
         scorer.prototypes(torch.zeros(0, 3, 64, 64))
     with pytest.raises(PackdError, match="needs prototypes"):
         scorer(torch.zeros(1, 3, 64, 64))
+
+
+def test_prototype_score_adds_the_nearest_prototype_distance(model):
+    x = torch.randn(2, 3, 64, 64)
+    protos = model.prototypes(torch.randn(2, 3, 64, 64))
+    model.eval()
+    with torch.no_grad():
+        kd = cosine_distances(*model(x, protos))
+        model.prototype_score = 2.0
+        both = model.distances(x, protos)
+        teacher = model.teacher(x)
+    model.prototype_score = 0.0
+    for d, k, t, p in zip(both, kd, teacher, protos):
+        assert torch.allclose(d, k + 2.0 * prototype_distance(t, p), atol=1e-6)
+    f = torch.randn(1, 4, 2, 3)
+    p = torch.cat([f[0, :, 1, 2][None] * 3.0, torch.randn(5, 4)])  # one prototype parallel to one location
+    dist = prototype_distance(f, p)
+    assert dist.shape == (1, 2, 3) and dist[0, 1, 2].abs() < 1e-6 and torch.all(dist >= -1e-6)
+    sim = F.normalize(f.flatten(2).transpose(1, 2), dim=-1) @ F.normalize(p, dim=-1).t()
+    assert torch.allclose(dist.flatten(), 1 - sim.amax(-1).flatten(), atol=1e-6)
+
+
+def test_scoring_overrides_change_scoring_not_weights(checkpoints):
+    from packd.methods import load_scorer
+
+    scorer, config = load_scorer(checkpoints["packd"])
+    assert config["settings"]["norm"] == "group" and scorer.model.prototype_score == 1.0
+    assert scorer.anomaly_map.border == 4 and scorer.anomaly_map.weights == (0.5, 1.0, 2.0)
+    plain, plain_config = load_scorer(checkpoints["packd"], {"prototype_score": 0.0, "border": 0,
+                                                             "stage_weights": "1,1,1"})
+    assert plain.model.prototype_score == 0.0 and plain.anomaly_map.border == 0 and plain.anomaly_map.weights is None
+    assert plain_config["settings"]["border"] == 0  # the config says what this scorer computes
+    a, b = scorer.model.state_dict(), plain.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(PackdError, match="not \\['lr'\\]"):
+        load_scorer(checkpoints["packd"], {"lr": 1.0})
+    with pytest.raises(PackdError, match="rd models take scoring overrides of \\['border', 'stage_weights'\\]"):
+        load_scorer(checkpoints["rd"], {"prototype_score": 1.0})
+    with pytest.raises(PackdError, match="nothing"):
+        load_scorer(checkpoints["knn"], {"border": 2})
+
+
+def test_paper_preset_is_the_papers_method():
+    from packd.train import configure
+
+    run, settings = configure("packd", preset="paper")
+    assert run.teacher == "wide_resnet50_2" and run.image_size == 256 and run.lr == 5e-4
+    assert (settings.prototype_score, settings.norm, settings.stage_weights, settings.border) == (0.0, "batch",
+                                                                                                  "1,1,1", 0)
+    _, ours = configure("packd")
+    assert (ours.prototype_score, ours.norm, ours.border) == (1.0, "group", 8)  # validated on training categories

@@ -1,12 +1,15 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from packd.errors import PackdError
 from packd.layers import ChannelPlan, plan_for
 from packd.losses import kd_loss
 from packd.methods.rd import ReverseDistillation
-from packd.scoring import AnomalyMap, cosine_distances, gaussian_kernel1d
+from packd.scoring import AnomalyMap, ScoreSettings, cosine_distances, gaussian_kernel1d, parse_weights
 from packd.settings import from_dict, to_dict
 from packd.teachers import create_teacher
 
@@ -18,8 +21,9 @@ from packd.teachers import create_teacher
 def test_student_mirrors_teacher(name, block, n_params_max):
     with pytest.warns(UserWarning):
         teacher = create_teacher(name, random_init=True)
-    plan = plan_for(name, teacher.channels)
+    plan = plan_for(teacher)
     assert plan.block == block
+    assert plan.linear == (False,) * 3  # ResNet stages end in a ReLU: the RD reference's student, unchanged
     model = ReverseDistillation(teacher, plan).eval()
     t, s = model(torch.randn(2, 3, 64, 64))
     assert [x.shape for x in t] == [x.shape for x in s]
@@ -29,7 +33,8 @@ def test_student_mirrors_teacher(name, block, n_params_max):
 def test_wide_resnet_plan_matches_reference_sizes():
     with pytest.warns(UserWarning):
         teacher = create_teacher("wide_resnet50_2", random_init=True)
-    model = ReverseDistillation(teacher, plan_for("wide_resnet50_2", teacher.channels))
+    model = ReverseDistillation(teacher, plan_for(teacher))
+    assert all(isinstance(stage[-1].act, torch.nn.ReLU) for stage in model.stages)
     assert teacher.channels == (256, 512, 1024)
     assert model.ocbe.out_channels == 2048
     trainable = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("teacher"))
@@ -37,7 +42,7 @@ def test_wide_resnet_plan_matches_reference_sizes():
 
 
 def test_effnet_student_shapes(effnet_teacher):
-    model = ReverseDistillation(effnet_teacher, plan_for("tf_efficientnet_lite0", effnet_teacher.channels))
+    model = ReverseDistillation(effnet_teacher, plan_for(effnet_teacher))
     t, s = model(torch.randn(2, 3, 64, 64))
     assert [tuple(x.shape) for x in s] == [(2, 24, 16, 16), (2, 40, 8, 8), (2, 112, 4, 4)]
     assert all(not p.requires_grad for p in model.teacher.parameters())
@@ -45,8 +50,40 @@ def test_effnet_student_shapes(effnet_teacher):
 
 
 def test_plan_roundtrip():
-    plan = ChannelPlan((8, 16, 32), "bottleneck", 3, (3, 4, 6), 2)
+    plan = ChannelPlan((8, 16, 32), "bottleneck", 3, (3, 4, 6), 2, linear=(True, False, True), norm="group")
     assert from_dict(ChannelPlan, to_dict(plan)) == plan
+    with pytest.raises(PackdError, match="norm"):
+        ChannelPlan((8, 16, 32), norm="layer")
+
+
+def test_signed_teacher_gets_linear_stage_outputs(effnet_teacher):
+    """EfficientNet stages end in a linear projection (signed outputs): a ReLU student could never
+    match their negative half, so each decoder stage's last block is linear."""
+    assert effnet_teacher.signed_stages() == (True, True, True)
+    plan = plan_for(effnet_teacher)
+    assert plan.linear == (True, True, True)
+    model = ReverseDistillation(effnet_teacher, plan).eval()
+    for stage in model.stages:
+        assert isinstance(stage[-1].act, torch.nn.Identity)
+        assert all(isinstance(block.act, torch.nn.ReLU) for block in stage[:-1])
+    with torch.no_grad():
+        _, s = model(torch.randn(2, 3, 64, 64))
+    assert all((x < 0).any() for x in s)
+    relu = ReverseDistillation(effnet_teacher, replace(plan, linear=(False,) * 3)).eval()
+    with torch.no_grad():
+        assert all((x >= 0).all() for x in relu(torch.randn(2, 3, 64, 64))[1])
+
+
+def test_group_norm_student_scores_each_image_alone(effnet_teacher):
+    """norm="group": no BatchNorm, and an image's student map does not depend on its batch companions."""
+    torch.manual_seed(0)
+    model = ReverseDistillation(effnet_teacher, plan_for(effnet_teacher, norm="group")).train()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules() if m not in model.teacher.modules())
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        alone = model(x[:1])[1]
+        together = model(x)[1]
+    assert all(torch.allclose(a[0], b[0], atol=1e-5) for a, b in zip(alone, together))
 
 
 def test_kd_loss_values():
@@ -78,6 +115,38 @@ def test_blur_matches_scipy():
     ours = scorer.blur(x)
     ref = gaussian_filter(x[0, 0].numpy().astype(np.float64), sigma=4, mode="mirror")
     assert np.abs(ours[0, 0].numpy() - ref).max() < 1e-5
+
+
+def test_stage_weights_and_border():
+    scorer = AnomalyMap(64, weights=(0.0, 1.0, 2.0), border=8)
+    flat = [torch.zeros(1, 16, 16), torch.zeros(1, 8, 8), torch.zeros(1, 4, 4)]
+    d = [x.clone() for x in flat]
+    d[0][0, 8, 8] = 5.0  # stage 1, weight 0: no effect anywhere
+    scores, maps = scorer(d)
+    assert scores.item() == 0 and maps.abs().max() == 0
+    d = [x.clone() for x in flat]
+    d[1][0, 4, 4] = 1.0
+    scores, maps = scorer(d)
+    ref_scores, ref_maps = AnomalyMap(64)([flat[0], d[1] * 1.0, flat[2]])
+    assert torch.allclose(maps, ref_maps) and torch.allclose(scores, ref_scores)  # weight 1: unchanged
+    d = [x.clone() for x in flat]
+    d[2][0, 0, 0] = 1.0  # a corner maximum (zero-padded teacher features put them there)
+    d[2][0, 2, 2] = 0.4
+    scores, maps = scorer(d)
+    assert maps[0, :8].max() > maps[0, 8:56, 8:56].max()  # the map keeps the border...
+    assert torch.isclose(scores[0], maps[0, 8:56, 8:56].max())  # ...the image score leaves it out
+    with pytest.raises(PackdError, match="border"):
+        AnomalyMap(64, border=16)
+    with pytest.raises(PackdError, match="2 stage weights for 3"):
+        AnomalyMap(64, weights=(1.0, 1.0))(flat)
+
+
+@pytest.mark.parametrize("text, message", [("1,x,1", "comma-separated"), ("0,0,0", "not all zero"),
+                                           ("1,-1,1", "non-negative"), ("1,inf,1", "finite"), ("1,1", "3 weights")])
+def test_stage_weights_setting_is_checked(text, message):
+    with pytest.raises(PackdError, match=message):
+        ScoreSettings(stage_weights=text)
+    assert parse_weights("0.5, 1,2") == (0.5, 1.0, 2.0)
 
 
 def test_anomaly_map_rejects_tiny_images():

@@ -119,9 +119,11 @@ def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "fp32", max_batch: int = 32,
                   max_shots: int = 8, frame_size: tuple[int, int] | None = None, opset: int = 18,
-                  calibration_data: str | Path | None = None, engines: str = "auto") -> dict[str, Any]:
+                  calibration_data: str | Path | None = None, engines: str = "auto",
+                  scoring: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export a checkpoint to a bundle. engines: 'auto' (build when TensorRT and a GPU are here),
-    'never', or 'require' (fail without them). Returns the manifest."""
+    'never', or 'require' (fail without them); `scoring` overrides the checkpoint's scoring settings
+    (the manifest records the ones the graphs compute). Returns the manifest."""
     from packd_runtime.tensorrt_build import build_bundle_engines, why_no_tensorrt
 
     if precision not in PRECISIONS:
@@ -130,7 +132,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
         raise PackdError("--max-batch and --max-shots must be at least 1")
     if engines == "require" and (reason := why_no_tensorrt()):
         raise PackdError(f"engines were required but cannot be built here: {reason}")
-    scorer, config = load_scorer(checkpoint)
+    scorer, config = load_scorer(checkpoint, scoring)
     broken = [k for k, v in scorer.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise PackdError(f"{checkpoint} has non-finite weights ({', '.join(broken[:3])}): its training diverged; "

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from packd.console import run_app
 from packd.errors import PackdError
+from packd.scoring import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
 
 console = Console()
 export_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -51,6 +52,11 @@ def export(
     engines: Annotated[str, typer.Option(
         help="auto: build TensorRT engines when TensorRT and a GPU are here; never; require: fail without "
              "them.")] = "auto",
+    stage_weights: Annotated[str | None, typer.Option(help=STAGE_WEIGHTS_HELP,
+                                                      show_default="the checkpoint's")] = None,
+    border: Annotated[int | None, typer.Option(help=BORDER_HELP, show_default="the checkpoint's")] = None,
+    prototype_score: Annotated[float | None, typer.Option(help=PROTOTYPE_SCORE_HELP,
+                                                          show_default="the checkpoint's")] = None,
 ) -> None:
     """Export a checkpoint to a bundle: ONNX graphs, manifest, and TensorRT engines where possible."""
     from packd_export.bundle import export_bundle
@@ -60,7 +66,8 @@ def export(
         raise PackdError(f"--engines must be auto, never or require, got {engines!r}")
     manifest = export_bundle(checkpoint, out, precision=precision, max_batch=max_batch, max_shots=max_shots,
                              frame_size=_size(frame_size), opset=opset, calibration_data=calibration_data,
-                             engines=engines)
+                             engines=engines, scoring=scoring_overrides(stage_weights=stage_weights, border=border,
+                                                                        prototype_score=prototype_score))
     console.print(f"bundle written to {out}: {', '.join(manifest['files'])}")
     if not manifest["engines"] and engines != "never":
         console.print(f"no TensorRT engine built: {why_no_tensorrt()}; on the target run: packd-export build {out}")

@@ -11,7 +11,7 @@ and `prototypes_per_shot(image_size)`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,11 @@ from packd.errors import PackdError
 from packd.fit import Training
 from packd.methods import knn, memkd, packd, rd
 from packd.preprocess import InputSpec
-from packd.scoring import Scorer
+from packd.scoring import Scorer, ScoreSettings
 from packd.settings import from_dict, to_dict
 from packd.teachers import Teacher, teacher_skeleton
+
+SCORING_FIELDS = frozenset({"stage_weights", "border", "prototype_score"})  # how maps are scored, not the weights
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,11 @@ def model_config(kind: str, teacher: Teacher, spec: InputSpec, settings: Any) ->
 
 def load_model(ckpt: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a checkpoint folder (no hub access: the teacher's weights are inside)."""
+    model, _, config = _load(ckpt)
+    return model, config
+
+
+def _load(ckpt: str | Path, scoring: Mapping[str, Any] | None = None) -> tuple[nn.Module, Any, dict[str, Any]]:
     config = read_config(ckpt)
     try:
         m = method(config["kind"])
@@ -80,13 +87,23 @@ def load_model(ckpt: str | Path) -> tuple[nn.Module, dict[str, Any]]:
                                    spec.image_size)
     except (KeyError, TypeError) as e:
         raise PackdError(f"checkpoint config in {ckpt} lacks or mistypes {e}") from None
-    model, _ = m.build(teacher, from_dict(m.settings, config.get("settings"), f"{ckpt}/config.json settings"))
+    settings = from_dict(m.settings, config.get("settings"), f"{ckpt}/config.json settings")
+    if scoring:
+        known = SCORING_FIELDS & {f.name for f in fields(m.settings)}
+        if set(scoring) - known:
+            raise PackdError(f"{m.kind} models take scoring overrides of {sorted(known) or 'nothing'}, "
+                             f"not {sorted(set(scoring) - known)}")
+        settings = replace(settings, **scoring)
+        config = {**config, "settings": to_dict(settings)}  # what this model scores with, e.g. for a manifest
+    model, settings = m.build(teacher, settings)
     load_weights(ckpt, model)
     model.eval()
-    return model, config
+    return model, settings, config
 
 
-def load_scorer(ckpt: str | Path) -> tuple[Scorer, dict[str, Any]]:
-    """A checkpoint's model behind the one scoring interface, in eval mode, and its config."""
-    model, config = load_model(ckpt)
-    return Scorer(model, InputSpec.from_dict(config["input"]), method(config["kind"]).few_shot).eval(), config
+def load_scorer(ckpt: str | Path, scoring: Mapping[str, Any] | None = None) -> tuple[Scorer, dict[str, Any]]:
+    """A checkpoint's model behind the one scoring interface (with its scoring settings), in eval mode.
+    `scoring` overrides settings that change how maps are scored, not the weights (`SCORING_FIELDS`)."""
+    model, settings, config = _load(ckpt, scoring)
+    how = settings if isinstance(settings, ScoreSettings) else None
+    return Scorer(model, InputSpec.from_dict(config["input"]), method(config["kind"]).few_shot, how).eval(), config

@@ -47,7 +47,7 @@ class MemKD(nn.Module):
         self.stages = decoder_stages(plan, self.ocbe.out_channels, widen=lambda c: 2 * c)
         # memories in decoder order: stride 16 (c3), 8 (c2), 4 (c1)
         self.memories = nn.ModuleList(NRMemory(c, slots, temperature) for c in (c3, c2, c1))
-        self.refine = Refine(c1, 2 * c1)
+        self.refine = Refine(c1, 2 * c1, plan.norm)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         with torch.no_grad():

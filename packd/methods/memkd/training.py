@@ -15,12 +15,13 @@ from packd.losses import ORTH_HELP, kd_loss, orthogonality_loss
 from packd.methods.memkd.model import MemKD
 from packd.methods.rd.training import PLAN_HELP
 from packd.preprocess import InputSpec
-from packd.settings import RunConfig, setting, validate
+from packd.scoring import ScoreSettings
+from packd.settings import RunConfig, setting
 from packd.teachers import Teacher
 
 
 @dataclass(frozen=True)
-class MemKDSettings:
+class MemKDSettings(ScoreSettings):
     """NR memory and normality embedding settings (paper: L = 50, N = 16 exemplars, weights 0.1)."""
 
     slots: int = setting(50, "Memory slots L per decoder stage.", ge=1)
@@ -29,9 +30,6 @@ class MemKDSettings:
     memorisation_weight: float = setting(0.1, "Weight of the memorisation loss.", ge=0)
     orth_weight: float = setting(0.1, ORTH_HELP, ge=0)
     plan: ChannelPlan | None = setting(None, PLAN_HELP, cli=False)
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 PRESETS = {"paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 0.005, "epochs": 200, "batch_size": 16,

@@ -14,8 +14,9 @@ from packd.preprocess import InputSpec
 
 
 class EpisodeSampler:
-    """Batches of E categories x (Q queries, k supports), all from train/good; supports never include
-    the batch's queries. An epoch shows every training image once as a query (up to rounding).
+    """Batches of E categories x Q queries, each query with its own k supports (the paper's episodes), all
+    from train/good; a category's supports never include that batch's queries. An epoch shows every
+    training image once as a query (up to rounding).
     Decoded, preprocessed images are cached in memory (3*S*S floats each)."""
 
     def __init__(self, data: str | Path, categories: list[str], spec: InputSpec, shots: int,
@@ -42,7 +43,7 @@ class EpisodeSampler:
         return self._cache[key]
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (queries (E,Q,3,S,S), supports (E,k,3,S,S)) for one epoch, seeded by (seed, epoch)."""
+        """Yield (queries (E,Q,3,S,S), supports (E,Q,k,3,S,S)) for one epoch, seeded by (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
         queues: dict[str, list[int]] = {c: [] for c in self.categories}
         for _ in range(len(self)):
@@ -53,7 +54,7 @@ class EpisodeSampler:
                     queues[cat] += rng.permutation(n).tolist()
                 q = [queues[cat].pop() for _ in range(self.queries)]
                 rest = np.setdiff1d(np.arange(n), q)
-                s = rng.choice(rest, self.shots, replace=False)
+                drawn = [rng.choice(rest, self.shots, replace=False) for _ in q]
                 queries.append(torch.stack([self._image(cat, i) for i in q]))
-                supports.append(torch.stack([self._image(cat, int(i)) for i in s]))
+                supports.append(torch.stack([torch.stack([self._image(cat, int(i)) for i in s]) for s in drawn]))
             yield torch.stack(queries), torch.stack(supports)

@@ -13,7 +13,7 @@ from packd.methods.packd.model import PACKD
 def correspondence_similarity(support: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """CDS similarities between flattened, L2-normalised correspondence matrices (Eqs. 5-6).
 
-    support (E,k,M,C) teacher maps of each episode's supports, query (E,Q,M,C) teacher maps of its
+    support (E,Q,k,M,C) teacher maps of each query's supports, query (E,Q,M,C) teacher maps of the
     queries, candidates (X,M,C) projected student maps of all X queries; locations are rows.
     Returns sim (E,Q,k,X) = cos(flat R(Ts_en, Tq_eq), flat R(Ts_en, Sx)), R(a,b) = cosine of
     every location of a with every location of b (M x M).
@@ -27,18 +27,18 @@ def correspondence_similarity(support: torch.Tensor, query: torch.Tensor, candid
     w = F.normalize(candidates.float(), dim=-1)
     m, c = u.shape[-2], u.shape[-1]
     if c < m:
-        gram = u.transpose(-1, -2) @ u  # (E,k,C,C)
-        y = torch.einsum("eqmc,encd->eqnmd", v, gram)  # V G
+        gram = u.transpose(-1, -2) @ u  # (E,Q,k,C,C)
+        y = torch.einsum("eqmc,eqncd->eqnmd", v, gram)  # V G
         num = torch.einsum("eqnmd,xmd->eqnx", y, w)
         anchor_sq = (y * v.unsqueeze(2)).sum(dim=(-1, -2))  # (E,Q,k) = <G, V^T V>
-        cand_sq = torch.einsum("encd,xcd->enx", gram, w.transpose(-1, -2) @ w)  # <G, W^T W>
+        cand_sq = torch.einsum("eqncd,xcd->eqnx", gram, w.transpose(-1, -2) @ w)  # <G, W^T W>
     else:
-        anchor = torch.einsum("enmc,eqpc->eqnmp", u, v)
-        cand = torch.einsum("enmc,xpc->enxmp", u, w)
-        num = torch.einsum("eqnmp,enxmp->eqnx", anchor, cand)
+        anchor = torch.einsum("eqnmc,eqpc->eqnmp", u, v)
+        cand = torch.einsum("eqnmc,xpc->eqnxmp", u, w)
+        num = torch.einsum("eqnmp,eqnxmp->eqnx", anchor, cand)
         anchor_sq = (anchor ** 2).sum(dim=(-1, -2))
         cand_sq = (cand ** 2).sum(dim=(-1, -2))
-    denom = (anchor_sq.unsqueeze(-1) * cand_sq.unsqueeze(1)).clamp_min(1e-12).sqrt()
+    denom = (anchor_sq.unsqueeze(-1) * cand_sq).clamp_min(1e-12).sqrt()
     return num / denom
 
 
@@ -67,18 +67,15 @@ def cds_loss(support: torch.Tensor, query: torch.Tensor, candidates: torch.Tenso
 def packd_loss(model: PACKD, item: list, cds_weight: float, orth_weight: float, tau: float) -> torch.Tensor:
     """Eq. 7 on one episodic batch: sum over stages of KD + cds_weight * mean over supports of CDS +
     orth_weight * orthogonality."""
-    queries, supports = item  # (E,Q,3,S,S), (E,k,3,S,S)
-    e, q, k = queries.shape[0], queries.shape[1], supports.shape[1]
+    queries, supports = item  # (E,Q,3,S,S), (E,Q,k,3,S,S): every query has its own supports
+    e, q, k = queries.shape[0], queries.shape[1], supports.shape[2]
     r = model.rotations
     with torch.no_grad():
         t_q = model.teacher(queries.flatten(0, 1))
-        t_s = model.support_teacher(supports.flatten(0, 1))  # rotation-major: (R*E*k, C, h, w)
-    per_image = model.extract(t_s)  # (R*E*k, L, C)
-    protos = []
-    for p in per_image:
-        n, c = p.shape[1], p.shape[2]
-        per_cat = p.view(r, e, k, n, c).transpose(0, 1).reshape(e, r * k * n, c)
-        protos.append(per_cat.unsqueeze(1).expand(e, q, -1, -1).reshape(e * q, r * k * n, c))
+        t_s = model.support_teacher(supports.flatten(0, 2))  # rotation-major: (R*E*Q*k, C, h, w)
+    per_image = model.extract(t_s)  # (R*E*Q*k, L, C)
+    protos = [p.view(r, e * q, k, *p.shape[1:]).transpose(0, 1).reshape(e * q, -1, p.shape[-1])
+              for p in per_image]
     student = model.decode(t_q, protos)
     loss = kd_loss(t_q, student)
     if orth_weight:
@@ -86,7 +83,7 @@ def packd_loss(model: PACKD, item: list, cds_weight: float, orth_weight: float, 
     if cds_weight:
         for tq, ts, s, head in zip(t_q, t_s, student, model.projections):
             c = tq.shape[1]
-            anchor_support = ts[: e * k].flatten(2).transpose(1, 2).reshape(e, k, -1, c)  # unrotated supports
+            anchor_support = ts[: e * q * k].flatten(2).transpose(1, 2).reshape(e, q, k, -1, c)  # unrotated
             query = tq.flatten(2).transpose(1, 2).reshape(e, q, -1, c)
             cand = head(s).flatten(2).transpose(1, 2)
             loss = loss + cds_weight * cds_loss(anchor_support, query, cand, tau)

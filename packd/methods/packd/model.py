@@ -11,6 +11,10 @@ per stage of shape (n, C_i):
   the guide feature, the similarity averaged over prototypes is the probability map, and
   [student, guide, probability] goes on.
 
+Beyond the paper (each validated on training categories, README "PACKD: decisions"; `--preset paper`
+turns them off): the nearest-prototype distance added to the KD map (`prototype_score`) and a
+per-image normalisation in the student (`norm="group"`).
+
 Resolved where the paper is silent (see README, "PACKD: decisions"):
 - PEIM does not act on the bottleneck output: no teacher stage has its channels to make prototypes.
 - After the last decoder stage (stride 4) the integration feeds a small residual refinement
@@ -54,6 +58,13 @@ def integrate(student: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     return torch.cat([student, guide.to(student.dtype), prob.to(student.dtype)], dim=1)
 
 
+def prototype_distance(feats: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """(B,C,h,w) teacher maps, (n,C) prototypes -> (B,h,w) 1 - the highest cosine to any prototype, FP32."""
+    f = F.normalize(feats.float(), dim=1).flatten(2).transpose(1, 2)  # (B, hw, C)
+    sim = f @ F.normalize(prototypes.float(), dim=-1).t()
+    return (1.0 - sim.amax(dim=-1)).view(feats.shape[0], *feats.shape[2:])
+
+
 def projection_head(channels: int) -> nn.Module:
     """CDS projection g_i (training only): 1x1 conv-BN-ReLU-1x1 conv."""
     return nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels),
@@ -63,15 +74,16 @@ def projection_head(channels: int) -> nn.Module:
 class PACKD(nn.Module):
     """Teacher, prototype extractors, OCBE, PEIM decoder and (training-only) projection heads."""
 
-    def __init__(self, teacher: nn.Module, plan: ChannelPlan, n_prototypes: int = 20, rotations: int = 4):
+    def __init__(self, teacher: nn.Module, plan: ChannelPlan, n_prototypes: int = 20, rotations: int = 4,
+                 prototype_score: float = 0.0):
         super().__init__()
         self.teacher, self.plan = teacher, plan
-        self.n_prototypes, self.rotations = n_prototypes, rotations
+        self.n_prototypes, self.rotations, self.prototype_score = n_prototypes, rotations, prototype_score
         c1 = plan.channels[0]
         self.extractors = nn.ModuleList(PrototypeExtractor(c, n_prototypes) for c in plan.channels)
         self.ocbe = OCBE(plan)
         self.stages = decoder_stages(plan, self.ocbe.out_channels, widen=lambda c: 2 * c + 1)
-        self.refine = Refine(c1, 2 * c1 + 1)
+        self.refine = Refine(c1, 2 * c1 + 1, plan.norm)
         self.projections = nn.ModuleList(projection_head(c) for c in plan.channels)
 
     @property
@@ -115,5 +127,10 @@ class PACKD(nn.Module):
         return t, self.decode(t, protos)
 
     def distances(self, x: torch.Tensor, prototypes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per stage 1 - cos(teacher, student guided by the prototypes)."""
-        return cosine_distances(*self(x, prototypes))
+        """Per stage 1 - cos(teacher, student guided by the prototypes), plus `prototype_score` x the
+        nearest-prototype distance: the prototypes used as a learned, compressed memory bank."""
+        teacher, student = self(x, prototypes)
+        kd = cosine_distances(teacher, student)
+        if not self.prototype_score:
+            return kd
+        return [d + self.prototype_score * prototype_distance(t, p) for d, t, p in zip(kd, teacher, prototypes)]

@@ -8,22 +8,23 @@ from pathlib import Path
 
 from packd.errors import PackdError
 from packd.fit import Training
-from packd.layers import ChannelPlan, student_plan
+from packd.layers import NORMS, ChannelPlan, student_plan
 from packd.losses import ORTH_HELP
 from packd.methods.packd.episodes import EpisodeSampler
 from packd.methods.packd.losses import packd_loss
 from packd.methods.packd.model import PACKD
 from packd.methods.rd.training import PLAN_HELP
 from packd.preprocess import InputSpec
-from packd.settings import ROTATIONS_HELP, RunConfig, setting, validate
+from packd.scoring import BORDER_HELP, PROTOTYPE_SCORE_HELP, ScoreSettings
+from packd.settings import ROTATIONS_HELP, RunConfig, setting
 from packd.teachers import Teacher
 
 
 @dataclass(frozen=True)
-class PACKDSettings:
-    """Meta-training and loss settings (paper: L = 20, tau = 0.05, lambda1 = lambda2 = 0.5, rotated supports).
-
-    A batch holds `categories_per_batch` categories x (batch size // categories_per_batch) queries."""
+class PACKDSettings(ScoreSettings):
+    """Meta-training, loss and scoring settings (paper: L = 20, tau = 0.05, lambda1 = lambda2 = 0.5, rotated
+    supports; KD map only). A batch holds `categories_per_batch` categories x (batch size //
+    categories_per_batch) queries, each query with its own k supports (the paper's episodes)."""
 
     shots: int = setting(2, "Support images per category and batch in meta-training.", ge=1)
     prototypes: int = setting(20, "Prototypes L per support image and stage.", ge=1)
@@ -33,22 +34,26 @@ class PACKDSettings:
     cds_weight: float = setting(0.5, "Contrastive distillation weight lambda1 (0 = PEIM only).", ge=0)
     orth_weight: float = setting(0.5, ORTH_HELP, ge=0)
     tau: float = setting(0.05, "Contrastive temperature.", gt=0)
+    border: int = setting(8, BORDER_HELP, ge=0)
+    prototype_score: float = setting(1.0, PROTOTYPE_SCORE_HELP, ge=0)
+    norm: str = setting("group", "The student's normalisation: group (per image: meta-training batches never mix "
+                        "categories into the statistics) or batch (the paper's).", choices=NORMS)
     plan: ChannelPlan | None = setting(None, PLAN_HELP, cli=False)
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 PRESETS = {
     "default": {"lr": 5e-4},
     "paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 5e-4, "epochs": 100, "batch_size": 32,
-              "prototypes": 20, "tau": 0.05},
+              "prototypes": 20, "tau": 0.05, "prototype_score": 0.0, "norm": "batch", "stage_weights": "1,1,1",
+              "border": 0},
 }
 
 
 def build(teacher: Teacher, settings: PACKDSettings) -> tuple[PACKD, PACKDSettings]:
-    settings = replace(settings, plan=student_plan(teacher, settings.plan))
-    return PACKD(teacher, settings.plan, n_prototypes=settings.prototypes, rotations=settings.rotations), settings
+    settings = replace(settings, plan=student_plan(teacher, settings.plan, settings.norm))
+    model = PACKD(teacher, settings.plan, n_prototypes=settings.prototypes, rotations=settings.rotations,
+                  prototype_score=settings.prototype_score)
+    return model, settings
 
 
 def make_training(model: PACKD, settings: PACKDSettings, *, run: RunConfig, data: Path, categories: list[str],

@@ -13,20 +13,18 @@ from packd.layers import ChannelPlan, student_plan
 from packd.losses import kd_loss
 from packd.methods.rd.model import ReverseDistillation
 from packd.preprocess import InputSpec
-from packd.settings import RunConfig, setting, validate
+from packd.scoring import ScoreSettings
+from packd.settings import RunConfig, setting
 from packd.teachers import Teacher
 
 PLAN_HELP = "Student layout; derived from the teacher when not given."
 
 
 @dataclass(frozen=True)
-class RDSettings:
+class RDSettings(ScoreSettings):
     """RD has no settings of its own beyond the student layout, which follows the teacher."""
 
     plan: ChannelPlan | None = setting(None, PLAN_HELP, cli=False)
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 PRESETS = {"paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 0.005, "epochs": 200, "batch_size": 16}}
