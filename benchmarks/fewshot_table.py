@@ -86,9 +86,10 @@ def rd_on_supports(supports: torch.Tensor, steps: int, seed: int) -> ReverseDist
 def main(out: Path = Path("runs/fewshot"), shots: str = "1,2,4,8", runs: int = 3, epochs: int = 10,
          image_size: int = 128, support_steps: int = 40, seed: int = 0, quick: bool = False,
          rows: str = ",".join(ROWS), results: Path = Path("benchmarks/results/fewshot_table"),
-         threads: int = 0, no_data: bool = False) -> None:
+         threads: int = 0, no_data: bool = False, train_seed: int | None = None) -> None:
     """`--rows` recomputes only the listed rows and keeps the others from the existing results JSON.
-    10 epochs over the 15 training categories: as many steps as 20 over the 7 the table once had."""
+    10 epochs over the 15 training categories: as many steps as 20 over the 7 the table once had.
+    `--train-seed` retrains with another seed on the same data and support sets (`--seed`)."""
     check_report_path(results.with_suffix(".json"))  # before the long run, not after it
     if threads:
         torch.set_num_threads(threads)
@@ -107,7 +108,8 @@ def main(out: Path = Path("runs/fewshot"), shots: str = "1,2,4,8", runs: int = 3
         synthesize_photos(data, seed=seed, size=image_size)
     timing = {"data_s": time.perf_counter() - t0}
     # RD / MemKD: batch 8; PACKD: 4 categories x 4 queries per batch (16), 2 supports each; kNN: its defaults
-    options = dict(teacher=TEACHER, image_size=image_size, epochs=epochs, lr=0.005, seed=seed)
+    options = dict(teacher=TEACHER, image_size=image_size, epochs=epochs, lr=0.005,
+                   seed=seed if train_seed is None else train_seed)
     plan = {"knn": ("knn", TRAIN_CATS, configure("knn", teacher=TEACHER, image_size=image_size)),
             "rd_meta": ("rd", TRAIN_CATS, configure("rd", batch_size=8, **options)),
             "packd_peim": ("packd", TRAIN_CATS, configure("packd", batch_size=16, cds_weight=0.0, **PAPER, **options)),

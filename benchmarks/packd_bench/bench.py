@@ -38,6 +38,14 @@ def latency_stats(seconds: list[float], images: int, wall: float) -> dict[str, f
     return out
 
 
+def gpu_compute_stats(ms: list[float]) -> dict[str, float]:
+    """GPU compute time (CUDA events) over many calls, the same statistics for every backend."""
+    a = np.asarray(ms, dtype=np.float64)
+    return {"gpu_compute_median_ms": float(np.median(a)), "gpu_compute_min_ms": float(a.min()),
+            "gpu_compute_mean_ms": float(a.mean()), "gpu_compute_p90_ms": float(np.percentile(a, 90)),
+            "gpu_compute_n": len(a)}
+
+
 def time_calls(fn: Callable[[], Any], *, warmup: int, iters: int, images: int) -> dict[str, float]:
     """Warm up, then time `iters` calls one by one (each call ends with results on the host)."""
     for _ in range(warmup):
@@ -107,6 +115,9 @@ class TorchRunner:
     _graphs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.device.startswith("cuda"):  # FP32 means FP32: no TF32 convolutions or matmuls in the reference
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         scorer = load_scorer(self.ckpt)[0].to(self.device)
         self.query = QueryGraph(scorer).eval().to(self.device)
         self.support = lambda frames: scorer.prototypes(self.query.preprocess(frames))  # bank bound included
@@ -125,13 +136,16 @@ class TorchRunner:
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(frames).to(self.device, non_blocking=True)
-        if self.mode == "cudagraphs":
-            scores, maps = self._graph(x)
-        else:
-            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.mode)
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                scores, maps = self.query(x, *self.prototypes)
+        scores, maps = self._run(x)
         return scores.float().cpu().numpy(), maps.float().cpu().numpy()
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query as this row runs it: graph replay, or the module under this row's autocast."""
+        if self.mode == "cudagraphs":
+            return self._graph(x)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.mode)
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            return self.query(x, *self.prototypes)
 
     def _graph(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = tuple(x.shape)
@@ -152,21 +166,22 @@ class TorchRunner:
         graph.replay()
         return static_out
 
-    def compute_ms(self, frames: np.ndarray, iters: int = 10) -> float | None:
-        """GPU compute time (CUDA events around the model, frames already on the GPU)."""
-        if not self.device.startswith("cuda") or self.mode == "cudagraphs":
-            return None
+    def compute_samples(self, frames: np.ndarray, iters: int) -> list[float]:
+        """GPU compute time of each of `iters` calls (CUDA events around the query exactly as this row runs
+        it: its autocast dtype, its graph replay; frames already on the GPU); [] on the CPU."""
+        if not self.device.startswith("cuda"):
+            return []
         x = torch.from_numpy(frames).to(self.device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         times = []
         with torch.no_grad():
             for _ in range(iters):
                 start.record()
-                self.query(x, *self.prototypes)
+                self._run(x)
                 end.record()
                 torch.cuda.synchronize()
                 times.append(start.elapsed_time(end))
-        return float(np.median(times))
+        return times
 
 
 def accuracy(ref: tuple[np.ndarray, np.ndarray], out: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:

@@ -84,11 +84,12 @@ def check(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> Non
 
 
 @tools_app.command()
-def build(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
+def build(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+          device: Annotated[int, typer.Option(help="CUDA device to build on.", min=0)] = 0) -> None:
     """Build TensorRT engines for an existing bundle on this machine's GPU (run it on the target device)."""
     from packd_runtime.tensorrt_build import build_bundle_engines
 
-    manifest = build_bundle_engines(bundle)
+    manifest = build_bundle_engines(bundle, device)
     console.print(f"built {', '.join(e['file'] for e in manifest['engines'])}")
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import threading
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from packd_runtime.atomic import atomic_file
 from packd_runtime.backends import Backend, open_backend
 from packd_runtime.coreset import bound_prototypes
 from packd_runtime.errors import PackdError
+from packd_runtime.gate import CallGate
 from packd_runtime.manifest import (
     fingerprint,
     read_manifest,
@@ -95,8 +94,7 @@ class Detector:
         self._proto_channels = [i["shape"][1] for i in proto_inputs]
         self._current: Prototypes | None = None
         self._lock = threading.Lock()
-        self._idle = threading.Condition()
-        self._in_flight, self._closed = 0, False
+        self._gate = CallGate("this detector is closed: open the bundle again")
 
     @classmethod
     def open(cls, bundle: str | Path, backend: str = "auto", device: int = 0, build: bool = False,
@@ -110,19 +108,6 @@ class Detector:
         verify_files(bundle, manifest)
         chosen, manifest, reason = open_backend(bundle, manifest, backend, device, build=build, profile=profile)
         return cls(bundle, manifest, chosen, reason)
-
-    @contextmanager
-    def _call(self) -> Iterator[None]:
-        with self._idle:
-            if self._closed:
-                raise PackdError("this detector is closed: open the bundle again")
-            self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
 
     # ---- input checks ---------------------------------------------------------------------
 
@@ -162,7 +147,7 @@ class Detector:
         k = images.shape[0]
         if k > self.max_shots:
             raise PackdError(f"{k} support images, but this bundle was built for at most {self.max_shots}")
-        with self._call():
+        with self._gate.call():
             out = self.backend.run("support", {"images": images})
         arrays = [out[name] for name in self.prototype_names]
         if self.max_count:
@@ -216,7 +201,7 @@ class Detector:
                 self._check_prototypes(prototypes)
             feeds = dict(zip(self.prototype_names, protos.arrays))
         scores, maps = [], []
-        with self._call():
+        with self._gate.call():
             for i in range(0, images.shape[0], self.max_batch):
                 out = self.backend.run("query", {"images": images[i:i + self.max_batch], **feeds})
                 scores.append(out["scores"])
@@ -235,12 +220,8 @@ class Detector:
     def close(self) -> None:
         """Wait for calls in flight, then release the backend's sessions, engines, contexts, buffers and
         streams. Later calls raise a PackdError; closing twice is harmless."""
-        with self._idle:
-            if self._closed:
-                return
-            self._closed = True
-            self._idle.wait_for(lambda: self._in_flight == 0)
-        self.backend.close()
+        if self._gate.close():
+            self.backend.close()
 
     def __enter__(self) -> Detector:
         return self

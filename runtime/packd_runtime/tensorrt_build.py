@@ -3,9 +3,11 @@ torch-free runtime, so a Jetson with only the runtime installed builds its own e
 
 A strongly typed network (precision comes from the ONNX), every parser error reported, one
 optimisation profile covering batch 1..max-batch (support graph: shots 1..max-shots) and
-prototype count 1..max-shots x prototypes per shot, the timing cache kept beside the engines,
-TF32 cleared for fp32 bundles (so they match ONNX Runtime), engines named by TensorRT version and
-GPU compute capability. Works with TensorRT 10.3 (JetPack 6) to 11.x.
+prototype count 1..max-shots x prototypes per shot, the timing cache kept beside the engines (a
+cache TensorRT refuses is replaced by a fresh one), TF32 cleared for every build (the FP32
+islands of fp16 and int8 bundles stay FP32 too), built on the GPU `device` names. Engines are
+named by TensorRT version and GPU compute capability and record the GPU's name: a plan runs on
+that TensorRT version and GPU type. Works with TensorRT 10.3 (JetPack 6) to 11.x.
 
 NOT RUN on a GPU in development (no TensorRT builder installs on the development machines);
 the names it uses are checked against a real TensorRT 11 binding where that binding has them.
@@ -26,30 +28,50 @@ WORKSPACE_BYTES = 4 << 30
 OPT_BATCH, OPT_SHOTS = 8, 4
 
 
-def why_no_tensorrt() -> str | None:
-    """None when TensorRT's builder and a CUDA GPU are usable here, else the reason."""
+INSTALL = ("pip install 'packd-runtime[tensorrt]' for CUDA 12 drivers (JetPack 6: TensorRT comes with JetPack), "
+           "'packd-runtime[tensorrt-cu13]' for CUDA 13 drivers")
+
+
+def modules() -> tuple[Any, Any]:
+    """(tensorrt, cuda.bindings.runtime); ImportError says which is missing."""
+    import tensorrt as trt
+    from cuda.bindings import runtime as cudart
+
+    return trt, cudart
+
+
+def why_no_tensorrt(device: int = 0) -> str | None:
+    """None when TensorRT and CUDA GPU `device` are usable here, else the reason, with the error that came back."""
     try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "TensorRT is not installed (pip install tensorrt cuda-python, the tensorrt extra; JetPack on Jetson)"
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        return "cuda-python is not installed (pip install cuda-python)"
+        _, cudart = modules()
+    except ImportError as e:
+        return f"TensorRT or cuda-python cannot be imported ({type(e).__name__}: {e}); {INSTALL}"
     err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or count == 0:
-        return "no CUDA GPU is visible"
+    if err != cudart.cudaError_t.cudaSuccess:
+        return f"CUDA reports {err} (no driver, or one too old for this cuda-python; {INSTALL})"
+    if device >= count:
+        return f"no CUDA GPU {device} is visible ({count} found)"
     return None
+
+
+def _properties(device: int) -> Any:
+    _, cudart = modules()
+    err, prop = cudart.cudaGetDeviceProperties(device)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise PackdError(f"cannot read the properties of CUDA device {device}: {err}")
+    return prop
 
 
 def compute_capability(device: int = 0) -> str:
     """'87' for an Orin, '90' for an H100."""
-    from cuda.bindings import runtime as cudart
-
-    err, prop = cudart.cudaGetDeviceProperties(device)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise PackdError(f"cannot read the properties of CUDA device {device}: {err}")
+    prop = _properties(device)
     return f"{prop.major}{prop.minor}"
+
+
+def device_name(device: int = 0) -> str:
+    """The GPU's name, e.g. 'NVIDIA H100 80GB HBM3'."""
+    name = _properties(device).name
+    return (name.split(b"\0")[0].decode(errors="replace") if isinstance(name, bytes) else str(name)).strip()
 
 
 def engine_name(graph: str, trt_version: str, cc: str) -> str:
@@ -71,10 +93,10 @@ def profile_shapes(manifest: dict[str, Any], graph: str) -> dict[str, tuple[tupl
     return shapes
 
 
-def build_engine(onnx_path: Path, shapes: dict[str, tuple], out: Path, timing_cache: Path, fp32: bool) -> None:
-    """Parse, configure and build one serialized engine; raises PackdError with every parser error."""
-    import tensorrt as trt
-
+def build_engine(onnx_path: Path, shapes: dict[str, tuple], out: Path, timing_cache: Path) -> None:
+    """Parse, configure and build one serialized engine on the current device; raises PackdError with
+    every parser error."""
+    trt, _ = modules()
     logger = trt.Logger(trt.Logger.WARNING)
     try:
         builder = trt.Builder(logger)
@@ -91,10 +113,13 @@ def build_engine(onnx_path: Path, shapes: dict[str, tuple], out: Path, timing_ca
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     config.builder_optimization_level = 3
-    if fp32:
+    if hasattr(trt.BuilderFlag, "TF32"):  # on by default: FP32 layers would run in TF32
         config.clear_flag(trt.BuilderFlag.TF32)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, False)
+    if not config.set_timing_cache(cache, False):  # a cache from another TensorRT or GPU: start afresh
+        cache = config.create_timing_cache(b"")
+        if not config.set_timing_cache(cache, False):
+            raise PackdError("TensorRT refused even an empty timing cache")
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         name = network.get_input(i).name
@@ -109,33 +134,35 @@ def build_engine(onnx_path: Path, shapes: dict[str, tuple], out: Path, timing_ca
     timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
 
 
-def build_engines(bundle: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Build an engine for every graph of the bundle on GPU 0; returns their manifest entries."""
-    import tensorrt as trt
-
-    version, cc = trt.__version__, compute_capability(0)
+def build_engines(bundle: Path, manifest: dict[str, Any], device: int = 0) -> list[dict[str, Any]]:
+    """Build an engine for every graph of the bundle on GPU `device`; returns their manifest entries."""
+    trt, cudart = modules()
+    err, = cudart.cudaSetDevice(device)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise PackdError(f"cannot select CUDA device {device}: {err}")
+    version, cc, gpu = trt.__version__, compute_capability(device), device_name(device)
     cache = bundle / f"timing.trt{version}.sm{cc}.cache"
     entries = []
     for graph, spec in manifest["graphs"].items():
         name = engine_name(graph, version, cc)
         shapes = profile_shapes(manifest, graph)
-        build_engine(bundle / spec["file"], shapes, bundle / name, cache, manifest["precision"] == "fp32")
-        entries.append({"graph": graph, "file": name, "tensorrt": version, "compute_capability": cc,
+        build_engine(bundle / spec["file"], shapes, bundle / name, cache)
+        entries.append({"graph": graph, "file": name, "tensorrt": version, "compute_capability": cc, "gpu": gpu,
                         "profile": {k: [list(s) for s in v] for k, v in shapes.items()}})
     return entries
 
 
-def build_bundle_engines(bundle: str | Path) -> dict[str, Any]:
-    """Build engines for an existing bundle on this machine's GPU and record them (and the timing
-    cache) in the manifest; the bundle is rewritten atomically."""
+def build_bundle_engines(bundle: str | Path, device: int = 0) -> dict[str, Any]:
+    """Build engines for an existing bundle on this machine's GPU `device` and record them (and the
+    timing cache) in the manifest; the bundle is rewritten atomically."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
-    if reason := why_no_tensorrt():
+    if reason := why_no_tensorrt(device):
         raise PackdError(f"cannot build engines here: {reason}")
     with atomic_dir(bundle, MANIFEST, "bundle") as tmp:
         shutil.copytree(bundle, tmp, dirs_exist_ok=True)
-        entries = build_engines(tmp, manifest)
+        entries = build_engines(tmp, manifest, device)
         built = {e["file"] for e in entries}
         manifest["engines"] = [e for e in manifest["engines"] if e["file"] not in built] + entries
         for name in [*built, *(p.name for p in tmp.glob("timing.*.cache"))]:

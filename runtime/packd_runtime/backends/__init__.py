@@ -6,6 +6,7 @@ interface, never through a backend's internals (sessions, contexts, buffers).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +30,8 @@ class Backend(Protocol):
         ...
 
     def timings(self) -> dict[str, float]:
-        """This thread's last call, in ms (GPU compute, H2D, D2H) where the backend measures them; else {}."""
+        """This thread's calls since its previous `timings()`: their count and summed times in ms (GPU compute,
+        H2D, D2H, host staging) where the backend measures them; else {}."""
         ...
 
     def close(self) -> None:
@@ -37,20 +39,26 @@ class Backend(Protocol):
         ...
 
 
-def _engines_here(manifest: dict[str, Any]) -> tuple[dict[str, str] | None, str]:
-    """Engines of this bundle that run here (this TensorRT version and GPU), or why none do."""
-    from packd_runtime.tensorrt_build import compute_capability, why_no_tensorrt
+def _engines_here(manifest: dict[str, Any], device: int = 0) -> tuple[dict[str, str] | None, str]:
+    """Engines of this bundle that run on GPU `device` (this TensorRT version and compute capability), or
+    why none do. Engines built on a GPU of the same compute capability but another name are used, with a
+    warning: they run, but their tactics were timed on the other GPU."""
+    from packd_runtime.tensorrt_build import compute_capability, device_name, modules, why_no_tensorrt
 
-    reason = why_no_tensorrt()
+    reason = why_no_tensorrt(device)
     if reason:
         return None, reason
-    import tensorrt as trt
-
-    cc = compute_capability(0)
-    fits = {e["graph"]: e["file"] for e in manifest["engines"]
-            if e["tensorrt"] == trt.__version__ and e["compute_capability"] == cc}
+    trt, _ = modules()
+    cc, gpu = compute_capability(device), device_name(device)
+    matching = [e for e in manifest["engines"] if e["tensorrt"] == trt.__version__ and e["compute_capability"] == cc]
+    fits = {e["graph"]: e["file"] for e in matching}
     if set(fits) == set(manifest["graphs"]):
-        return fits, f"engines for TensorRT {trt.__version__} on sm{cc}"
+        others = sorted({e.get("gpu", "an unnamed GPU") for e in matching} - {gpu})
+        if others:
+            warnings.warn(f"the bundle's engines were built on {', '.join(others)}, this is {gpu} (same compute "
+                          f"capability sm{cc}): they run, but `packd-export build` here would time them for it",
+                          stacklevel=3)
+        return fits, f"engines for TensorRT {trt.__version__} on sm{cc} ({gpu})"
     others = sorted({f"TensorRT {e['tensorrt']} / sm{e['compute_capability']}" for e in manifest["engines"]})
     if others:
         return None, (f"the bundle's engines were built for {', '.join(others)}; this machine has TensorRT "
@@ -66,13 +74,13 @@ def open_backend(bundle: Path, manifest: dict[str, Any], backend: str = "auto", 
     if backend not in BACKENDS:
         raise PackdError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend in ("auto", "tensorrt"):
-        engines, why = _engines_here(manifest)
+        engines, why = _engines_here(manifest, device)
         if engines is None and build:
             from packd_runtime.tensorrt_build import build_bundle_engines, why_no_tensorrt
 
-            if why_no_tensorrt() is None:
-                manifest = build_bundle_engines(bundle)
-                engines, why = _engines_here(manifest)
+            if why_no_tensorrt(device) is None:
+                manifest = build_bundle_engines(bundle, device)
+                engines, why = _engines_here(manifest, device)
                 why = f"built and cached {why}"
         if engines is not None:
             from packd_runtime.backends.tensorrt_backend import TensorRTBackend

@@ -1,8 +1,11 @@
 """ONNX Runtime backend: CUDA execution provider when onnxruntime-gpu has one, else CPU.
 
 Sessions are created once at open; `InferenceSession.run` is thread-safe, so one backend serves
-every camera thread. Device arrays (`__cuda_array_interface__`) are bound in place with
-IOBinding on the CUDA provider; on the CPU provider they are refused with a clear message.
+every camera thread. The provider reported is the one the sessions really got (ONNX Runtime falls
+back to the CPU silently when the CUDA provider fails to load). Device arrays
+(`__cuda_array_interface__`) are bound in place with IOBinding on the CUDA provider, after their
+producer's stream is synchronised (ONNX Runtime runs on a stream of its own, which nothing else
+orders after the producer; cuda-python is needed for that); on the CPU provider they are refused.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ class OnnxRuntimeBackend:
         except ImportError:
             raise PackdError("the ONNX Runtime backend needs onnxruntime: pip install onnxruntime "
                              "(or onnxruntime-gpu on NVIDIA machines)") from None
-        cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-        providers = ([("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"] if cuda
+        wanted = "CUDAExecutionProvider" in ort.get_available_providers()
+        providers = ([("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"] if wanted
                      else ["CPUExecutionProvider"])
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -40,10 +43,14 @@ class OnnxRuntimeBackend:
             real = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
             if real != ([i["name"] for i in spec["inputs"]], self._outputs[g]):
                 raise PackdError(f"{spec['file']} has inputs/outputs {real}, not the manifest's: refused")
-        self.cuda = cuda
+        got = {p for session in self._sessions.values() for p in session.get_providers()}
+        self.cuda = all("CUDAExecutionProvider" in s.get_providers() for s in self._sessions.values())
         self.device_id = device
-        self.device = f"cuda:{device}" if cuda else "cpu"
-        self.description = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
+        self.device = f"cuda:{device}" if self.cuda else "cpu"
+        self.description = "CUDAExecutionProvider" if self.cuda else "CPUExecutionProvider"
+        if wanted and not self.cuda:
+            self.description += (f" (the CUDA provider is installed but did not load: sessions got {sorted(got)}; "
+                                 "check the CUDA and cuDNN libraries onnxruntime-gpu needs)")
 
     def run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         session, names = self._sessions[graph], self._outputs[graph]
@@ -56,6 +63,7 @@ class OnnxRuntimeBackend:
         for name, value in feeds.items():
             if hasattr(value, "__cuda_array_interface__"):
                 cai = value.__cuda_array_interface__
+                order_after_producer(cai)
                 binding.bind_input(name, "cuda", self.device_id, np.dtype(cai["typestr"]), list(cai["shape"]),
                                    cai["data"][0])
             else:
@@ -65,8 +73,33 @@ class OnnxRuntimeBackend:
         session.run_with_iobinding(binding)
         return dict(zip(names, binding.copy_outputs_to_cpu()))
 
-    def timings(self) -> dict[str, float]:
+    def timings(self) -> dict[str, float]:  # ONNX Runtime does not time its kernels for us
         return {}
 
     def close(self) -> None:
         self._sessions.clear()
+
+
+LEGACY_STREAM = 1  # __cuda_array_interface__ v3: 1 = the legacy default stream
+
+
+def cuda_runtime() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError as e:
+        raise PackdError(f"device arrays on ONNX Runtime need cuda-python to wait for their producer ({e}): "
+                         "pip install 'cuda-python>=12.6.1,<13' (CUDA 12 drivers) or 'cuda-python>=13' (CUDA 13)"
+                         ) from None
+    return cudart
+
+
+def order_after_producer(cai: Mapping[str, Any]) -> None:
+    """Wait on the host for the stream that wrote a device array: the one it names, the legacy default
+    stream when it names none (torch's version 2 export), none when it says None."""
+    producer = cai["stream"] if "stream" in cai else LEGACY_STREAM
+    if producer is None:
+        return
+    cudart = cuda_runtime()
+    err, = cudart.cudaStreamSynchronize(producer or LEGACY_STREAM)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise PackdError(f"CUDA error waiting for the producer of a device input: {err}")
