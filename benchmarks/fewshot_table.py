@@ -120,8 +120,8 @@ def main(out: Path = Path("runs/fewshot"), shots: str = "1,2,4,8", runs: int = 3
                                                                         and name.startswith("memkd_"))}
     ckpts, scoring = {}, {}
     for name, (kind, cats, (run, settings)) in plan.items():
-        same = [n for n in ckpts if plan[n][0] == kind and _weights_settings(plan[n][2][1]) == _weights_settings(
-            settings) and plan[n][2][0] == run]
+        same = [n for n in ckpts if plan[n][:2] == (kind, cats) and plan[n][2][0] == run
+                and _weights_settings(plan[n][2][1]) == _weights_settings(settings)]
         if same:  # trains exactly like a row already trained: its checkpoint, scored with this row's settings
             ckpts[name] = ckpts[same[0]]
             scoring[name] = {f: getattr(settings, f) for f in SCORING_FIELDS if hasattr(settings, f)}
