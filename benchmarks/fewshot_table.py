@@ -218,7 +218,7 @@ def write_results(results: Path, *, table: dict, swaps: dict, timing: dict, ks: 
                 "train_categories": TRAIN_CATS, "targets": targets, "timing": timing, "raw": table,
                 "swap_k": swap_k, "swap_raw": swaps, "swap_summary": swap_summary,
                 "summary": {g: {row: {str(k): {key: summary(table, row, str(k), cats, key) for key in FEWSHOT_KEYS}
-                                      for k in ks} for row in ROWS} for g, cats in groups.items()}}
+                                      for k in ks} for row in ROWS if table.get(row)} for g, cats in groups.items()}}
     write_report(results.with_suffix(".json"), out_json)
     lines = []
     for key in ("image_auroc", "pixel_auroc"):
@@ -226,7 +226,7 @@ def write_results(results: Path, *, table: dict, swaps: dict, timing: dict, ks: 
             lines += [f"**{key.replace('_', ' ')}, {g}** ({', '.join(cats)}), mean ± std over {runs} support sets",
                       "",
                       "| row | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
-            for row, label in ROWS.items():
+            for row, label in ((r, label) for r, label in ROWS.items() if table.get(r)):
                 cells = [summary(table, row, str(k), cats, key) for k in ks]
                 lines.append(f"| {label} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in cells) + " |")
             lines.append("")
