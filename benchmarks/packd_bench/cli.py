@@ -200,7 +200,7 @@ def main(
     write_report(out.with_suffix(".json"), results)
     out.with_suffix(".md").write_text(markdown(results))
     plot(results, out.with_suffix(".png"))
-    console.print(markdown(results))
+    console.print(markdown(results), markup=False)
 
 
 def _with_gpu_time(call: Any, frames: np.ndarray, backend: Any, samples: list[float]) -> Any:

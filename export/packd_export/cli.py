@@ -70,7 +70,8 @@ def export(
                                                                         prototype_score=prototype_score))
     console.print(f"bundle written to {out}: {', '.join(manifest['files'])}")
     if not manifest["engines"] and engines != "never":
-        console.print(f"no TensorRT engine built: {why_no_tensorrt()}; on the target run: packd-export build {out}")
+        console.print(f"no TensorRT engine built: {why_no_tensorrt()}; on the target run: packd-export build {out}",
+                      markup=False)
 
 
 @tools_app.command()
