@@ -29,7 +29,7 @@ from packd.layers import ChannelPlan
 from packd.methods import load_scorer
 from packd.methods.packd.model import prototype_distance
 from packd.metrics import image_auroc, pixel_metrics
-from packd.scoring import cosine_distances
+from packd.scoring import AnomalyMap, cosine_distances
 from packd.synth import synthesize
 from packd.teachers import create_teacher
 from packd.train import configure, train
@@ -67,7 +67,7 @@ def train_variant(variant: str, out: Path = Path("runs/packd_val"), epochs: int 
 def stage_maps(ckpt: Path, data: Path, k: int, runs: int, seed: int) -> dict[str, list]:
     """Per category and support set: blurred full-size KD and prototype maps per stage, masks, labels."""
     scorer, _ = load_scorer(ckpt)
-    model, amap = scorer.model, scorer.anomaly_map
+    model, amap = scorer.model, AnomalyMap(scorer.spec.image_size)  # one stage map at a time, unweighted
     out = {}
     for cat in VAL:
         test = AnomalyDataset(list_split(data, cat, "test"), scorer.spec)

@@ -58,6 +58,13 @@ def scoring_overrides(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def check_border(border: int, image_size: int) -> None:
+    """The border left out of the image score must leave most of the image in."""
+    if not 0 <= border < image_size // 4:
+        raise PackdError(f"--border must be between 0 and a quarter of the image size ({image_size // 4 - 1}), "
+                         f"got {border}")
+
+
 @dataclass(frozen=True)
 class ScoreSettings:
     """How the distillation kinds turn stage maps into a map and a score (a base of their settings).
@@ -82,9 +89,7 @@ class AnomalyMap(nn.Module):
         super().__init__()
         if score not in ("max", "top1"):
             raise ValueError(f"unknown image score {score!r}")
-        if not 0 <= border < image_size // 4:
-            raise PackdError(f"--border must be between 0 and a quarter of the image size ({image_size // 4 - 1}), "
-                             f"got {border}")
+        check_border(border, image_size)
         self.image_size, self.score, self.border = image_size, score, border
         self.weights = tuple(weights) if weights else None
         k = gaussian_kernel1d(sigma)

@@ -16,6 +16,7 @@ from packd.errors import PackdError
 from packd.fit import fit
 from packd.methods import method, model_config
 from packd.preprocess import InputSpec
+from packd.scoring import ScoreSettings, check_border
 from packd.settings import RunConfig, option_name, to_dict
 from packd.teachers import create_teacher
 from packd_runtime.atomic import check_replaceable
@@ -40,7 +41,10 @@ def configure(kind: str, preset: str | None = None, **options: Any) -> tuple[Run
     if foreign:
         raise PackdError(f"{', '.join(option_name(k) for k in foreign)} does not apply to --model {kind}")
     run = RunConfig(**{k: v for k, v in values.items() if k in run_names})
-    return run, m.settings(**{k: v for k, v in values.items() if k in kind_names})
+    settings = m.settings(**{k: v for k, v in values.items() if k in kind_names})
+    if isinstance(settings, ScoreSettings):  # before training, not at the first evaluation after it
+        check_border(settings.border, run.image_size)
+    return run, settings
 
 
 def train(kind: str, *, data: str | Path, out: str | Path, categories: str | list[str] | None = None,

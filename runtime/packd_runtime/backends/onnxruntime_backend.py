@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from packd_runtime.backends import producer_stream
 from packd_runtime.errors import PackdError
 
 
@@ -80,8 +81,6 @@ class OnnxRuntimeBackend:
         self._sessions.clear()
 
 
-LEGACY_STREAM = 1  # __cuda_array_interface__ v3: 1 = the legacy default stream
-
 
 def cuda_runtime() -> Any:
     try:
@@ -96,10 +95,10 @@ def cuda_runtime() -> Any:
 def order_after_producer(cai: Mapping[str, Any]) -> None:
     """Wait on the host for the stream that wrote a device array: the one it names, the legacy default
     stream when it names none (torch's version 2 export), none when it says None."""
-    producer = cai["stream"] if "stream" in cai else LEGACY_STREAM
+    producer = producer_stream(cai)
     if producer is None:
         return
     cudart = cuda_runtime()
-    err, = cudart.cudaStreamSynchronize(producer or LEGACY_STREAM)
+    err, = cudart.cudaStreamSynchronize(producer)
     if err != cudart.cudaError_t.cudaSuccess:
         raise PackdError(f"CUDA error waiting for the producer of a device input: {err}")

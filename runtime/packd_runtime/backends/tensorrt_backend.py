@@ -36,23 +36,21 @@ from typing import Any
 
 import numpy as np
 
+from packd_runtime.backends import producer_stream
 from packd_runtime.errors import PackdError
 from packd_runtime.gate import CallGate
+from packd_runtime.tensorrt_build import INSTALL, modules
 
 MAX_SLOTS = 8  # per thread: each slot holds an execution context (its activation memory) and buffers
-LEGACY_STREAM = 1  # __cuda_array_interface__ v3: 1 = the legacy default stream, 2 = per-thread default
 
 
 def import_modules() -> tuple[Any, Any]:
     """(tensorrt, cuda.bindings.runtime), or a PackdError saying what is missing and the error that came back."""
     try:
-        import tensorrt as trt
-        from cuda.bindings import runtime as cudart
+        return modules()
     except ImportError as e:
         raise PackdError(f"the TensorRT backend needs tensorrt and cuda-python ({type(e).__name__}: {e}): "
-                         "pip install 'packd-runtime[tensorrt]' (CUDA 12 drivers, JetPack 6) or "
-                         "'packd-runtime[tensorrt-cu13]' (CUDA 13 drivers)") from None
-    return trt, cudart
+                         f"{INSTALL}") from None
 
 
 def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
@@ -227,9 +225,9 @@ class TensorRTBackend:
         cai = value.__cuda_array_interface__
         if np.dtype(cai["typestr"]) != dtype or cai.get("strides") not in (None, ()):
             raise PackdError(f"device input {name} must be contiguous {dtype}")
-        producer = cai["stream"] if "stream" in cai else LEGACY_STREAM
-        if producer is not None:  # None: the producer says no synchronisation is needed
-            self._check(cudart.cudaEventRecord(state.ready, producer or LEGACY_STREAM), "cudaEventRecord")
+        producer = producer_stream(cai)
+        if producer is not None:
+            self._check(cudart.cudaEventRecord(state.ready, producer), "cudaEventRecord")
             self._check(cudart.cudaStreamWaitEvent(state.stream, state.ready, 0), "cudaStreamWaitEvent")
         self._check(cudart.cudaMemcpyAsync(slot.device[name], cai["data"][0], slot.host[name].nbytes,
                                            cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice, state.stream),
