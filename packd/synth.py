@@ -397,6 +397,20 @@ PHOTO_TEXTURES = ("brick", "grass", "gravel")
 PHOTO_DEFECTS = ("scratch", "spot", "stain")
 
 
+def paint_defects(frames: Array, seed: int = 0) -> Array:
+    """Copies of uint8 frames (N,H,W,3) with one painted defect each (scratch, spot or stain, in turn),
+    inside the top-left square of side min(H, W): synthetic anomalies on real normal images, for checks
+    that need anomalous images where a dataset has only normal ones (int8's sensitivity analysis)."""
+    rng = np.random.default_rng(seed)
+    out = frames.copy()
+    side = min(frames.shape[1:3])
+    for i, frame in enumerate(out):
+        square = frame[:side, :side].astype(np.float32) / 255
+        painted, _ = DEFECTS[PHOTO_DEFECTS[i % len(PHOTO_DEFECTS)]](rng, square, None, square[0, 0].copy())
+        frame[:side, :side] = (np.clip(painted, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return out
+
+
 def _finish(rng, img: Array) -> Array:
     """Per-image lighting and sensor noise, then uint8."""
     img = img * rng.uniform(0.95, 1.05) + rng.uniform(-0.02, 0.02, 3).astype(np.float32)

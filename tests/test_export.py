@@ -15,6 +15,7 @@ from packd.methods import load_scorer
 from packd_export.bundle import calibration_frames, check_bundle, export_bundle
 from packd_export.cli import main as export_main
 from packd_export.graphs import QueryGraph, SupportGraph
+from packd_export.int8 import Int8Settings
 from packd_export.precision import to_fp16, trunk_nodes
 from packd_export.trt_compat import check_tensorrt_compat
 from packd_runtime import Detector
@@ -117,7 +118,7 @@ def test_fp16_keeps_distances_fp32(bundles):
 @pytest.mark.slow
 def test_int8_bundle_is_qdq_with_zero_points_and_its_own_threshold(checkpoints, bundles, tmp_path):
     manifest = export_bundle(checkpoints["packd"], tmp_path / "b8", precision="int8", max_batch=2, max_shots=2,
-                             frame_size=FRAME, engines="never")
+                             frame_size=FRAME, engines="never", int8=Int8Settings(fallback="none"))
     assert manifest["precision"] == "int8"
     for g in ("support", "query"):
         m = onnx.load(tmp_path / "b8" / f"{g}.onnx")

@@ -22,11 +22,13 @@ from packd.errors import PackdError
 from packd.methods import load_scorer
 from packd.preprocess import Preprocess, load_frames
 from packd.scoring import Scorer
+from packd.synth import paint_defects
 from packd_export.graphs import GraphSpec, graph_specs
+from packd_export.int8 import Int8Settings, Validation, mixed_int8
 from packd_export.onnx_export import check_onnx, export_onnx
-from packd_export.precision import to_fp16, to_int8
+from packd_export.precision import to_fp16
 from packd_export.trt_compat import check_tensorrt_compat
-from packd_runtime.atomic import atomic_dir, check_replaceable, write_json
+from packd_runtime.atomic import atomic_dir, check_replaceable, check_report_path, write_json, write_report
 from packd_runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from packd_runtime.coreset import bound_prototypes
 from packd_runtime.manifest import (
@@ -40,6 +42,7 @@ from packd_runtime.manifest import (
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_IMAGES = 32  # normal training images per training category: int8 calibration and the default threshold
+VALIDATION_IMAGES = 16  # the next ones per category: int8's sensitivity analysis and checks (never calibrated on)
 THRESHOLD_SHOTS = 2  # few-shot kinds: supports per category when scoring the normal images
 
 
@@ -89,6 +92,19 @@ def _feeds(frames: dict[str, np.ndarray], few_shot: bool, prototypes) -> dict[st
     return feeds
 
 
+def _validation(frames: dict[str, np.ndarray], few_shot: bool, max_prototypes: int) -> Validation:
+    """Held-out images per category for int8: the normal images after the calibration images (the last
+    calibration images where a category has too few) and copies of them with a painted defect each, so
+    that score ranks measure what decisions rest on: defective above normal."""
+    overlaps = any(len(f) < CALIBRATION_IMAGES + THRESHOLD_SHOTS + 2 for f in frames.values())
+    sets = []
+    for images in frames.values():
+        held = images[CALIBRATION_IMAGES:] if not overlaps else images[-min(len(images), VALIDATION_IMAGES):]
+        supports, queries = (held[:THRESHOLD_SHOTS], held[THRESHOLD_SHOTS:]) if few_shot else (None, held)
+        sets.append((supports, np.concatenate([queries, paint_defects(queries, seed=len(sets))])))
+    return Validation(sets, max_prototypes, overlaps)
+
+
 @torch.no_grad()
 def _torch_prototypes(scorer: Scorer, names: list[str]):
     """The FP32 PyTorch support path (bank bound included) as a feed maker, for int8 calibration."""
@@ -120,16 +136,23 @@ def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.
 def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "fp32", max_batch: int = 32,
                   max_shots: int = 8, frame_size: tuple[int, int] | None = None, opset: int = 18,
                   calibration_data: str | Path | None = None, engines: str = "auto",
-                  scoring: dict[str, Any] | None = None) -> dict[str, Any]:
+                  scoring: dict[str, Any] | None = None, int8: Int8Settings | None = None,
+                  report: str | Path | None = None, progress=lambda _: None) -> dict[str, Any]:
     """Export a checkpoint to a bundle. engines: 'auto' (build when TensorRT and a GPU are here),
     'never', or 'require' (fail without them); `scoring` overrides the checkpoint's scoring settings
-    (the manifest records the ones the graphs compute). Returns the manifest."""
+    (the manifest records the ones the graphs compute); `int8` says how int8 is calibrated and mixed, and
+    `report` where its per-layer report goes. Returns the manifest."""
     from packd_runtime.tensorrt_build import build_bundle_engines, why_no_tensorrt
 
     if precision not in PRECISIONS:
         raise PackdError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if max_batch < 1 or max_shots < 1:
         raise PackdError("--max-batch and --max-shots must be at least 1")
+    if report is not None and precision != "int8":
+        raise PackdError("--report describes an int8 export: add --precision int8")
+    if report is not None:
+        check_report_path(report)
+    int8 = int8 or Int8Settings()
     if engines == "require" and (reason := why_no_tensorrt()):
         raise PackdError(f"engines were required but cannot be built here: {reason}")
     scorer, config = load_scorer(checkpoint, scoring)
@@ -144,23 +167,27 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
     per_shot = scorer.model.prototypes_per_shot(spec.image_size) if scorer.few_shot else 0
     most = max_shots * per_shot if not scorer.max_prototypes else min(max_shots * per_shot, scorer.max_prototypes)
     limits = {"batch": max_batch, "shots": max_shots, "prototypes": max(most, 1)}
-    frames = calibration_frames(config, frame_hw, CALIBRATION_IMAGES, calibration_data and Path(calibration_data))
-    calibration = _feeds(frames, scorer.few_shot, _torch_prototypes(scorer, scorer.prototype_names))
+    per_category = CALIBRATION_IMAGES + (VALIDATION_IMAGES if precision == "int8" else 0)
+    loaded = calibration_frames(config, frame_hw, per_category, calibration_data and Path(calibration_data))
+    frames = {c: f[:CALIBRATION_IMAGES] for c, f in loaded.items()}
+    protos = {g.name: export_onnx(g, _example(scorer, g, frame_hw), limits, opset) for g in specs}
+    int8_report = None
+    if precision == "fp16":
+        protos = {g: to_fp16(p) for g, p in protos.items()}
+    elif precision == "int8":
+        calibration = _feeds(frames, scorer.few_shot, _torch_prototypes(scorer, scorer.prototype_names))
+        protos, int8_report = mixed_int8(protos, calibration, _validation(loaded, scorer.few_shot,
+                                                                           scorer.max_prototypes), int8, progress)
     graphs: dict[str, Any] = {}
     with atomic_dir(out, MANIFEST, "bundle") as tmp:
-        for g in specs:
-            proto = export_onnx(g, _example(scorer, g, frame_hw), limits, opset)
-            if precision == "fp16":
-                proto = to_fp16(proto)
-            elif precision == "int8":
-                proto = to_int8(proto, calibration[g.name])
+        for name, proto in protos.items():
             proto = check_onnx(proto)
             problems = check_tensorrt_compat(proto)
             if problems:
-                raise PackdError(f"{g.name} graph would not parse in TensorRT: " + "; ".join(problems[:5]))
-            onnx.save(proto, tmp / f"{g.name}.onnx")
-            graphs[g.name] = {"file": f"{g.name}.onnx", "inputs": _io(proto.graph.input),
-                              "outputs": _io(proto.graph.output)}
+                raise PackdError(f"{name} graph would not parse in TensorRT: " + "; ".join(problems[:5]))
+            onnx.save(proto, tmp / f"{name}.onnx")
+            graphs[name] = {"file": f"{name}.onnx", "inputs": _io(proto.graph.input),
+                            "outputs": _io(proto.graph.output)}
         manifest = {
             "format": BUNDLE_FORMAT,
             "kind": config["kind"],
@@ -186,8 +213,15 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
         if scorer.few_shot:
             manifest["prototypes"] = {"per_shot": per_shot, "channels": list(scorer.model.prototype_channels),
                                       "max_count": scorer.max_prototypes}
+        if int8_report:
+            manifest["int8"] = {"calibration": int8_report["settings"]["calibration"],
+                                "fp16_layers": {g: [r["weights"] for r in rows if r["precision"] == "fp16"]
+                                                for g, rows in int8_report["graphs"].items()},
+                                "validation": int8_report["result"]}
         manifest["files"] = {f"{g}.onnx": sha256(tmp / f"{g}.onnx") for g in graphs}
         write_json(tmp / MANIFEST, manifest)
+    if int8_report and report is not None:
+        write_report(report, {"bundle": str(out), "kind": config["kind"], **int8_report})
     if engines != "never" and why_no_tensorrt() is None:
         manifest = build_bundle_engines(out)
     return manifest

@@ -57,9 +57,17 @@ def export(
     border: Annotated[int | None, typer.Option(help=BORDER_HELP, show_default="the checkpoint's")] = None,
     prototype_score: Annotated[float | None, typer.Option(help=PROTOTYPE_SCORE_HELP,
                                                           show_default="the checkpoint's")] = None,
+    calibration: Annotated[str, typer.Option(
+        help="int8: activation range calibration: minmax, percentile or entropy.")] = "minmax",
+    fp16_fallback: Annotated[str, typer.Option(
+        help="int8: auto (per-layer sensitivity analysis; the most sensitive layers stay FP16 until the graphs "
+             "keep the FP32 decisions), none (every trunk convolution int8), or a number of layers.")] = "auto",
+    report: Annotated[Path | None, typer.Option(
+        help="int8: write the per-layer report (precision, sensitivity, why FP16) to this JSON file.")] = None,
 ) -> None:
     """Export a checkpoint to a bundle: ONNX graphs, manifest, and TensorRT engines where possible."""
     from packd_export.bundle import export_bundle
+    from packd_export.int8 import Int8Settings
     from packd_runtime.tensorrt_build import why_no_tensorrt
 
     if engines not in ("auto", "never", "require"):
@@ -67,8 +75,15 @@ def export(
     manifest = export_bundle(checkpoint, out, precision=precision, max_batch=max_batch, max_shots=max_shots,
                              frame_size=_size(frame_size), opset=opset, calibration_data=calibration_data,
                              engines=engines, scoring=scoring_overrides(stage_weights=stage_weights, border=border,
-                                                                        prototype_score=prototype_score))
+                                                                        prototype_score=prototype_score),
+                             int8=Int8Settings(calibration=calibration, fallback=fp16_fallback), report=report,
+                             progress=lambda text: console.print(text, markup=False))
     console.print(f"bundle written to {out}: {', '.join(manifest['files'])}")
+    if "int8" in manifest:
+        v, fp16 = manifest["int8"]["validation"], manifest["int8"]["fp16_layers"]
+        console.print(f"int8: {sum(len(v) for v in fp16.values())} layers kept in FP16; on held-out normal images "
+                      f"Spearman {v['spearman']:.4f}, mean map error {100 * v['map_mean_error']:.2f} % of its range"
+                      + ("" if v["meets_targets"] else " (targets NOT met: see --report)"), markup=False)
     if not manifest["engines"] and engines != "never":
         console.print(f"no TensorRT engine built: {why_no_tensorrt()}; on the target run: packd-export build {out}",
                       markup=False)

@@ -6,15 +6,13 @@ that consume nothing but their outputs (ReLU, clip, residual adds, pooling). Eve
 FP32: preprocessing, prototype extraction and integration (cosines, argmax, gather), distances,
 the anomaly map, its blur and the image score. fp16 is a small graph pass of our own (weights to
 FP16, a Cast at every island border): onnxconverter-common's converter mistyped graph outputs
-produced by FP32 islands. int8 uses ONNX Runtime's static QDQ quantizer. NVIDIA ModelOpt would do
-both but pulls onnxruntime-gpu and cupy into the install.
+produced by FP32 islands. It also turns int8's fallback layers to FP16 (`seeds`). int8 itself is
+`packd_export.int8`.
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Collection
 
 import numpy as np
 import onnx
@@ -39,8 +37,9 @@ def _is_map_filter(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> 
     return w is not None and len(w) == 4 and w[0] == 1 and w[1] == 1
 
 
-def trunk_nodes(model: onnx.ModelProto) -> set[str]:
-    """Names of the convolutional trunk's nodes: feature convolutions and what consumes only trunk outputs."""
+def trunk_nodes(model: onnx.ModelProto, seeds: Collection[str] | None = None) -> set[str]:
+    """Names of the convolutional trunk's nodes: feature convolutions (only those named in `seeds` when
+    given) and what consumes nothing but their outputs."""
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
@@ -48,18 +47,19 @@ def trunk_nodes(model: onnx.ModelProto) -> set[str]:
     names = set()
     for n in model.graph.node:  # ONNX nodes are topologically sorted
         activations = [i for i in n.input if i and i not in constants]
-        seed = n.op_type in TRUNK_SEEDS and not _is_map_filter(n, shapes)
+        seed = n.op_type in TRUNK_SEEDS and not _is_map_filter(n, shapes) and (seeds is None or n.name in seeds)
         if seed or (n.op_type in TRUNK_FOLLOWERS and activations and all(i in trunk_outputs for i in activations)):
             names.add(n.name)
             trunk_outputs.update(n.output)
     return names
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """FP16 trunk, FP32 islands, FP32 graph inputs and outputs; a Cast at every island border."""
+def to_fp16(model: onnx.ModelProto, seeds: Collection[str] | None = None) -> onnx.ModelProto:
+    """FP16 trunk (only the convolutions in `seeds` and what follows them, when given), FP32 islands, FP32
+    graph inputs and outputs; a Cast at every border."""
     model = _named(onnx.ModelProto.FromString(model.SerializeToString()))
     g = model.graph
-    trunk = trunk_nodes(model)
+    trunk = trunk_nodes(model, seeds)
     trunk_outputs = {o for n in g.node if n.name in trunk for o in n.output}
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     consts |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
@@ -114,37 +114,3 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     g.initializer.extend(kept)
     del g.value_info[:]
     return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-
-
-def to_int8(model: onnx.ModelProto, calibration: Iterable[dict[str, np.ndarray]]) -> onnx.ModelProto:
-    """Q/DQ int8 for every trunk Conv/ConvTranspose (per-channel weights, symmetric: zero point 0),
-    calibrated (min/max) on feeds of normal images; the rest, the map's blur included, stays FP32."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    feeds = list(calibration)
-    if not feeds:
-        raise ValueError("int8 calibration needs at least one batch of normal images")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(feeds)
-
-        def get_next(self):
-            return next(self._it, None)
-
-    model = _named(onnx.ModelProto.FromString(model.SerializeToString()))
-    trunk = trunk_nodes(model)
-    islands = [n.name for n in model.graph.node if n.op_type in TRUNK_SEEDS and n.name not in trunk]
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(model, src)
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv", "ConvTranspose"], nodes_to_exclude=islands, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-        return onnx.load(dst)
