@@ -6,7 +6,7 @@ runtime on the test images of the given categories (few-shot kinds: prototypes f
 through each variant's own support graph; MemKD: the model trained on that category) and compare with
 fp32: score rank agreement (Spearman), map error relative to the fp32 map's range, and image AUROC.
 `--reuse` keeps bundles an earlier run exported. Variants: fp32, fp16, int8 (sensitivity analysis,
-min/max calibration), int8-none (every trunk layer int8), int8-percentile, int8-entropy.
+min/max calibration), int8-none (every trunk layer int8), int8-percentile, int8-modelopt.
 Reproduce (after benchmarks/fewshot_table.py has trained its models):
 
     .venv/bin/python benchmarks/precision_accuracy.py --runs-dir runs/fewshot
@@ -34,7 +34,7 @@ from packd_runtime.atomic import check_report_path, write_report
 VARIANTS = {"fp32": ("fp32", None), "fp16": ("fp16", None), "int8": ("int8", Int8Settings()),
             "int8-none": ("int8", Int8Settings(fallback="none")),
             "int8-percentile": ("int8", Int8Settings(calibration="percentile")),
-            "int8-entropy": ("int8", Int8Settings(calibration="entropy"))}
+            "int8-modelopt": None}  # written by benchmarks/modelopt_int8.py (NVIDIA ModelOpt, optional)
 KINDS = {"packd": "packd_best", "knn": "knn", "rd": "rd_meta", "memkd": "memkd_{category}"}
 
 
@@ -73,15 +73,17 @@ def main(runs_dir: Path = Path("runs/fewshot"), categories: str = "dots,tiles,ca
             for v in names:
                 if ckpt.name in exports[v]:
                     continue
-                precision, settings = VARIANTS[v]
                 path, t0 = runs_dir / "bundles" / f"{ckpt.name}_{v}", time.perf_counter()
-                if reuse and (path / "manifest.json").exists():
+                if (reuse or VARIANTS[v] is None) and (path / "manifest.json").exists():
                     manifest = json.loads((path / "manifest.json").read_text())
+                elif VARIANTS[v] is None:
+                    raise typer.BadParameter(f"{path} is missing: run benchmarks/modelopt_int8.py first")
                 else:
+                    precision, settings = VARIANTS[v]
                     manifest = export_bundle(ckpt, path, precision=precision, max_batch=16, max_shots=8,
                                              engines="never", int8=settings)
                 exports[v][ckpt.name] = {"export_s": round(time.perf_counter() - t0, 1), **(
-                    {"fp16_layers": manifest["int8"]["fp16_layers"], "validation": manifest["int8"]["validation"]}
+                    {k: x for k, x in manifest["int8"].items() if k in ("fp16_layers", "validation", "calibration")}
                     if "int8" in manifest else {})}
             size = json.loads((runs_dir / "bundles" / f"{ckpt.name}_fp32" / "manifest.json").read_text())["image_size"]
             images = load_frames([s.path for s in test], (size, size))
@@ -97,7 +99,7 @@ def main(runs_dir: Path = Path("runs/fewshot"), categories: str = "dots,tiles,ca
         for v in names:
             mean = {k: float(np.mean([c[k] for c in per_cat[v].values()])) for k in next(iter(per_cat[v].values()))}
             rows[v] = {"categories": per_cat[v], "mean": mean, "exports": exports[v]}
-        out[kind] = rows
+        out[kind] = out.get(kind, {}) | rows  # a run with fewer variants adds its rows to an earlier run's
         print(kind, {v: {k: round(x, 4) for k, x in r["mean"].items()} for v, r in rows.items()}, flush=True)
     results.parent.mkdir(parents=True, exist_ok=True)
     write_report(results.with_suffix(".json"), {"categories": cats, "kinds": out})

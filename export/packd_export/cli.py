@@ -58,7 +58,7 @@ def export(
     prototype_score: Annotated[float | None, typer.Option(help=PROTOTYPE_SCORE_HELP,
                                                           show_default="the checkpoint's")] = None,
     calibration: Annotated[str, typer.Option(
-        help="int8: activation range calibration: minmax, percentile or entropy.")] = "minmax",
+        help="int8: activation range calibration: minmax or percentile (99.99).")] = "minmax",
     fp16_fallback: Annotated[str, typer.Option(
         help="int8: auto (per-layer sensitivity analysis; the most sensitive layers stay FP16 until the graphs "
              "keep the FP32 decisions), none (every trunk convolution int8), or a number of layers.")] = "auto",

@@ -26,7 +26,7 @@ from packd.errors import PackdError
 from packd_export.precision import TRUNK_SEEDS, _named, to_fp16, trunk_nodes
 from packd_runtime.coreset import bound_prototypes
 
-CALIBRATIONS = ("minmax", "percentile", "entropy")
+CALIBRATIONS = ("minmax", "percentile")
 FALLBACK_STEPS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 VALIDATION_BATCH = 8
 
@@ -91,17 +91,22 @@ def quantize(model: onnx.ModelProto, feeds: Feeds, settings: Int8Settings, cache
         def get_next(self):
             return next(self._it, None)
 
+        def __len__(self):
+            return len(feeds)
+
+        def set_range(self, start_index: int, end_index: int):
+            self._it = iter(feeds[start_index:end_index])
+
     if not feeds:
         raise PackdError("int8 calibration needs at least one batch of normal images")
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[settings.calibration]
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[settings.calibration]
     keep = [n for n in int8_layers(model) if (only is None or n in only) and n not in exclude]
     if not keep:
         return model
     options = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibTensorRangeSymmetric": True,
                "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose"]}
-    if settings.calibration == "percentile":
-        options["CalibPercentile"] = settings.percentile
+    if settings.calibration == "percentile":  # a histogram: fold each batch in (batches differ in size; memory)
+        options |= {"CalibPercentile": settings.percentile, "CalibStridedMinMax": 1}
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # ONNX Runtime logs a pre-processing hint per call
@@ -198,8 +203,18 @@ def mixed_int8(graphs: Graphs, calibration: dict[str, Feeds], validation: Valida
             return out
 
         reference = _outputs(graphs, validation)
+        steps = []
+
+        def attempt(ranked: list[tuple[str, str]], k: int) -> Graphs:
+            progress(f"int8: {k} layers in FP16")
+            candidate = build({g: [n for gg, n in ranked[:k] if gg == g] for g in graphs})
+            metrics = agreement(reference, _outputs(candidate, validation))
+            steps.append({"fp16_layers": k, **metrics, "meets_targets": _meets(metrics, settings)})
+            return candidate
+
         sensitivity: dict[tuple[str, str], dict[str, float]] = {}
-        if settings.fallback != "none":
+        candidate = attempt([], 0) if settings.fallback in ("auto", "none", "0") else None
+        if candidate is None or (settings.fallback == "auto" and not steps[-1]["meets_targets"]):
             total = sum(len(v) for v in layers.values())
             for g, names in layers.items():
                 for name in names:
@@ -207,20 +222,15 @@ def mixed_int8(graphs: Graphs, calibration: dict[str, Feeds], validation: Valida
                     alone = quantize(graphs[g], calibration[g], settings, caches[g], only=[name])
                     sensitivity[g, name] = agreement(reference, _outputs({**graphs, g: alone}, validation))
         ranked = sorted(sensitivity, key=lambda k: -_cost(sensitivity[k]))
-        steps = []
         if settings.fallback == "auto":
             cap = int(settings.max_fallback_fraction * len(ranked))
-            counts = sorted({k for k in FALLBACK_STEPS if k <= cap} | {cap})
-        else:
-            counts = [0 if settings.fallback == "none" else min(int(settings.fallback), len(ranked))]
-        for k in counts:
-            fp16 = {g: [n for gg, n in ranked[:k] if gg == g] for g in graphs}
-            progress(f"int8: {k} layers in FP16")
-            candidate = build(fp16)
-            metrics = agreement(reference, _outputs(candidate, validation))
-            steps.append({"fp16_layers": k, **metrics, "meets_targets": _meets(metrics, settings)})
-            if _meets(metrics, settings):
-                break
+            for k in sorted({k for k in FALLBACK_STEPS if 0 < k <= cap} | {cap} - {0}):
+                if steps[-1]["meets_targets"]:
+                    break
+                candidate = attempt(ranked, k)
+        elif candidate is None:
+            candidate = attempt(ranked, min(int(settings.fallback), len(ranked)))
+        fp16 = {g: [n for gg, n in ranked[:steps[-1]["fp16_layers"]] if gg == g] for g in graphs}
     order = {key: i + 1 for i, key in enumerate(ranked)}
     report = {
         "settings": asdict(settings),

@@ -98,3 +98,19 @@ def test_ctrl_c_says_the_last_epoch_is_kept_and_how_to_resume(synth_root, tmp_pa
     done = json.loads((out / "config.json").read_text())["train"]["epochs_done"]
     assert "interrupted" in err and "is kept" in err and "run the same command again to resume" in err
     assert f"({done} of 200)" in err or f"({done + 1} of 200)" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--precision", "int8", "--calibration", "entropy"], "--calibration must be one of minmax, percentile"),
+    (["--precision", "int8", "--fp16-fallback", "many"], "--fp16-fallback must be auto, none or a number"),
+    (["--precision", "fp16", "--report", "r.json"], "--report describes an int8 export: add --precision int8"),
+    (["--precision", "int8", "--report", "."], "is a folder: give a file name for the report"),
+])
+def test_bad_int8_export_options_are_one_line_before_any_work(capsys, tmp_path, extra, message):
+    from packd_export.cli import main as export_main
+
+    with pytest.raises(SystemExit) as e:
+        export_main([str(tmp_path / "missing-checkpoint"), "--out", str(tmp_path / "b"), *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.strip().count("\n") == 0, err
+    assert not (tmp_path / "b").exists()

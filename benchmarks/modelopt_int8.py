@@ -1,0 +1,79 @@
+"""NVIDIA ModelOpt's ONNX post-training quantization of a bundle's graphs, for comparison with packd's int8.
+
+ModelOpt is not a dependency of packd (its `[onnx]` extra pulls torch, onnxruntime-gpu, cupy and the CUDA
+toolkit wheels); install it in an environment of its own. This writes the bundle
+`<bundles>/<checkpoint name>_int8-modelopt`: the fp32 bundle's manifest with ModelOpt's graphs, calibrated
+on the same normal images as packd's int8 and with its own threshold, which
+`benchmarks/precision_accuracy.py --variants fp32,int8,int8-modelopt --reuse` then scores:
+
+    pip install "nvidia-modelopt[onnx]"
+    python benchmarks/modelopt_int8.py --checkpoint runs/fewshot/packd_best [--high-precision fp32]
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import typer
+
+from packd.checkpoint import read_config
+from packd_export.bundle import CALIBRATION_IMAGES, _feeds, _io, bundle_threshold, calibration_frames
+from packd_runtime.atomic import atomic_dir, write_json
+from packd_runtime.manifest import MANIFEST, sha256
+
+
+def main(checkpoint: Path = Path("runs/fewshot/packd_best"), bundles: Path = Path("runs/fewshot/bundles"),
+         calibration_method: str = "max", high_precision: str = "fp16") -> None:
+    from modelopt.onnx.quantization import quantize
+    from onnxruntime.quantization import CalibrationDataReader
+
+    fp32 = bundles / f"{checkpoint.name}_fp32"
+    manifest = json.loads((fp32 / MANIFEST).read_text())
+    frames = calibration_frames(read_config(checkpoint), (manifest["input"]["height"], manifest["input"]["width"]),
+                                CALIBRATION_IMAGES)
+    support = (ort.InferenceSession(str(fp32 / "support.onnx"), providers=["CPUExecutionProvider"])
+               if "support" in manifest["graphs"] else None)
+    names = [o["name"] for o in manifest["graphs"].get("support", {}).get("outputs", [])]
+    feeds = _feeds(frames, support is not None, lambda s: dict(zip(names, support.run(names, {"images": s}))))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, batches):
+            self._batches = batches
+            self._it = iter(batches)
+
+        def get_next(self):
+            return next(self._it, None)
+
+        def get_first(self):
+            return self._batches[0]
+
+        def rewind(self):
+            self._it = iter(self._batches)
+
+    out = bundles / f"{checkpoint.name}_int8-modelopt"
+    with tempfile.TemporaryDirectory() as work, atomic_dir(out, MANIFEST, "bundle") as tmp:
+        t0 = time.perf_counter()
+        for graph, spec in manifest["graphs"].items():
+            quantize(str(fp32 / spec["file"]), quantize_mode="int8", calibration_data_reader=Reader(feeds[graph]),
+                     calibration_method=calibration_method, calibration_eps=["cpu"],
+                     high_precision_dtype=high_precision, output_path=str(Path(work) / spec["file"]))
+            model = onnx.load(Path(work) / spec["file"])
+            onnx.save(model, tmp / spec["file"])
+            manifest["graphs"][graph] |= {"inputs": _io(model.graph.input), "outputs": _io(model.graph.output)}
+        manifest |= {"precision": "int8", "engines": [],
+                     "int8": {"calibration": f"modelopt {calibration_method}, high precision {high_precision}",
+                              "seconds": round(time.perf_counter() - t0, 1)},
+                     "files": {spec["file"]: sha256(tmp / spec["file"]) for spec in manifest["graphs"].values()}}
+        manifest["threshold"] = bundle_threshold(tmp, manifest["graphs"], frames,
+                                                 manifest.get("prototypes", {}).get("max_count", 0))
+        write_json(tmp / MANIFEST, manifest)
+    print(f"wrote {out} in {manifest['int8']['seconds']} s")
+
+
+if __name__ == "__main__":
+    typer.run(main)
