@@ -206,19 +206,19 @@ def mixed_int8(graphs: Graphs, calibration: dict[str, Feeds], validation: Valida
         steps = []
 
         def attempt(ranked: list[tuple[str, str]], k: int) -> Graphs:
-            progress(f"int8: {k} layers in FP16")
             candidate = build({g: [n for gg, n in ranked[:k] if gg == g] for g in graphs})
             metrics = agreement(reference, _outputs(candidate, validation))
             steps.append({"fp16_layers": k, **metrics, "meets_targets": _meets(metrics, settings)})
+            progress(f"int8 with {k} layers in FP16: Spearman {metrics['spearman']:.4f}, mean map error "
+                     f"{100 * metrics['map_mean_error']:.2f} % of its range on the validation images")
             return candidate
 
         sensitivity: dict[tuple[str, str], dict[str, float]] = {}
         candidate = attempt([], 0) if settings.fallback in ("auto", "none", "0") else None
         if candidate is None or (settings.fallback == "auto" and not steps[-1]["meets_targets"]):
-            total = sum(len(v) for v in layers.values())
+            progress(f"int8 sensitivity analysis: {sum(len(v) for v in layers.values())} layers, each quantized alone")
             for g, names in layers.items():
                 for name in names:
-                    progress(f"int8 sensitivity: layer {len(sensitivity) + 1}/{total}")
                     alone = quantize(graphs[g], calibration[g], settings, caches[g], only=[name])
                     sensitivity[g, name] = agreement(reference, _outputs({**graphs, g: alone}, validation))
         ranked = sorted(sensitivity, key=lambda k: -_cost(sensitivity[k]))
