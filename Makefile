@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint quick
+TRITON_VENV ?= .venv-triton
+
+.PHONY: demo test lint quick triton-env
 
 $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,14 +14,24 @@ $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# A real Triton for the serving tests on the CPU: nvidia-pytriton ships tritonserver with the Python
+# backend; it needs numpy < 2, so it gets an environment of its own, with packd-runtime in it.
+$(TRITON_VENV)/.installed: runtime/pyproject.toml
+	python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton==0.7.0" "numpy<2" -e ./runtime
+	touch $@
+
+triton-env: $(TRITON_VENV)/.installed
+
 demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(VENV)/bin/packd-demo --out runs/demo
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-test: lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+test: lint triton-env
+	HF_HUB_OFFLINE=1 PACKD_TRITON_ENV=$(TRITON_VENV) $(PY) -m pytest -q
 
 quick: lint  # the developers' loop: everything but the tests that need exported bundles
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"

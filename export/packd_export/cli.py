@@ -1,4 +1,5 @@
-"""`packd-export`: CHECKPOINT --out BUNDLE (export), `check BUNDLE`, `build BUNDLE` (engines on this GPU)."""
+"""`packd-export`: CHECKPOINT --out BUNDLE (export), `check BUNDLE`, `build BUNDLE` (engines on this GPU),
+`triton BUNDLE --out REPO` (a Triton model repository)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ console = Console()
 export_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 tools_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                         rich_markup_mode=None)
-SUBCOMMANDS = ("check", "build")
+SUBCOMMANDS = ("check", "build", "triton")
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -33,7 +34,8 @@ def _size(text: str | None) -> tuple[int, int] | None:
 
 
 @export_app.command(epilog="Also: packd-export check BUNDLE (verify a bundle), "
-                           "packd-export build BUNDLE (TensorRT engines on this GPU).")
+                           "packd-export build BUNDLE (TensorRT engines on this GPU), "
+                           "packd-export triton BUNDLE --out REPO (a Triton model repository).")
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder written by `packd train`.")],
     out: Annotated[Path, typer.Option(help="Bundle folder to write (replaced atomically if it exists).")],
@@ -107,6 +109,22 @@ def build(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
 
     manifest = build_bundle_engines(bundle, device)
     console.print(f"built {', '.join(e['file'] for e in manifest['engines'])}")
+
+
+@tools_app.command()
+def triton(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+           out: Annotated[Path, typer.Option(help="Model repository folder to write (replaced atomically if "
+                                                  "packd wrote it).")],
+           runtime_backend: Annotated[str, typer.Option(
+               help="What the line model's Detector runs on inside Triton: auto, tensorrt or onnxruntime.")] = "auto",
+           ) -> None:
+    """Write a Triton model repository: the support / query graphs and the `packd` line model that keeps
+    each line's prototypes in the server."""
+    from packd_export.triton import write_repository
+
+    models = write_repository(bundle, out, backend=runtime_backend)
+    console.print(f"model repository written to {out}: " + ", ".join(f"{m} ({p})" for m, p in models.items()),
+                  markup=False)
 
 
 def main(argv: list[str] | None = None) -> None:

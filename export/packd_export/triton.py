@@ -1,0 +1,119 @@
+"""A Triton Inference Server model repository from a bundle (`packd-export triton BUNDLE --out REPO`).
+
+Three models:
+- `support` and `query`: the bundle's graphs as they are (`tensorrt_plan` where the bundle has an engine
+  for the graph, else `onnxruntime_onnx`), for clients that want the raw graphs;
+- `packd` (the served product, Triton's Python backend around `packd_runtime.Detector`): each line's
+  prototypes and threshold stay in the server after a changeover, so frames travel alone, and frames
+  of one line that arrive together are scored in one call.
+
+Every config carries the bundle's fingerprint (parameter `fingerprint`), so a client can refuse a
+server that runs another model than the one its prototypes or thresholds were made with.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from packd.errors import PackdError
+from packd_runtime.atomic import atomic_dir, check_replaceable
+from packd_runtime.manifest import fingerprint, read_manifest, verify_files
+
+TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64",
+                "int32": "TYPE_INT32", "bool": "TYPE_BOOL"}
+LINE_MODEL = "packd"
+MARKER = "packd_repository.txt"  # in every repository this writes: only those are ever replaced
+QUEUE_DELAY_US = 1000  # dynamic batching: how long a frame may wait for frames of other cameras
+
+
+def _dims(shape: list[Any]) -> str:
+    return ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape)
+
+
+def _tensor(io: dict[str, Any], batched: bool) -> str:
+    shape = io["shape"][1:] if batched else io["shape"]
+    return f'  {{ name: "{io["name"]}" data_type: {TRITON_TYPES[io["dtype"]]} dims: [ {_dims(shape)} ] }}'
+
+
+def _parameters(values: dict[str, str]) -> str:
+    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in values.items())
+
+
+def graph_config(name: str, spec: dict[str, Any], manifest: dict[str, Any], platform: str) -> str:
+    """config.pbtxt of one graph. Triton batches along a first axis that EVERY input and output shares;
+    prototypes (n, C) have none, so graphs with prototypes run with max_batch_size 0 and the batch
+    axis written into the dims."""
+    ios = spec["inputs"] + spec["outputs"]
+    batched = all(io["shape"] and io["shape"][0] == "batch" for io in ios)
+    max_batch = manifest["dynamic"]["batch"][1] if batched else 0
+    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch}",
+             "input [", ",\n".join(_tensor(i, batched) for i in spec["inputs"]), "]",
+             "output [", ",\n".join(_tensor(o, batched) for o in spec["outputs"]), "]"]
+    if batched:
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}")
+    kind = "KIND_GPU" if platform == "tensorrt_plan" else "KIND_AUTO"
+    lines.append(f"instance_group [ {{ kind: {kind} count: 1 }} ]")
+    lines.append(_parameters({"fingerprint": fingerprint(manifest)}))
+    return "\n".join(lines) + "\n"
+
+
+def line_model_config(manifest: dict[str, Any], backend: str) -> str:
+    """config.pbtxt of the Python-backend line model: per item a line name, an action (detect,
+    changeover, calibrate) and a frame; per item back its score, map, label, the line's threshold and
+    the bundle's fingerprint. One instance: the lines' state lives in its process."""
+    h, w = manifest["input"]["height"], manifest["input"]["width"]
+    s = manifest["image_size"]
+    inputs = [("line", "TYPE_STRING", "1"), ("action", "TYPE_STRING", "1"), ("frames", "TYPE_UINT8", f"{h}, {w}, 3")]
+    outputs = [("scores", "TYPE_FP32", "1"), ("maps", "TYPE_FP32", f"{s}, {s}"), ("labels", "TYPE_BOOL", "1"),
+               ("threshold", "TYPE_FP32", "1"), ("fingerprint", "TYPE_STRING", "1")]
+    fmt = '  {{ name: "{}" data_type: {} dims: [ {} ] }}'
+    return "\n".join([
+        f'name: "{LINE_MODEL}"', 'backend: "python"', f"max_batch_size: {manifest['dynamic']['batch'][1]}",
+        "input [", ",\n".join(fmt.format(*i) for i in inputs), "]",
+        "output [", ",\n".join(fmt.format(*o) for o in outputs), "]",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
+        "instance_group [ { kind: KIND_CPU count: 1 } ]",
+        _parameters({"fingerprint": fingerprint(manifest), "runtime_backend": backend}),
+    ]) + "\n"
+
+
+LINE_MODEL_PY = '''"""Triton Python-backend entry point: packd_runtime's line model (packd-runtime must be
+installed where the Python backend runs)."""
+
+from packd_runtime.triton_model import TritonPythonModel  # noqa: F401
+'''
+
+
+def write_repository(bundle: str | Path, out: str | Path, *, backend: str = "auto") -> dict[str, str]:
+    """Write the model repository for `bundle` to `out` (atomically). `backend`: what the line model's
+    Detector runs on (auto, tensorrt, onnxruntime). Returns {model name: platform or backend}."""
+    bundle, out = Path(bundle), Path(out)
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest)
+    if backend not in ("auto", "tensorrt", "onnxruntime"):
+        raise PackdError(f"--runtime-backend must be auto, tensorrt or onnxruntime, got {backend!r}")
+    check_replaceable(out, MARKER, "model repository")
+    engines = {e["graph"]: e for e in manifest.get("engines", [])}
+    models = {}
+    with atomic_dir(out, MARKER, "model repository") as tmp:
+        for graph, spec in manifest["graphs"].items():
+            version = tmp / graph / "1"
+            version.mkdir(parents=True)
+            if graph in engines:
+                platform = "tensorrt_plan"
+                shutil.copyfile(bundle / engines[graph]["file"], version / "model.plan")
+            else:
+                platform = "onnxruntime_onnx"
+                shutil.copyfile(bundle / spec["file"], version / "model.onnx")
+            (tmp / graph / "config.pbtxt").write_text(graph_config(graph, spec, manifest, platform))
+            models[graph] = platform
+        version = tmp / LINE_MODEL / "1"
+        shutil.copytree(bundle, version / "bundle")
+        (version / "model.py").write_text(LINE_MODEL_PY)
+        (tmp / LINE_MODEL / "config.pbtxt").write_text(line_model_config(manifest, backend))
+        models[LINE_MODEL] = "python"
+        (tmp / MARKER).write_text(f"written by packd-export triton from {bundle.name} "
+                                  f"(fingerprint {fingerprint(manifest)})\n")
+    return models

@@ -1,0 +1,186 @@
+"""Serving many lines: the Triton model repository, the line model, the client, against a real Triton."""
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FRAME
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from packd.errors import PackdError
+from packd_bench.triton_local import local_triton, why_no_local_triton
+from packd_export.cli import main as export_main
+from packd_export.triton import LINE_MODEL, graph_config, write_repository
+from packd_runtime import Detector
+from packd_runtime.manifest import fingerprint, read_manifest
+from packd_runtime.triton_model import LineServer
+
+TRITON_ENV = Path(os.environ.get("PACKD_TRITON_ENV", Path(__file__).parents[1] / ".venv-triton"))
+
+
+def _config(path: Path) -> model_config_pb2.ModelConfig:
+    """Parse a config.pbtxt with Triton's own model-config schema (unknown fields or types fail)."""
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _frames(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, *FRAME, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["rd", "packd", "knn"])
+def test_repository_configs_parse_with_tritons_schema(bundles, tmp_path, kind):
+    manifest, path = bundles[kind]
+    models = write_repository(path, tmp_path / "repo")
+    few_shot = kind != "rd"
+    assert models == {**({"support": "onnxruntime_onnx"} if few_shot else {}), "query": "onnxruntime_onnx",
+                      LINE_MODEL: "python"}
+    fp = fingerprint(manifest)
+    query = _config(tmp_path / "repo" / "query" / "config.pbtxt")
+    assert query.platform == "onnxruntime_onnx" and query.parameters["fingerprint"].string_value == fp
+    assert (tmp_path / "repo" / "query" / "1" / "model.onnx").read_bytes() == (path / "query.onnx").read_bytes()
+    inputs = {i.name: (i.data_type, list(i.dims)) for i in query.input}
+    outputs = {o.name: (o.data_type, list(o.dims)) for o in query.output}
+    if few_shot:  # prototypes (n, C) have no batch axis: no Triton batching, the batch axis is in the dims
+        assert query.max_batch_size == 0 and not query.HasField("dynamic_batching")
+        assert inputs["images"] == (model_config_pb2.TYPE_UINT8, [-1, *FRAME, 3])
+        channels = [s["shape"][1] for s in manifest["graphs"]["query"]["inputs"][1:]]
+        assert [inputs[f"prototypes_{i + 1}"] for i in range(len(channels))] == [
+            (model_config_pb2.TYPE_FP32, [-1, c]) for c in channels]
+        support = _config(tmp_path / "repo" / "support" / "config.pbtxt")
+        assert support.max_batch_size == 0 and [i.name for i in support.input] == ["images"]
+    else:  # every tensor has the batch axis: Triton batches across requests
+        assert query.max_batch_size == manifest["dynamic"]["batch"][1] and query.dynamic_batching is not None
+        assert inputs == {"images": (model_config_pb2.TYPE_UINT8, [*FRAME, 3])}
+        assert outputs == {"scores": (model_config_pb2.TYPE_FP32, []), "maps": (model_config_pb2.TYPE_FP32, [64, 64])}
+    line = _config(tmp_path / "repo" / LINE_MODEL / "config.pbtxt")
+    assert line.backend == "python" and line.max_batch_size == manifest["dynamic"]["batch"][1]
+    assert [(i.name, i.data_type) for i in line.input] == [
+        ("line", model_config_pb2.TYPE_STRING), ("action", model_config_pb2.TYPE_STRING),
+        ("frames", model_config_pb2.TYPE_UINT8)]
+    assert [g.count for g in line.instance_group] == [1] and line.parameters["fingerprint"].string_value == fp
+    assert read_manifest(tmp_path / "repo" / LINE_MODEL / "1" / "bundle") == manifest
+
+
+def test_engines_become_tensorrt_plans(bundles):
+    manifest, _ = bundles["packd"]
+    text = graph_config("query", manifest["graphs"]["query"], manifest, "tensorrt_plan")
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert config.platform == "tensorrt_plan"
+    assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+
+
+def test_repository_cli_and_what_it_refuses(bundles, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        export_main(["triton", str(bundles["rd"][1]), "--out", str(tmp_path / "repo")])
+    assert e.value.code == 0 and "(onnxruntime_onnx)" in " ".join(capsys.readouterr().out.split())
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(PackdError):
+        write_repository(bundles["rd"][1], tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    with pytest.raises(PackdError, match="--runtime-backend must be"):
+        write_repository(bundles["rd"][1], tmp_path / "repo", backend="cuda")
+
+
+def test_line_server_keeps_each_lines_state(bundles):
+    with Detector.open(bundles["packd"][1], backend="onnxruntime") as det, \
+            Detector.open(bundles["packd"][1], backend="onnxruntime") as ref:
+        server = LineServer(det)
+        with pytest.raises(PackdError, match="line 'a' has no prototypes"):
+            server.run("a", "detect", _frames(2, 0))
+        server.run("a", "changeover", _frames(2, 1))
+        server.run("b", "changeover", _frames(2, 2))
+        t = server.run("b", "calibrate", _frames(4, 3)).threshold
+        frames = _frames(3, 4)
+        a, b = server.run("a", "detect", frames), server.run("b", "detect", frames)
+        ref.prototypes(_frames(2, 1))
+        assert np.array_equal(a.scores, ref.detect(frames).scores) and a.threshold == ref.threshold
+        ref.prototypes(_frames(2, 2))
+        assert np.array_equal(b.scores, ref.detect(frames).scores) and b.threshold == t != ref.threshold
+        with pytest.raises(PackdError, match="unknown action"):
+            server.run("a", "retrain", frames)
+
+
+@pytest.fixture(scope="module")
+def triton(bundles, tmp_path_factory):
+    """A real tritonserver (nvidia-pytriton's, Python backend) serving the tiny PACKD's line model."""
+    reason = why_no_local_triton(TRITON_ENV)
+    if reason:
+        pytest.skip(f"no local Triton: {reason}")
+    repo = tmp_path_factory.mktemp("triton") / "repo"
+    write_repository(bundles["packd"][1], repo, backend="onnxruntime")
+    with local_triton(repo, TRITON_ENV) as server:
+        yield server
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_real_triton_serves_two_lines_to_8_threads(triton, bundles, protocol):
+    from packd_runtime.triton_client import TritonDetector
+
+    manifest, path = bundles["packd"]
+    url = triton.http if protocol == "http" else triton.grpc
+    supports = {"grid": _frames(2, 10), "disc": _frames(3, 11)}
+    client = TritonDetector(url, protocol=protocol, fingerprint=fingerprint(manifest))
+    for line, frames in supports.items():
+        assert client.changeover(line, frames) == pytest.approx(manifest["threshold"])
+    expected = {}
+    with Detector.open(path, backend="onnxruntime") as det:
+        for line, frames in supports.items():
+            det.prototypes(frames)
+            expected[line] = det.detect(_frames(6, 20))
+    def camera(i):  # each camera thread its own client; calls of 1, 2 and 3 frames
+        with TritonDetector(url, protocol=protocol) as own:
+            line = ("grid", "disc")[i % 2]
+            return [(line, j, own.detect(line, _frames(6, 20)[j:2 * j + 1])) for j in range(3)]
+
+    with ThreadPoolExecutor(8) as pool:  # an exception in a camera thread re-raises here
+        results = [r for rs in pool.map(camera, range(8)) for r in rs]
+    assert len(results) == 24
+    for line, j, got in results:
+        want = expected[line]
+        part = slice(j, 2 * j + 1)
+        assert np.allclose(got.scores, want.scores[part], atol=1e-5)
+        assert np.abs(got.maps - want.maps[part]).max() <= 1e-5 * np.ptp(want.maps)
+        assert np.array_equal(got.labels, want.labels[part])
+
+
+@pytest.mark.slow
+def test_real_triton_answers_bad_requests_and_keeps_serving(triton, bundles):
+    import tritonclient.http as http
+
+    from packd_runtime.triton_client import TritonDetector
+
+    manifest, _ = bundles["packd"]
+    client = TritonDetector(triton.http)
+    client.changeover("good", _frames(2, 1))
+    before = client.detect("good", _frames(2, 2)).scores
+    with pytest.raises(PackdError, match="line 'nobody' has no prototypes"):
+        client.detect("nobody", _frames(1, 3))
+    with pytest.raises(PackdError, match="runs model .* not 0000"):
+        TritonDetector(triton.http, fingerprint="0000")
+    raw = http.InferenceServerClient(triton.http)
+
+    def infer(frames, dtype, parameters=None, lines=None):
+        n = len(frames)
+        lines = np.full((n, 1), b"good", dtype=object) if lines is None else lines
+        inputs = [http.InferInput("line", [n, 1], "BYTES"), http.InferInput("action", [n, 1], "BYTES"),
+                  http.InferInput("frames", list(frames.shape), dtype)]
+        for tensor, data in zip(inputs, (lines, np.full((n, 1), b"detect", dtype=object), frames)):
+            tensor.set_data_from_numpy(data)
+        return raw.infer(LINE_MODEL, inputs, parameters=parameters)
+
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match="(?i)uint8|data type|datatype"):  # wrong dtype
+        infer(_frames(1, 4).astype(np.float32), "FP32")
+    with pytest.raises(InferenceServerException, match="expects model 0000"):  # another bundle's client
+        infer(_frames(1, 4), "UINT8", parameters={"fingerprint": "0000"})
+    with pytest.raises(InferenceServerException, match="one request, one line"):
+        infer(_frames(2, 4), "UINT8", lines=np.array([[b"good"], [b"other"]], dtype=object))
+    assert np.array_equal(client.detect("good", _frames(2, 2)).scores, before)  # still serving, same state
+    assert json.loads(json.dumps(raw.get_model_config(LINE_MODEL)))["name"] == LINE_MODEL
