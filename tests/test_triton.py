@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2
 from packd.errors import PackdError
 from packd_bench.triton_local import local_triton, why_no_local_triton
 from packd_export.cli import main as export_main
-from packd_export.triton import LINE_MODEL, graph_config, write_repository
+from packd_export.triton import LINE_MODEL, write_repository
 from packd_runtime import Detector
 from packd_runtime.manifest import fingerprint, read_manifest
 from packd_runtime.triton_model import LineServer
@@ -65,10 +65,28 @@ def test_repository_configs_parse_with_tritons_schema(bundles, tmp_path, kind):
     assert read_manifest(tmp_path / "repo" / LINE_MODEL / "1" / "bundle") == manifest
 
 
-def test_engines_become_tensorrt_plans(bundles):
-    manifest, _ = bundles["packd"]
-    text = graph_config("query", manifest["graphs"]["query"], manifest, "tensorrt_plan")
-    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+def test_engines_of_the_named_gpu_become_plans(bundles, tmp_path):
+    import shutil
+
+    from packd_runtime.manifest import sha256
+
+    b = tmp_path / "b"
+    shutil.copytree(bundles["rd"][1], b)
+    manifest = json.loads((b / "manifest.json").read_text())
+    for gpu in ("NVIDIA H100", "Orin"):  # stand-in engine files: only copied, never deserialised here
+        name = f"query.{gpu.split()[-1]}.engine"
+        (b / name).write_bytes(gpu.encode())
+        manifest["files"][name] = sha256(b / name)
+        manifest["engines"].append({"graph": "query", "file": name, "tensorrt": "10.3", "compute_capability": "9.0",
+                                    "gpu": gpu})
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackdError, match="engines for several GPUs"):
+        write_repository(b, tmp_path / "repo")
+    with pytest.raises(PackdError, match="no engines built on 'A100'"):
+        write_repository(b, tmp_path / "repo", engine_gpu="A100")
+    assert write_repository(b, tmp_path / "repo", engine_gpu="Orin")["query"] == "tensorrt_plan"
+    assert (tmp_path / "repo" / "query" / "1" / "model.plan").read_bytes() == b"Orin"
+    config = _config(tmp_path / "repo" / "query" / "config.pbtxt")
     assert config.platform == "tensorrt_plan"
     assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
 

@@ -117,12 +117,15 @@ def triton(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
                                                   "packd wrote it).")],
            runtime_backend: Annotated[str, typer.Option(
                help="What the line model's Detector runs on inside Triton: auto, tensorrt or onnxruntime.")] = "auto",
+           engine_gpu: Annotated[str | None, typer.Option(
+               help="Serve the TensorRT engines built on this GPU (name as in the manifest) as tensorrt_plan.",
+               show_default="the bundle's engines, if all are for one GPU")] = None,
            ) -> None:
     """Write a Triton model repository: the support / query graphs and the `packd` line model that keeps
     each line's prototypes in the server."""
     from packd_export.triton import write_repository
 
-    models = write_repository(bundle, out, backend=runtime_backend)
+    models = write_repository(bundle, out, backend=runtime_backend, engine_gpu=engine_gpu)
     console.print(f"model repository written to {out}: " + ", ".join(f"{m} ({p})" for m, p in models.items()),
                   markup=False)
 

@@ -86,16 +86,31 @@ from packd_runtime.triton_model import TritonPythonModel  # noqa: F401
 '''
 
 
-def write_repository(bundle: str | Path, out: str | Path, *, backend: str = "auto") -> dict[str, str]:
+def _engines(manifest: dict[str, Any], gpu: str | None) -> dict[str, dict[str, Any]]:
+    """Per graph the engine to serve: those built on `gpu` (a GPU name as the manifest records it); with
+    no name, the bundle's engines if they were all built on one GPU."""
+    built = {e["gpu"] for e in manifest.get("engines", [])}
+    if gpu is None and len(built) > 1:
+        raise PackdError(f"the bundle has engines for several GPUs ({', '.join(sorted(built))}): name the "
+                         "server's with --engine-gpu")
+    if gpu is not None and gpu not in built:
+        raise PackdError(f"the bundle has no engines built on {gpu!r} (it has: {', '.join(sorted(built)) or 'none'}); "
+                         f"run packd-export build on that GPU first")
+    return {e["graph"]: e for e in manifest.get("engines", []) if gpu is None or e["gpu"] == gpu}
+
+
+def write_repository(bundle: str | Path, out: str | Path, *, backend: str = "auto",
+                     engine_gpu: str | None = None) -> dict[str, str]:
     """Write the model repository for `bundle` to `out` (atomically). `backend`: what the line model's
-    Detector runs on (auto, tensorrt, onnxruntime). Returns {model name: platform or backend}."""
+    Detector runs on (auto, tensorrt, onnxruntime); `engine_gpu`: whose engines become `tensorrt_plan`
+    models. Returns {model name: platform or backend}."""
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
     if backend not in ("auto", "tensorrt", "onnxruntime"):
         raise PackdError(f"--runtime-backend must be auto, tensorrt or onnxruntime, got {backend!r}")
     check_replaceable(out, MARKER, "model repository")
-    engines = {e["graph"]: e for e in manifest.get("engines", [])}
+    engines = _engines(manifest, engine_gpu)
     models = {}
     with atomic_dir(out, MARKER, "model repository") as tmp:
         for graph, spec in manifest["graphs"].items():
