@@ -114,3 +114,26 @@ def test_bad_int8_export_options_are_one_line_before_any_work(capsys, tmp_path, 
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and err.strip().count("\n") == 0, err
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--runtime-backend", "cuda"], "--runtime-backend must be auto, tensorrt or onnxruntime"),
+    (["--engine-gpu", "A100"], "no engines built on 'A100'"),
+])
+def test_bad_triton_repository_options_are_one_line(capsys, tmp_path, bundles, extra, message):
+    from packd_export.cli import main as export_main
+
+    with pytest.raises(SystemExit) as e:
+        export_main(["triton", str(bundles["rd"][1]), "--out", str(tmp_path / "repo"), *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.strip().count("\n") == 0, err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_missing_bundle_for_triton_is_one_line(capsys, tmp_path):
+    from packd_export.cli import main as export_main
+
+    with pytest.raises(SystemExit) as e:
+        export_main(["triton", str(tmp_path / "nothing"), "--out", str(tmp_path / "repo")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip().count("\n") == 0 and "nothing" in err, err
