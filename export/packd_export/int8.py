@@ -5,8 +5,9 @@ can become the score. What measured best (benchmarks/results/precision_accuracy.
 of convolutions only, so the features the FP32 islands compare are never rounded to 8 bits (TensorRT
 still fuses the next layer's quantization into a convolution's output); per-channel symmetric weights
 and symmetric per-tensor activations, which is what TensorRT executes; and a sensitivity analysis.
-Each layer is quantized alone and scored on held-out normal images. The most sensitive layers then go
-back to FP16, one group at a time, until the whole graph meets its targets.
+Each layer is quantized alone and scored on held-out normal images and copies of them with painted
+defects. The most sensitive layers then go back to FP16, a few more at a time, until the graphs meet
+their targets.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class Int8Settings:
 
 @dataclass
 class Validation:
-    """Held-out normal images: per category (supports or None, queries); prototypes bounded like the runtime."""
+    """Held-out images per category: (supports or None, queries: normal ones and painted-defect copies);
+    prototypes bounded like the runtime's."""
 
     sets: list[tuple[np.ndarray | None, np.ndarray]]
     max_prototypes: int = 0
