@@ -77,34 +77,22 @@ def _profile(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads: int)
 def _ort_layout(checkpoint: Path, fp32_bundle: Path, activation: str) -> onnx.ModelProto:
     """Every trunk convolution int8 with Q/DQ on outputs too (fusable into QLinearConv), calibrated on the
     same normal images as the bundle."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from packd.checkpoint import read_config
-    from packd_export.bundle import CALIBRATION_IMAGES, calibration_frames
-    from packd_export.bundle import _feeds as calibration_feeds
-    from packd_export.int8 import int8_layers
+    from packd_export.bundle import CALIBRATION_IMAGES, bundle_feeds, calibration_frames
+    from packd_export.int8 import FeedReader, int8_layers
     from packd_export.precision import _named
 
     manifest = json.loads((fp32_bundle / "manifest.json").read_text())
     frames = calibration_frames(read_config(checkpoint), (manifest["input"]["height"], manifest["input"]["width"]),
                                 CALIBRATION_IMAGES)
-    support = _session(onnx.load(fp32_bundle / "support.onnx"), 2) if "support" in manifest["graphs"] else None
-    names = [o["name"] for o in manifest["graphs"].get("support", {}).get("outputs", [])]
-    feeds = calibration_feeds(frames, support is not None,
-                              lambda s: dict(zip(names, support.run(names, {"images": s}))))["query"]
+    feeds = bundle_feeds(fp32_bundle, frames)["query"]
     model = _named(onnx.load(fp32_bundle / "query.onnx"))
     signed = activation == "int8"
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(feeds)
-
-        def get_next(self):
-            return next(self._it, None)
-
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(model, Path(tmp) / "a.onnx")
-        quantize_static(str(Path(tmp) / "a.onnx"), str(Path(tmp) / "b.onnx"), Reader(),
+        quantize_static(str(Path(tmp) / "a.onnx"), str(Path(tmp) / "b.onnx"), FeedReader(feeds),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "ConvTranspose"],
                         nodes_to_quantize=int8_layers(model), per_channel=True,
                         activation_type=QuantType.QInt8 if signed else QuantType.QUInt8, weight_type=QuantType.QInt8,

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 import typer
 
 from packd.checkpoint import read_config
-from packd_export.bundle import CALIBRATION_IMAGES, _feeds, _io, bundle_threshold, calibration_frames
+from packd_export.bundle import CALIBRATION_IMAGES, _io, bundle_feeds, bundle_threshold, calibration_frames
+from packd_export.int8 import FeedReader
 from packd_runtime.atomic import atomic_dir, write_json
 from packd_runtime.manifest import MANIFEST, sha256
 
@@ -30,36 +30,18 @@ from packd_runtime.manifest import MANIFEST, sha256
 def main(checkpoint: Path = Path("runs/fewshot/packd_best"), bundles: Path = Path("runs/fewshot/bundles"),
          calibration_method: str = "max", high_precision: str = "fp16") -> None:
     from modelopt.onnx.quantization import quantize
-    from onnxruntime.quantization import CalibrationDataReader
 
     fp32 = bundles / f"{checkpoint.name}_fp32"
     manifest = json.loads((fp32 / MANIFEST).read_text())
     frames = calibration_frames(read_config(checkpoint), (manifest["input"]["height"], manifest["input"]["width"]),
                                 CALIBRATION_IMAGES)
-    support = (ort.InferenceSession(str(fp32 / "support.onnx"), providers=["CPUExecutionProvider"])
-               if "support" in manifest["graphs"] else None)
-    names = [o["name"] for o in manifest["graphs"].get("support", {}).get("outputs", [])]
-    feeds = _feeds(frames, support is not None, lambda s: dict(zip(names, support.run(names, {"images": s}))))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, batches):
-            self._batches = batches
-            self._it = iter(batches)
-
-        def get_next(self):
-            return next(self._it, None)
-
-        def get_first(self):
-            return self._batches[0]
-
-        def rewind(self):
-            self._it = iter(self._batches)
+    feeds = bundle_feeds(fp32, frames)
 
     out = bundles / f"{checkpoint.name}_int8-modelopt"
     with tempfile.TemporaryDirectory() as work, atomic_dir(out, MANIFEST, "bundle") as tmp:
         t0 = time.perf_counter()
         for graph, spec in manifest["graphs"].items():
-            quantize(str(fp32 / spec["file"]), quantize_mode="int8", calibration_data_reader=Reader(feeds[graph]),
+            quantize(str(fp32 / spec["file"]), quantize_mode="int8", calibration_data_reader=FeedReader(feeds[graph]),
                      calibration_method=calibration_method, calibration_eps=["cpu"],
                      high_precision_dtype=high_precision, output_path=str(Path(work) / spec["file"]))
             model = onnx.load(Path(work) / spec["file"])

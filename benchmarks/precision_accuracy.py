@@ -62,8 +62,8 @@ def main(runs_dir: Path = Path("runs/fewshot"), categories: str = "dots,tiles,ca
     check_report_path(results.with_suffix(".json"))  # before the long run, not after it
     data, cats = runs_dir / "data", categories.split(",")
     names = variants.split(",")
-    out: dict = json.loads(results.with_suffix(".json").read_text()).get("kinds", {}) if results.with_suffix(
-        ".json").exists() else {}
+    earlier = results.with_suffix(".json")
+    out: dict = json.loads(earlier.read_text()).get("kinds", {}) if earlier.exists() else {}
     for kind in kinds.split(","):
         per_cat: dict[str, dict] = {v: {} for v in names}
         exports: dict[str, dict] = {v: {} for v in names}  # per variant and checkpoint: time and FP16 layers

@@ -11,7 +11,7 @@ from conftest import FRAME
 from packd.checkpoint import read_config
 from packd.errors import PackdError
 from packd.synth import paint_defects
-from packd_export.bundle import _feeds, _validation, calibration_frames, export_bundle
+from packd_export.bundle import _validation, bundle_feeds, calibration_frames, export_bundle
 from packd_export.cli import main as export_main
 from packd_export.int8 import FALLBACK_STEPS, Int8Settings, int8_layers, mixed_int8, quantize
 from packd_export.precision import trunk_nodes
@@ -25,11 +25,7 @@ def _inputs(checkpoints, bundles, kind):
     few_shot = (path / "support.onnx").exists()
     graphs = {g: onnx.load(path / f"{g}.onnx") for g in (("support", "query") if few_shot else ("query",))}
     frames = calibration_frames(read_config(checkpoints[kind]), FRAME, 32)
-    if few_shot:
-        support = ort.InferenceSession(str(path / "support.onnx"), providers=["CPUExecutionProvider"])
-        names = [o.name for o in support.get_outputs()]
-    feeds = _feeds(frames, few_shot, lambda s: dict(zip(names, support.run(names, {"images": s}))))
-    return graphs, feeds, _validation(frames, few_shot, 0)
+    return graphs, bundle_feeds(path, frames), _validation(frames, few_shot, 0)
 
 
 @pytest.fixture(scope="module")

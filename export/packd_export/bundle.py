@@ -113,20 +113,37 @@ def _torch_prototypes(scorer: Scorer, names: list[str]):
                              zip(names, scorer.prototypes(preprocess(torch.from_numpy(supports))))}
 
 
+def _graph_feeds(backend: OnnxRuntimeBackend, graphs: dict[str, Any], frames: dict[str, np.ndarray],
+                 max_prototypes: int) -> dict[str, list[dict[str, np.ndarray]]]:
+    """`_feeds` with prototypes from the bundle's own support graph (bank bound included)."""
+    names = [o["name"] for o in graphs.get("support", {}).get("outputs", [])]
+
+    def prototypes(supports: np.ndarray) -> dict[str, np.ndarray]:
+        out = backend.run("support", {"images": supports})
+        arrays = [out[n] for n in names]
+        return dict(zip(names, bound_prototypes(arrays, max_prototypes) if max_prototypes else arrays))
+
+    return _feeds(frames, "support" in graphs, prototypes)
+
+
+def bundle_feeds(bundle: str | Path, frames: dict[str, np.ndarray]) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Per graph the feeds of normal frames for a written bundle, prototypes from its own support graph:
+    calibration data for tools that quantize a bundle's graphs (benchmarks, tests)."""
+    manifest = read_manifest(bundle)
+    backend = OnnxRuntimeBackend(Path(bundle), manifest)
+    try:
+        return _graph_feeds(backend, manifest["graphs"], frames, manifest.get("prototypes", {}).get("max_count", 0))
+    finally:
+        backend.close()
+
+
 def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.ndarray],
                      max_prototypes: int = 0) -> float:
     """The default threshold of a bundle from its OWN graphs (so fp16 / int8 bundles get theirs): mean +
     3 std of the scores of normal training images, few-shot kinds with prototypes from 2 of them."""
     backend = OnnxRuntimeBackend(bundle, {"graphs": graphs})
     try:
-        names = [o["name"] for o in graphs.get("support", {}).get("outputs", [])]
-
-        def prototypes(supports: np.ndarray) -> dict[str, np.ndarray]:
-            out = backend.run("support", {"images": supports})
-            arrays = [out[n] for n in names]
-            return dict(zip(names, bound_prototypes(arrays, max_prototypes) if max_prototypes else arrays))
-
-        feeds = _feeds(frames, "support" in graphs, prototypes)
+        feeds = _graph_feeds(backend, graphs, frames, max_prototypes)
         scores = np.concatenate([backend.run("query", f)["scores"] for f in feeds["query"]])
     finally:
         backend.close()

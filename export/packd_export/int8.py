@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import CalibrationDataReader
 from scipy.stats import spearmanr
 
 from packd.errors import PackdError
@@ -68,6 +69,29 @@ class Validation:
     overlaps_calibration: bool = False
 
 
+class FeedReader(CalibrationDataReader):
+    """Calibration feeds as ONNX Runtime's (and ModelOpt's) data reader: iterated, ranged, rewound."""
+
+    def __init__(self, feeds: Feeds):
+        self._feeds = feeds
+        self._it = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def get_first(self) -> dict[str, np.ndarray]:
+        return self._feeds[0]
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self._feeds[start_index:end_index])
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+
 def int8_layers(model: onnx.ModelProto) -> list[str]:
     """The convolutions int8 may quantize: the trunk's, never an FP32 island's (e.g. the map's blur)."""
     trunk = trunk_nodes(model)
@@ -78,26 +102,7 @@ def quantize(model: onnx.ModelProto, feeds: Feeds, settings: Int8Settings, cache
              only: list[str] | None = None, exclude: list[str] = ()) -> onnx.ModelProto:
     """Q/DQ on the inputs of the trunk convolutions (`only` these, or all but `exclude`). The activation
     ranges are calibrated once per graph and cached in `cache`, so each candidate graph reuses them."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(feeds)
-
-        def get_next(self):
-            return next(self._it, None)
-
-        def __len__(self):
-            return len(feeds)
-
-        def set_range(self, start_index: int, end_index: int):
-            self._it = iter(feeds[start_index:end_index])
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not feeds:
         raise PackdError("int8 calibration needs at least one batch of normal images")
@@ -116,7 +121,7 @@ def quantize(model: onnx.ModelProto, feeds: Feeds, settings: Int8Settings, cache
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             onnx.save(model, src)
-            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+            quantize_static(str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=["Conv", "ConvTranspose"], nodes_to_quantize=keep,
                             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=method, calibration_cache_path=cache, extra_options=options)
@@ -241,14 +246,16 @@ def mixed_int8(graphs: Graphs, calibration: dict[str, Feeds], validation: Valida
         "calibration_batches": {g: len(f) for g, f in calibration.items()},
         "steps": steps,
         "result": steps[-1],
-        "graphs": {g: _layer_report(graphs[g], g, fp16[g], sensitivity, order, steps[-1]) for g in graphs},
+        "graphs": {g: _layer_report(graphs[g], g, layers[g], fp16[g], sensitivity, order, steps[-1])
+                   for g in graphs},
     }
     return candidate, report
 
 
-def _layer_report(model: onnx.ModelProto, graph: str, fp16: list[str], sensitivity, order, result) -> list[dict]:
+def _layer_report(model: onnx.ModelProto, graph: str, layers: list[str], fp16: list[str], sensitivity, order,
+                  result) -> list[dict]:
     """Every trunk convolution of a graph: its weights' name, precision, sensitivity and why it is FP16."""
-    rows, quantizable = [], set(int8_layers(model))
+    rows, quantizable = [], set(layers)
     for n in model.graph.node:
         if n.name not in quantizable:
             continue

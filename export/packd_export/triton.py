@@ -28,13 +28,16 @@ MARKER = "packd_repository.txt"  # in every repository this writes: only those a
 QUEUE_DELAY_US = 1000  # dynamic batching: how long a frame may wait for frames of other cameras
 
 
-def _dims(shape: list[Any]) -> str:
-    return ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape)
+def _tensors(kind: str, entries: list[tuple[str, str, list[Any]]]) -> str:
+    """An input or output block: (name, Triton type, dims; a named dynamic axis becomes -1)."""
+    rows = [f'  {{ name: "{name}" data_type: {dtype} dims: [ '
+            + ", ".join(str(d) if isinstance(d, int) else "-1" for d in dims) + " ] }"
+            for name, dtype, dims in entries]
+    return f"{kind} [\n" + ",\n".join(rows) + "\n]"
 
 
-def _tensor(io: dict[str, Any], batched: bool) -> str:
-    shape = io["shape"][1:] if batched else io["shape"]
-    return f'  {{ name: "{io["name"]}" data_type: {TRITON_TYPES[io["dtype"]]} dims: [ {_dims(shape)} ] }}'
+def _io(ios: list[dict[str, Any]], batched: bool) -> list[tuple[str, str, list[Any]]]:
+    return [(io["name"], TRITON_TYPES[io["dtype"]], io["shape"][1:] if batched else io["shape"]) for io in ios]
 
 
 def _parameters(values: dict[str, str]) -> str:
@@ -49,8 +52,7 @@ def graph_config(name: str, spec: dict[str, Any], manifest: dict[str, Any], plat
     batched = all(io["shape"] and io["shape"][0] == "batch" for io in ios)
     max_batch = manifest["dynamic"]["batch"][1] if batched else 0
     lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch}",
-             "input [", ",\n".join(_tensor(i, batched) for i in spec["inputs"]), "]",
-             "output [", ",\n".join(_tensor(o, batched) for o in spec["outputs"]), "]"]
+             _tensors("input", _io(spec["inputs"], batched)), _tensors("output", _io(spec["outputs"], batched))]
     if batched:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}")
     kind = "KIND_GPU" if platform == "tensorrt_plan" else "KIND_AUTO"
@@ -65,14 +67,12 @@ def line_model_config(manifest: dict[str, Any], backend: str) -> str:
     the bundle's fingerprint. One instance: the lines' state lives in its process."""
     h, w = manifest["input"]["height"], manifest["input"]["width"]
     s = manifest["image_size"]
-    inputs = [("line", "TYPE_STRING", "1"), ("action", "TYPE_STRING", "1"), ("frames", "TYPE_UINT8", f"{h}, {w}, 3")]
-    outputs = [("scores", "TYPE_FP32", "1"), ("maps", "TYPE_FP32", f"{s}, {s}"), ("labels", "TYPE_BOOL", "1"),
-               ("threshold", "TYPE_FP32", "1"), ("fingerprint", "TYPE_STRING", "1")]
-    fmt = '  {{ name: "{}" data_type: {} dims: [ {} ] }}'
+    inputs = [("line", "TYPE_STRING", [1]), ("action", "TYPE_STRING", [1]), ("frames", "TYPE_UINT8", [h, w, 3])]
+    outputs = [("scores", "TYPE_FP32", [1]), ("maps", "TYPE_FP32", [s, s]), ("labels", "TYPE_BOOL", [1]),
+               ("threshold", "TYPE_FP32", [1]), ("fingerprint", "TYPE_STRING", [1])]
     return "\n".join([
         f'name: "{LINE_MODEL}"', 'backend: "python"', f"max_batch_size: {manifest['dynamic']['batch'][1]}",
-        "input [", ",\n".join(fmt.format(*i) for i in inputs), "]",
-        "output [", ",\n".join(fmt.format(*o) for o in outputs), "]",
+        _tensors("input", inputs), _tensors("output", outputs),
         f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
         "instance_group [ { kind: KIND_CPU count: 1 } ]",
         _parameters({"fingerprint": fingerprint(manifest), "runtime_backend": backend}),

@@ -65,10 +65,8 @@ class TritonDetector:
         if frames.dtype != np.uint8 or frames.shape[1:] != self.frame_shape or not len(frames):
             raise PackdError(f"frames must be uint8 (N, {', '.join(map(str, self.frame_shape))}), "
                              f"got {frames.dtype} {frames.shape}")
-        parts = []
-        for i in range(0, len(frames), self.max_batch or len(frames)):
-            chunk = frames[i:i + (self.max_batch or len(frames))]
-            parts.append(self._infer(line, action, chunk))
+        step = self.max_batch or len(frames)
+        parts = [self._infer(line, action, frames[i:i + step]) for i in range(0, len(frames), step)]
         scores = np.concatenate([p["scores"].ravel() for p in parts])
         maps = np.concatenate([p["maps"] for p in parts])
         labels = np.concatenate([p["labels"].ravel() for p in parts])

@@ -100,6 +100,16 @@ def test_ctrl_c_says_the_last_epoch_is_kept_and_how_to_resume(synth_root, tmp_pa
     assert f"({done} of 200)" in err or f"({done + 1} of 200)" in err
 
 
+def _export(capsys, args):
+    from packd_export.cli import main as export_main
+
+    with pytest.raises(SystemExit) as e:
+        export_main(args)
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0, err
+    return e.value.code, err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--precision", "int8", "--calibration", "entropy"], "--calibration must be one of minmax, percentile"),
     (["--precision", "int8", "--fp16-fallback", "many"], "--fp16-fallback must be auto, none or a number"),
@@ -107,12 +117,8 @@ def test_ctrl_c_says_the_last_epoch_is_kept_and_how_to_resume(synth_root, tmp_pa
     (["--precision", "int8", "--report", "."], "is a folder: give a file name for the report"),
 ])
 def test_bad_int8_export_options_are_one_line_before_any_work(capsys, tmp_path, extra, message):
-    from packd_export.cli import main as export_main
-
-    with pytest.raises(SystemExit) as e:
-        export_main([str(tmp_path / "missing-checkpoint"), "--out", str(tmp_path / "b"), *extra])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and message in err and err.strip().count("\n") == 0, err
+    code, err = _export(capsys, [str(tmp_path / "missing-checkpoint"), "--out", str(tmp_path / "b"), *extra])
+    assert code == 2 and message in err, err
     assert not (tmp_path / "b").exists()
 
 
@@ -121,19 +127,11 @@ def test_bad_int8_export_options_are_one_line_before_any_work(capsys, tmp_path, 
     (["--engine-gpu", "A100"], "no engines built on 'A100'"),
 ])
 def test_bad_triton_repository_options_are_one_line(capsys, tmp_path, bundles, extra, message):
-    from packd_export.cli import main as export_main
-
-    with pytest.raises(SystemExit) as e:
-        export_main(["triton", str(bundles["rd"][1]), "--out", str(tmp_path / "repo"), *extra])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and message in err and err.strip().count("\n") == 0, err
+    code, err = _export(capsys, ["triton", str(bundles["rd"][1]), "--out", str(tmp_path / "repo"), *extra])
+    assert code == 2 and message in err, err
     assert not (tmp_path / "repo").exists()
 
 
 def test_a_missing_bundle_for_triton_is_one_line(capsys, tmp_path):
-    from packd_export.cli import main as export_main
-
-    with pytest.raises(SystemExit) as e:
-        export_main(["triton", str(tmp_path / "nothing"), "--out", str(tmp_path / "repo")])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.strip().count("\n") == 0 and "nothing" in err, err
+    code, err = _export(capsys, ["triton", str(tmp_path / "nothing"), "--out", str(tmp_path / "repo")])
+    assert code == 2 and "nothing" in err, err
