@@ -164,6 +164,14 @@ def test_int8_export_writes_its_report_and_manifest_entry(checkpoints, tmp_path,
     assert sorted(fp16) == sorted(w for ws in manifest["int8"]["fp16_layers"].values() for w in ws) and len(fp16) == 2
 
 
+def test_report_never_overwrites_a_file_packd_did_not_write(checkpoints, tmp_path):
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"mine": true}')
+    with pytest.raises(PackdError, match="not a report written by packd"):
+        export_bundle(checkpoints["rd"], tmp_path / "b", precision="int8", report=mine, engines="never")
+    assert mine.read_text() == '{"mine": true}' and not (tmp_path / "b").exists()
+
+
 def test_report_needs_int8(checkpoints, tmp_path):
     with pytest.raises(PackdError, match="--report describes an int8 export"):
         export_bundle(checkpoints["rd"], tmp_path / "b", precision="fp16", report=tmp_path / "r.json", engines="never")

@@ -200,5 +200,28 @@ def test_real_triton_answers_bad_requests_and_keeps_serving(triton, bundles):
         infer(_frames(1, 4), "UINT8", parameters={"fingerprint": "0000"})
     with pytest.raises(InferenceServerException, match="one request, one line"):
         infer(_frames(2, 4), "UINT8", lines=np.array([[b"good"], [b"other"]], dtype=object))
+    with pytest.raises(PackdError, match="frames must be uint8"):  # refused before it leaves the client
+        client.detect("good", _frames(1, 5).astype(np.float32))
+    with pytest.raises(PackdError, match="frames must be uint8"):
+        client.detect("good", np.zeros((1, 8, 8, 3), np.uint8))
     assert np.array_equal(client.detect("good", _frames(2, 2)).scores, before)  # still serving, same state
     assert json.loads(json.dumps(raw.get_model_config(LINE_MODEL)))["name"] == LINE_MODEL
+
+
+def test_client_without_tritonclient_or_with_a_bad_protocol_says_what_to_do(monkeypatch):
+    import sys
+
+    from packd_runtime.triton_client import TritonDetector
+
+    with pytest.raises(PackdError, match="protocol must be http or grpc"):
+        TritonDetector("localhost:1", protocol="smtp")
+    monkeypatch.setitem(sys.modules, "tritonclient.http", None)  # as if the extra were not installed
+    with pytest.raises(PackdError, match=r"pip install 'packd-runtime\[triton\]'"):
+        TritonDetector("localhost:1")
+
+
+def test_client_refuses_a_server_without_the_model(tmp_path):
+    from packd_runtime.triton_client import TritonDetector
+
+    with pytest.raises(PackdError, match="no model 'packd' at 127.0.0.1:9"):
+        TritonDetector("127.0.0.1:9", timeout_s=2)
