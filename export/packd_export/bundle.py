@@ -165,9 +165,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
         raise PackdError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if max_batch < 1 or max_shots < 1:
         raise PackdError("--max-batch and --max-shots must be at least 1")
-    if report is not None and precision != "int8":
-        raise PackdError("--report describes an int8 export: add --precision int8")
     if report is not None:
+        if precision != "int8":
+            raise PackdError("--report describes an int8 export: add --precision int8")
         check_report_path(report)
     int8 = int8 or Int8Settings()
     if engines == "require" and (reason := why_no_tensorrt()):
