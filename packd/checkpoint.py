@@ -18,7 +18,7 @@ from packd.errors import PackdError
 from packd_runtime.atomic import atomic_dir, recover_if_unlocked
 from packd_runtime.manifest import read_json, sha256
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.safetensors", "config.json", "trainer.pt"
 
 

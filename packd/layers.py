@@ -49,21 +49,31 @@ _LAYOUTS = {  # teacher -> (block, ocbe blocks, decoder blocks, width divisor), 
 
 
 NORMS = ("batch", "group")
+STAGE_OUTPUTS = ("relu", "linear")
+NORM_HELP = "The student's normalisation: batch (the RD reference) or group (statistics of one image)."
+STAGE_OUTPUTS_HELP = ("How the student's decoder stages end: relu (the RD reference, also for signed teachers) or "
+                      "linear where the teacher's stage outputs are signed (EfficientNets), so the student can match "
+                      "their negative half.")
+PLAN_HELP = "Student layout; derived from the teacher, --norm and --stage-outputs when not given."
 
 
-def plan_for(teacher: Teacher, norm: str = "batch") -> ChannelPlan:
+def plan_for(teacher: Teacher, norm: str = "batch", stage_outputs: str = "relu") -> ChannelPlan:
     """The student layout for a teacher: the reference layouts for ResNets, light basic blocks otherwise;
-    linear stage outputs where the teacher's are signed."""
+    with `stage_outputs="linear"`, linear stage outputs where the teacher's are signed."""
+    if stage_outputs not in STAGE_OUTPUTS:
+        raise PackdError(f"--stage-outputs must be one of {', '.join(STAGE_OUTPUTS)}, got {stage_outputs!r}")
     block, ocbe, dec, div = _LAYOUTS.get(teacher.name, ("basic", 2, (2, 2, 2), 1))
-    return ChannelPlan(tuple(teacher.channels), block, ocbe, dec, div, linear=teacher.signed_stages(), norm=norm)
+    linear = teacher.signed_stages() if stage_outputs == "linear" else (False, False, False)
+    return ChannelPlan(tuple(teacher.channels), block, ocbe, dec, div, linear=linear, norm=norm)
 
 
-def student_plan(teacher: Teacher, plan: ChannelPlan | None, norm: str = "batch") -> ChannelPlan:
+def student_plan(teacher: Teacher, plan: ChannelPlan | None, norm: str = "batch",
+                 stage_outputs: str = "relu") -> ChannelPlan:
     """The given student layout, or the teacher's (`plan_for`); distillation needs a CNN teacher."""
     if teacher.vit:
         raise PackdError(f"{teacher.name} is a vision transformer: distillation needs a CNN teacher with stages "
                          "at strides 4, 8 and 16 (the knn kind takes ViTs)")
-    return plan or plan_for(teacher, norm)
+    return plan or plan_for(teacher, norm, stage_outputs)
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:

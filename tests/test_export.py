@@ -59,6 +59,9 @@ def test_bundle_layout_and_check(bundles, kind):
 
 @pytest.mark.parametrize("kind", ["rd", "memkd"])
 def test_query_parity_with_pytorch(checkpoints, bundles, kind):
+    """RD and MemKD export their own student (ReLU stage outputs, BatchNorm) unchanged, and score as in PyTorch."""
+    settings = bundles[kind][0]["settings"]
+    assert (settings["stage_outputs"], settings["norm"], settings["plan"]["linear"]) == ("relu", "batch", [False] * 3)
     query, _ = _torch_graphs(checkpoints[kind])
     sess = ort.InferenceSession(str(bundles[kind][1] / "query.onnx"), providers=["CPUExecutionProvider"])
     for batch in (1, 3):  # other batch sizes than at export
@@ -78,6 +81,7 @@ def test_packd_parity_support_and_query(checkpoints, bundles):
     settings = bundles["packd"][0]["settings"]
     assert (settings["stage_weights"], settings["border"], settings["prototype_score"], settings["norm"]) == (
         "0.5,1,2", 4, 1.0, "group")
+    assert settings["stage_outputs"] == "linear" and settings["plan"]["linear"] == [True] * 3
     sup = ort.InferenceSession(str(path / "support.onnx"), providers=["CPUExecutionProvider"])
     qry = ort.InferenceSession(str(path / "query.onnx"), providers=["CPUExecutionProvider"])
     for shots in (1, 3):  # prototype counts 8 and 24, neither the one used at export

@@ -56,11 +56,12 @@ def test_plan_roundtrip():
         ChannelPlan((8, 16, 32), norm="layer")
 
 
-def test_signed_teacher_gets_linear_stage_outputs(effnet_teacher):
-    """EfficientNet stages end in a linear projection (signed outputs): a ReLU student could never
-    match their negative half, so each decoder stage's last block is linear."""
+def test_signed_teacher_gets_linear_stage_outputs_when_asked(effnet_teacher):
+    """EfficientNet stages end in a linear projection (signed outputs): with stage_outputs="linear" each
+    decoder stage's last block is linear so the student can match their negative half (PACKD's student)."""
     assert effnet_teacher.signed_stages() == (True, True, True)
-    plan = plan_for(effnet_teacher)
+    assert plan_for(effnet_teacher).linear == (False, False, False)  # "relu", RD's and MemKD's validated default
+    plan = plan_for(effnet_teacher, stage_outputs="linear")
     assert plan.linear == (True, True, True)
     model = ReverseDistillation(effnet_teacher, plan).eval()
     for stage in model.stages:
@@ -74,6 +75,24 @@ def test_signed_teacher_gets_linear_stage_outputs(effnet_teacher):
         assert all((x >= 0).all() for x in relu(torch.randn(2, 3, 64, 64))[1])
 
 
+@pytest.mark.parametrize("kind, outputs, norm", [("rd", "relu", "batch"), ("memkd", "relu", "batch"),
+                                                  ("packd", "linear", "group")])
+def test_each_kind_chooses_its_student(effnet_teacher, kind, outputs, norm):
+    """RD and MemKD keep the reference student (ReLU outputs, BatchNorm: linear outputs cost RD 0.14 AUROC);
+    PACKD's validated student ends linear with GroupNorm. The choice is a setting, recorded in the plan."""
+    from packd.methods import method
+    from packd.train import configure
+
+    _, settings = configure(kind)
+    assert (settings.stage_outputs, settings.norm) == (outputs, norm)
+    _, resolved = method(kind).build(effnet_teacher, settings)
+    assert resolved.plan.linear == (outputs == "linear",) * 3 and resolved.plan.norm == norm
+    _, other = method(kind).build(effnet_teacher, replace(settings, stage_outputs="linear", norm="group"))
+    assert other.plan.linear == (True,) * 3 and other.plan.norm == "group"
+    with pytest.raises(PackdError, match="--stage-outputs must be one of relu, linear"):
+        configure(kind, stage_outputs="tanh")
+
+
 def test_group_norm_student_scores_each_image_alone(effnet_teacher):
     """norm="group": no BatchNorm, and an image's student map does not depend on its batch companions."""
     torch.manual_seed(0)
@@ -83,7 +102,7 @@ def test_group_norm_student_scores_each_image_alone(effnet_teacher):
     with torch.no_grad():
         alone = model(x[:1])[1]
         together = model(x)[1]
-    assert all(torch.allclose(a[0], b[0], atol=1e-5) for a, b in zip(alone, together))
+    assert all(torch.allclose(a[0], b[0], atol=1e-4) for a, b in zip(alone, together))  # BatchNorm: off by O(1)
 
 
 def test_kd_loss_values():
@@ -106,6 +125,19 @@ def test_anomaly_map_values():
     assert torch.equal(scores, maps.flatten(1).amax(1))
     peak = np.unravel_index(maps[0].argmax().item(), (64, 64))
     assert abs(peak[0] - 22) <= 2 and abs(peak[1] - 22) <= 2  # feature (5,5) at stride 4 covers pixel ~22
+
+
+def test_forward_blurs_the_summed_map():
+    """forward = bilinear upsampling of each stage map, their sum, then the Gaussian (checked against scipy)."""
+    torch.manual_seed(0)
+    d = [torch.rand(2, 16, 16), torch.rand(2, 8, 8), torch.rand(2, 4, 4)]
+    scores, maps = AnomalyMap(64)(d)
+    up = sum(torch.nn.functional.interpolate(x[:, None], size=(64, 64), mode="bilinear", align_corners=False)
+             for x in d)[:, 0].numpy().astype(np.float64)
+    ref = np.stack([gaussian_filter(m, sigma=4, mode="mirror") for m in up])
+    assert np.abs(maps.numpy() - ref).max() < 1e-5
+    assert np.abs(maps.numpy() - up).max() > 0.05  # the blur really changes the map
+    assert np.allclose(scores.numpy(), ref.reshape(2, -1).max(1), atol=1e-5)
 
 
 def test_blur_matches_scipy():

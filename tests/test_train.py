@@ -44,7 +44,7 @@ def test_checkpoint_restores_the_model_that_was_saved(effnet_teacher, tmp_path):
 def test_training_writes_its_config_and_reduces_loss(synth_root, tmp_path):
     out = train_small("rd", synth_root, "grid", tmp_path / "ck", epochs=4, batch_size=4)
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["kind"] == "rd" and cfg["teacher"]["name"] == "tf_efficientnet_lite0" and cfg["format"] == 3
+    assert cfg["kind"] == "rd" and cfg["teacher"]["name"] == "tf_efficientnet_lite0" and cfg["format"] == 4
     assert cfg["input"] == {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}
     assert cfg["run"]["epochs"] == 4 and cfg["run"]["batch_size"] == 4 and cfg["run"]["lr"] == 0.005
     assert cfg["train"]["epochs_done"] == 4 and cfg["train"]["categories"] == ["grid"]

@@ -10,10 +10,9 @@ import torch
 
 from packd.data import AnomalyDataset, list_split
 from packd.fit import Training, image_batches
-from packd.layers import ChannelPlan, student_plan
+from packd.layers import NORM_HELP, NORMS, PLAN_HELP, STAGE_OUTPUTS, STAGE_OUTPUTS_HELP, ChannelPlan, student_plan
 from packd.losses import ORTH_HELP, kd_loss, orthogonality_loss
 from packd.methods.memkd.model import MemKD
-from packd.methods.rd.training import PLAN_HELP
 from packd.preprocess import InputSpec
 from packd.scoring import ScoreSettings
 from packd.settings import RunConfig, setting
@@ -29,6 +28,8 @@ class MemKDSettings(ScoreSettings):
     exemplars: int = setting(16, "Normal exemplar images for normality embedding learning.", ge=1)
     memorisation_weight: float = setting(0.1, "Weight of the memorisation loss.", ge=0)
     orth_weight: float = setting(0.1, ORTH_HELP, ge=0)
+    stage_outputs: str = setting("relu", STAGE_OUTPUTS_HELP, choices=STAGE_OUTPUTS)
+    norm: str = setting("batch", NORM_HELP, choices=NORMS)
     plan: ChannelPlan | None = setting(None, PLAN_HELP, cli=False)
 
 
@@ -37,7 +38,7 @@ PRESETS = {"paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 0.00
 
 
 def build(teacher: Teacher, settings: MemKDSettings) -> tuple[MemKD, MemKDSettings]:
-    settings = replace(settings, plan=student_plan(teacher, settings.plan))
+    settings = replace(settings, plan=student_plan(teacher, settings.plan, settings.norm, settings.stage_outputs))
     return MemKD(teacher, settings.plan, slots=settings.slots, temperature=settings.temperature), settings
 
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 from packd.errors import PackdError
 from packd.fit import Training
-from packd.layers import NORMS, ChannelPlan, student_plan
+from packd.layers import NORMS, PLAN_HELP, STAGE_OUTPUTS, STAGE_OUTPUTS_HELP, ChannelPlan, student_plan
 from packd.losses import ORTH_HELP
 from packd.methods.packd.episodes import EpisodeSampler
 from packd.methods.packd.losses import packd_loss
 from packd.methods.packd.model import PACKD
-from packd.methods.rd.training import PLAN_HELP
 from packd.preprocess import InputSpec
 from packd.scoring import BORDER_HELP, PROTOTYPE_SCORE_HELP, ScoreSettings
 from packd.settings import ROTATIONS_HELP, RunConfig, setting
@@ -38,6 +37,7 @@ class PACKDSettings(ScoreSettings):
     prototype_score: float = setting(1.0, PROTOTYPE_SCORE_HELP, ge=0)
     norm: str = setting("group", "The student's normalisation: group (per image: meta-training batches never mix "
                         "categories into the statistics) or batch (the paper's).", choices=NORMS)
+    stage_outputs: str = setting("linear", STAGE_OUTPUTS_HELP, choices=STAGE_OUTPUTS)
     plan: ChannelPlan | None = setting(None, PLAN_HELP, cli=False)
 
 
@@ -50,7 +50,7 @@ PRESETS = {
 
 
 def build(teacher: Teacher, settings: PACKDSettings) -> tuple[PACKD, PACKDSettings]:
-    settings = replace(settings, plan=student_plan(teacher, settings.plan, settings.norm))
+    settings = replace(settings, plan=student_plan(teacher, settings.plan, settings.norm, settings.stage_outputs))
     model = PACKD(teacher, settings.plan, n_prototypes=settings.prototypes, rotations=settings.rotations,
                   prototype_score=settings.prototype_score)
     return model, settings

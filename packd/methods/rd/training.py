@@ -9,7 +9,7 @@ import torch
 
 from packd.data import AnomalyDataset, list_split
 from packd.fit import Training, image_batches
-from packd.layers import ChannelPlan, student_plan
+from packd.layers import NORM_HELP, NORMS, PLAN_HELP, STAGE_OUTPUTS, STAGE_OUTPUTS_HELP, ChannelPlan, student_plan
 from packd.losses import kd_loss
 from packd.methods.rd.model import ReverseDistillation
 from packd.preprocess import InputSpec
@@ -17,13 +17,14 @@ from packd.scoring import ScoreSettings
 from packd.settings import RunConfig, setting
 from packd.teachers import Teacher
 
-PLAN_HELP = "Student layout; derived from the teacher when not given."
-
 
 @dataclass(frozen=True)
 class RDSettings(ScoreSettings):
-    """RD has no settings of its own beyond the student layout, which follows the teacher."""
+    """RD's student: stage outputs and norm (validated on training categories, see the docs), and the layout
+    that follows from them and the teacher."""
 
+    stage_outputs: str = setting("relu", STAGE_OUTPUTS_HELP, choices=STAGE_OUTPUTS)
+    norm: str = setting("batch", NORM_HELP, choices=NORMS)
     plan: ChannelPlan | None = setting(None, PLAN_HELP, cli=False)
 
 
@@ -32,7 +33,7 @@ PRESETS = {"paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 0.00
 
 def build(teacher: Teacher, settings: RDSettings) -> tuple[ReverseDistillation, RDSettings]:
     """The model and its settings with the student layout filled in (what the checkpoint records)."""
-    settings = replace(settings, plan=student_plan(teacher, settings.plan))
+    settings = replace(settings, plan=student_plan(teacher, settings.plan, settings.norm, settings.stage_outputs))
     return ReverseDistillation(teacher, settings.plan), settings
 
 
