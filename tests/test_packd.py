@@ -18,7 +18,7 @@ SPEC = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
 @pytest.fixture(scope="module")
 def model(effnet_teacher):
     torch.manual_seed(0)
-    return PACKD(effnet_teacher, plan_for(effnet_teacher), n_prototypes=5, rotations=2)
+    return PACKD(effnet_teacher, plan_for(effnet_teacher, stage_outputs="linear"), n_prototypes=5, rotations=2)
 
 
 def test_prototypes_are_attention_weighted_means():
@@ -119,6 +119,34 @@ def test_packd_loss_trains_every_part(model):
     for part in (model.extractors, model.ocbe, model.stages, model.refine, model.projections):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_packd_loss_weights_each_term_by_its_own_setting(model, synth_root):
+    """Eq. 7: KD + cds_weight * CDS + orth_weight * orthogonality, each weight on its own term, as training
+    builds it from the settings (every other test uses 0.5 / 0.5, where a swap is invisible)."""
+    from packd.methods.packd.training import PACKDSettings, make_training
+    from packd.settings import RunConfig
+
+    torch.manual_seed(4)
+    batch = [torch.randn(2, 1, 3, 64, 64), torch.randn(2, 1, 2, 3, 64, 64)]
+    model.eval()  # no dropout or batch statistics: every call below computes the same terms
+
+    def loss(cds, orth):
+        with torch.no_grad():
+            return packd_loss(model, batch, cds_weight=cds, orth_weight=orth, tau=0.05).item()
+
+    kd = loss(0.0, 0.0)
+    cds, orth = loss(1.0, 0.0) - kd, loss(0.0, 1.0) - kd
+    assert cds > 0.01 and orth > 0.01 and abs(cds - orth) > 0.01  # distinguishable terms
+    assert loss(0.3, 0.0) == pytest.approx(kd + 0.3 * cds, rel=1e-4)
+    assert loss(0.0, 0.7) == pytest.approx(kd + 0.7 * orth, rel=1e-4)
+    assert loss(0.3, 0.7) == pytest.approx(kd + 0.3 * cds + 0.7 * orth, rel=1e-4)
+    settings = PACKDSettings(cds_weight=0.3, orth_weight=0.7, prototypes=5, rotations=2)
+    training = make_training(model, settings, run=RunConfig(batch_size=2, image_size=64), data=synth_root,
+                             categories=["grid", "disc"], spec=SPEC)
+    with torch.no_grad():
+        built = training.loss(model, batch).item()
+    assert built == pytest.approx(kd + 0.3 * cds + 0.7 * orth, rel=1e-4)
 
 
 def test_episode_sampler(synth_root):

@@ -121,6 +121,34 @@ def test_single_frames_and_batches_of_any_size(packd_det):
     assert np.allclose(batched.scores, [s.scores[0] for s in single], atol=1e-5)
 
 
+def test_fingerprint_is_the_models_not_the_file_names(synth_root, bundles, tmp_path):
+    """Two real bundles of one kind with the same file names but different weights have different fingerprints,
+    and neither accepts the other's prototypes; a copy of a bundle keeps its fingerprint."""
+    from conftest import train_small
+
+    from packd_export.bundle import export_bundle
+    from packd_runtime.manifest import fingerprint, read_manifest
+
+    a = bundles["packd"][1]
+    ckpt = train_small("packd", synth_root, ["grid", "disc"], tmp_path / "ck", epochs=1, batch_size=4, shots=2,
+                       prototypes=4, rotations=2, categories_per_batch=2, stage_weights="0.5,1,2", border=4, seed=1)
+    b = tmp_path / "b"
+    export_bundle(ckpt, b, max_batch=4, max_shots=3, frame_size=FRAME)
+    ma, mb = read_manifest(a), read_manifest(b)
+    assert sorted(ma["files"]) == sorted(mb["files"]) and ma["files"] != mb["files"]
+    assert fingerprint(ma) != fingerprint(mb)
+    shutil.copytree(a, tmp_path / "copy")
+    assert fingerprint(read_manifest(tmp_path / "copy")) == fingerprint(ma)
+    supports = _random_frames(2, seed=5)
+    with Detector.open(a) as det_a, Detector.open(b) as det_b:
+        protos_a = det_a.prototypes(supports)
+        assert [x.shape for x in protos_a.arrays] == [x.shape for x in det_b.prototypes(supports).arrays]
+        with pytest.raises(PackdError, match="another model"):
+            det_b.use(protos_a)
+        with pytest.raises(PackdError, match="another model"):
+            det_b.detect(_random_frames(1), protos_a)
+
+
 def test_prototypes_files_and_fingerprints(packd_det, bundles, tmp_path):
     det = packd_det
     protos = det.prototypes(_random_frames(3, seed=3))

@@ -18,6 +18,33 @@ def _classify(model, mean, std, image):
         return int(model.eval()(x).argmax())
 
 
+def test_preprocess_keeps_channel_order_and_per_channel_normalisation():
+    """uint8 RGB NHWC -> (x / 255 - mean) / std per channel, red stays channel 0 (a BGR swap or a shared
+    mean/std would pass a check with equal statistics on every channel)."""
+    mean, std = (0.1, 0.4, 0.7), (0.2, 0.3, 0.5)
+    image = np.zeros((1, 32, 32, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = 255, 51, 0
+    x = Preprocess(InputSpec(32, mean, std))(torch.from_numpy(image))
+    expected = [(1.0 - 0.1) / 0.2, (0.2 - 0.4) / 0.3, (0.0 - 0.7) / 0.5]
+    assert x.shape == (1, 3, 32, 32)
+    assert torch.allclose(x[0].flatten(1).mean(1), torch.tensor(expected), atol=1e-5)
+    assert torch.allclose(x[0].flatten(1).std(1), torch.zeros(3), atol=1e-6)
+
+
+def test_image_files_decode_to_rgb(tmp_path):
+    from PIL import Image
+
+    from packd.preprocess import load_frames, load_image
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 10
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=100)
+    assert np.array_equal(load_image(tmp_path / "a.png")[0, 0], [200, 100, 10])
+    assert np.abs(load_image(tmp_path / "a.jpg")[0, 0].astype(int) - [200, 100, 10]).max() <= 3
+    assert np.array_equal(load_frames([tmp_path / "a.png"], size=(4, 6))[0, 0, 0], [200, 100, 10])
+
+
 def test_offline_package_weights_really_load():
     model, mean, std, source = pretrained_backbone("tf_efficientnet_lite0")
     assert source.startswith("package:") and mean == std == (0.5, 0.5, 0.5)

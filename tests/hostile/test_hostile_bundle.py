@@ -125,6 +125,11 @@ def test_manifest_paths_and_symbolic_links_stay_inside(bundles, tmp_path):
         m["graphs"]["query"].update(file=str(outside / "query.onnx")),
         m["files"].update({str(outside / "query.onnx"): sha256(outside / "query.onnx")})), rehash=False)
     _refused(b, "outside it")
+    dotdot_inside = forge(src, tmp_path / "dotdot_inside", manifest=lambda m, d: (
+        m["graphs"]["query"].update(file="x/../query.onnx"),
+        m["files"].update({"x/../query.onnx": m["files"]["query.onnx"]})), rehash=False)
+    (dotdot_inside / "x").mkdir()
+    _refused(dotdot_inside, "outside it")  # refused by the `..` rule itself, though it resolves inside
     link = forge(src, tmp_path / "link", rehash=False)
     (link / "query.onnx").unlink()
     (link / "query.onnx").symlink_to(outside / "query.onnx")
