@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 TRITON_VENV ?= .venv-triton
 
-.PHONY: demo test lint quick triton-env
+.PHONY: demo test lint quick triton-env bench-accuracy mutation
 
 $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,3 +35,13 @@ test: lint triton-env
 
 quick: lint  # the developers' loop: everything but the tests that need exported bundles
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+bench-accuracy: $(VENV)/.installed  # every recorded accuracy table again, and what moved beyond its noise band
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/accuracy_check.py --out runs/accuracy
+
+# Mutation testing of the runtime's safety modules ([tool.mutmut] in pyproject.toml); checkpoints and bundles
+# are built once into runs/mutation-cache and reused by every mutant's test run.
+mutation: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[mutation]'
+	PACKD_TEST_CACHE=$(CURDIR)/runs/mutation-cache HF_HUB_OFFLINE=1 $(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results

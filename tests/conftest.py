@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait for a hub these machines cannot reach
 
@@ -15,6 +16,18 @@ SMALL = dict(teacher=TEACHER, image_size=64)  # every test model: offline teache
 FRAME = (72, 88)  # camera frames of another size than the model's input: resized inside the graph
 
 
+CACHE = os.environ.get("PACKD_TEST_CACHE")  # mutation runs only: keep checkpoints and bundles between pytest runs
+
+
+def _folder(name, tmp_path_factory):
+    """A fresh temporary folder, or with PACKD_TEST_CACHE a fixed one whose checkpoints (finished runs resume
+    to nothing) and bundles later runs reuse."""
+    if not CACHE:
+        return tmp_path_factory.mktemp(name)
+    (Path(CACHE) / name).mkdir(parents=True, exist_ok=True)
+    return Path(CACHE) / name
+
+
 def train_small(kind, data, categories, out, **options):
     """Train a tiny model of `kind` (64 px, offline teacher) with the given settings overrides."""
     run, settings = configure(kind, **{**SMALL, **options})
@@ -24,7 +37,7 @@ def train_small(kind, data, categories, out, **options):
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """Two small synthetic categories at 64 px."""
-    root = tmp_path_factory.mktemp("synth")
+    root = _folder("synth", tmp_path_factory)
     synthesize(root, seed=0, size=64, categories=["grid", "disc"], counts=Counts(train=8, test_good=4, test_defect=2))
     return root
 
@@ -40,7 +53,7 @@ def effnet_teacher():
 def checkpoints(synth_root, tmp_path_factory):
     """Tiny RD, MemKD and PACKD checkpoints (one epoch, 64 px) and a kNN one (a bounded bank of 100). PACKD's
     scoring is not the default (stage weights, a border, the prototype score), so parity tests cover it."""
-    root = tmp_path_factory.mktemp("ckpts")
+    root = _folder("ckpts", tmp_path_factory)
     return {
         "rd": train_small("rd", synth_root, "grid", root / "rd", epochs=1, batch_size=4),
         "memkd": train_small("memkd", synth_root, "grid", root / "memkd", epochs=1, batch_size=4, slots=6,
@@ -55,8 +68,11 @@ def checkpoints(synth_root, tmp_path_factory):
 def bundles(checkpoints, tmp_path_factory):
     """fp32 bundles of the tiny checkpoints, frames of FRAME size, batch <= 4, shots <= 3."""
     from packd_export.bundle import export_bundle
+    from packd_runtime.manifest import read_manifest
 
-    root = tmp_path_factory.mktemp("bundles")
+    root = _folder("bundles", tmp_path_factory)
+    if CACHE and all((root / kind / "manifest.json").is_file() for kind in checkpoints):
+        return {kind: (read_manifest(root / kind), root / kind) for kind in checkpoints}
     return {kind: (export_bundle(ck, root / kind, max_batch=4, max_shots=3, frame_size=FRAME), root / kind)
             for kind, ck in checkpoints.items()}
 
