@@ -7,7 +7,7 @@ normalisation (RD kept BatchNorm). Border and stage weights are scoring settings
 neutral defaults (border 0, equal weights), and the KD loss did not change. So the variants are the two
 student choices crossed: stage outputs {relu, linear} x norm {batch, group}, each trained per category
 (EfficientNet-Lite0, 128 px, 10 epochs, batch 8) for every seed, scored with image AUROC, pixel AUROC and
-AUPRO on the category's own test split. Reproduce (about 25 min on 2 cores):
+AUPRO on the category's own test split. Reproduce (about 40 min on 2 cores for three seeds):
 
     .venv/bin/python benchmarks/rd_student_validation.py --out runs/rd_student
 """
@@ -31,15 +31,15 @@ from packd_runtime.atomic import check_report_path, write_report
 TEACHER = "tf_efficientnet_lite0"
 VALIDATION_CATS = ["carpet", "wood", "leather", "nut", "screw", "gear"]  # training categories, never targets
 VARIANTS = {  # name -> (stage outputs, norm)
-    "relu-batch": ("relu", "batch"),  # the student before the change (commit 71ab64b)
-    "linear-batch": ("linear", "batch"),  # main before the fix: linear outputs for a signed teacher
+    "relu-batch": ("relu", "batch"),  # the student before the change (commit 71ab64b), the default again
+    "linear-batch": ("linear", "batch"),  # what RD had between 71ab64b and the fix
     "relu-group": ("relu", "group"),
     "linear-group": ("linear", "group"),  # PACKD's student
 }
 KEYS = ("image_auroc", "pixel_auroc", "aupro")
 
 
-def main(out: Path = Path("runs/rd_student"), epochs: int = 10, image_size: int = 128, seeds: str = "0,1",
+def main(out: Path = Path("runs/rd_student"), epochs: int = 10, image_size: int = 128, seeds: str = "0,1,2",
          categories: str = ",".join(VALIDATION_CATS), variants: str = ",".join(VARIANTS),
          results: Path = Path("benchmarks/results/rd_student_validation")) -> None:
     check_report_path(results.with_suffix(".json"))
