@@ -17,7 +17,6 @@ from packd.scoring import AnomalyMap
 from packd_export.bundle import check_bundle, export_bundle
 from packd_export.graphs import QueryGraph, SupportGraph
 from packd_runtime import Detector, Prototypes
-from packd_runtime.coreset import greedy_coreset
 
 
 def _frames(n, seed):
@@ -62,17 +61,6 @@ def test_top1_image_score_is_the_mean_of_the_top_percent_of_patches():
     d[0].view(-1)[:4] = torch.tensor([4.0, 3.0, 2.0, 1.0])  # 400 patches: the top 1 % is 4 of them
     scores, maps = AnomalyMap(64, score="top1")([d])
     assert scores[0].item() == pytest.approx(2.5) and scores[1].item() == 0.0 and maps.shape == (2, 64, 64)
-
-
-def test_greedy_coreset_covers_every_cluster_deterministically():
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(5, 300)) * 10
-    bank = np.concatenate([c + rng.normal(size=(400, 300)) * 0.1 for c in centres]).astype(np.float32)
-    core = greedy_coreset(bank, 5)
-    assert core.shape == (5, 300) and core.dtype == np.float32
-    nearest = np.linalg.norm(core[:, None] - centres[None], axis=2).argmin(1)
-    assert sorted(nearest) == [0, 1, 2, 3, 4]  # one entry per cluster: a random subset would miss some
-    assert np.array_equal(core, greedy_coreset(bank, 5)) and greedy_coreset(bank, 5000).shape == bank.shape
 
 
 def test_knn_bundle_parity_bounded_bank_and_runtime(checkpoints, bundles, tmp_path):
