@@ -7,8 +7,9 @@ since the recorded results. Run it before (and after) any change to models, scor
 The fresh results go to `--out` (default runs/accuracy/results), never over the recorded ones; `--record`
 copies them over `benchmarks/results/` once you have read the comparison. Noise bands: a k-shot cell
 moves when it differs by more than max(0.02, 2 x its recorded spread over support sets); an RD cell when
-it differs by more than `RD_BAND` (the largest seed-to-seed spread of RD's image AUROC on a training
-category, benchmarks/results/rd_student_validation.json, rounded up). Exit status 1 when something fell.
+it differs by more than 0.05 (the largest seed-to-seed spread of RD's image AUROC on a training category,
+benchmarks/results/rd_student_validation.json, rounded up; packd_bench/accuracy_compare.py). Exit status 1
+when something fell.
 """
 
 from __future__ import annotations
@@ -19,37 +20,10 @@ from pathlib import Path
 
 import typer
 
+from packd_bench.accuracy_compare import compare, fewshot_cells, rd_cells
+
 RESULTS = Path("benchmarks/results")
-RD_BAND = 0.05
-FEWSHOT_MIN_BAND = 0.02
 TABLES = ("rd", "fewshot")
-
-
-def rd_cells(report: dict) -> dict[str, float]:
-    """'category metric' -> value of an RD-per-category results file (per category: a mean over another set of
-    categories would not compare)."""
-    return {f"rd {cat} {key}": float(row[key]) for cat, row in report["categories"].items()
-            for key in ("image_auroc", "pixel_auroc")}
-
-
-def fewshot_cells(report: dict, rows: list[str] | None = None) -> dict[str, tuple[float, float]]:
-    """'group row k metric' -> (mean, std over support sets) of a k-shot table results file."""
-    return {f"fewshot {group} | {row} | k={k} | {key}": (float(v[0]), float(v[1]))
-            for group, by_row in report["summary"].items() for row, by_k in by_row.items()
-            if rows is None or row in rows for k, by_key in by_k.items() for key, v in by_key.items()
-            if v[0] == v[0]}  # NaN: a row the run did not have
-
-
-def compare(recorded: dict[str, tuple[float, float]], fresh: dict[str, tuple[float, float]]
-            ) -> list[tuple[str, float, float, float]]:
-    """(cell, recorded, now, band) for every cell present in both that moved beyond its band."""
-    moved = []
-    for cell in sorted(set(recorded) & set(fresh)):
-        (old, spread), (new, _) = recorded[cell], fresh[cell]
-        band = RD_BAND if cell.startswith("rd ") else max(FEWSHOT_MIN_BAND, 2 * spread)
-        if abs(new - old) > band:
-            moved.append((cell, old, new, band))
-    return moved
 
 
 def main(out: Path = Path("runs/accuracy"), tables: str = ",".join(TABLES), fewshot_rows: str = "",

@@ -39,8 +39,8 @@ VARIANTS = {  # name -> (stage outputs, norm)
 KEYS = ("image_auroc", "pixel_auroc", "aupro")
 
 
-def main(out: Path = Path("runs/rd_student"), epochs: int = 10, image_size: int = 128, seeds: str = "0,1,2",
-         categories: str = ",".join(VALIDATION_CATS), variants: str = ",".join(VARIANTS),
+def main(out: Path = Path("runs/rd_student"), kind: str = "rd", epochs: int = 10, image_size: int = 128,
+         seeds: str = "0,1,2", categories: str = ",".join(VALIDATION_CATS), variants: str = ",".join(VARIANTS),
          results: Path = Path("benchmarks/results/rd_student_validation")) -> None:
     check_report_path(results.with_suffix(".json"))
     cats = [c for c in categories.split(",") if c]
@@ -56,9 +56,9 @@ def main(out: Path = Path("runs/rd_student"), epochs: int = 10, image_size: int 
             outputs, norm = VARIANTS[name]
             for cat in cats:
                 plan = plan_for(teacher, norm, outputs)
-                run, settings = configure("rd", teacher=TEACHER, image_size=image_size, epochs=epochs, batch_size=8,
+                run, settings = configure(kind, teacher=TEACHER, image_size=image_size, epochs=epochs, batch_size=8,
                                           seed=seed, plan=plan)
-                ckpt = train("rd", data=data, categories=cat, out=out / f"{name}_s{seed}" / cat, run=run,
+                ckpt = train(kind, data=data, categories=cat, out=out / f"{name}_s{seed}" / cat, run=run,
                              settings=settings, progress=False)  # resume: a restarted run keeps finished models
                 m = evaluate(ckpt, data, cat, progress=False)["categories"][cat]
                 raw[name][cat].append({k: m[k] for k in KEYS})
@@ -71,11 +71,12 @@ def main(out: Path = Path("runs/rd_student"), epochs: int = 10, image_size: int 
     means = {name: {k: float(np.mean([summary[name][c][k][0] for c in cats])) for k in KEYS} for name in names}
     results.parent.mkdir(parents=True, exist_ok=True)
     write_report(results.with_suffix(".json"), {
-        "teacher": TEACHER, "image_size": image_size, "epochs": epochs, "seeds": seeds, "categories": cats,
+        "kind": kind, "teacher": TEACHER, "image_size": image_size, "epochs": epochs, "seeds": seeds,
+        "categories": cats,
         "variants": {n: {"stage_outputs": VARIANTS[n][0], "norm": VARIANTS[n][1]} for n in names},
         "raw": raw, "final_loss": loss, "summary": summary, "mean": means,
         "seconds": round(time.perf_counter() - t0, 1)})
-    lines = [f"RD per training category, image AUROC mean ± std over seeds {seeds} ({TEACHER}, {image_size} px, "
+    lines = [f"{kind} per training category, image AUROC mean ± std over seeds {seeds} ({TEACHER}, {image_size} px, "
              f"{epochs} epochs)", "", "| variant | " + " | ".join(cats) + " | mean | mean pixel AUROC | mean AUPRO "
              "| mean final loss |", "|---|" + "---|" * (len(cats) + 4)]
     for name in names:

@@ -44,3 +44,24 @@ def test_bench_refuses_a_checkpoint_the_bundle_was_not_made_from(bundles, checkp
     result = CliRunner().invoke(app, [str(bundles["packd"][1]), "--checkpoint", str(checkpoints["rd"]),
                                       "--out", str(tmp_path / "r")])
     assert result.exit_code != 0 and "not the checkpoint" in str(result.exception)
+
+
+def test_accuracy_comparison_flags_only_cells_beyond_their_band():
+    """`make bench-accuracy`'s comparison: a k-shot cell moves beyond max(0.02, 2 x its spread), an RD cell
+    beyond 0.05; rows not asked for and NaN rows are left out; a mean over other categories is not compared."""
+    from packd_bench.accuracy_compare import compare, fewshot_cells, rd_cells
+
+    def table(a, b):
+        packd = {"2": {"image_auroc": [b, 0.03], "pixel_auroc": [float("nan"), 0]}}
+        return {"summary": {"synthetic": {"rd_meta": {"2": {"image_auroc": [a, 0.0]}}, "packd": packd}}}
+
+    old, new = fewshot_cells(table(0.80, 0.90)), fewshot_cells(table(0.77, 0.85))
+    rd_meta, packd = "fewshot synthetic | rd_meta | k=2 | image_auroc", "fewshot synthetic | packd | k=2 | image_auroc"
+    assert set(old) == {rd_meta, packd}
+    assert compare(old, new) == [(rd_meta, 0.80, 0.77, 0.02)]  # packd fell 0.05, inside its band 2 x 0.03
+    assert fewshot_cells(table(0.8, 0.9), rows=["packd"]).keys() == {packd}
+    rd_old = {k: (v, 0.0) for k, v in rd_cells({"categories": {"wood": {"image_auroc": 0.90, "pixel_auroc": 0.89}},
+                                                "mean": {"image_auroc": 0.9}}).items()}
+    rd_new = {k: (v, 0.0) for k, v in rd_cells({"categories": {"wood": {"image_auroc": 0.84, "pixel_auroc": 0.88}},
+                                                "mean": {"image_auroc": 0.5}}).items()}
+    assert compare(rd_old, rd_new) == [("rd wood image_auroc", 0.90, 0.84, 0.05)]
