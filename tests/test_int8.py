@@ -93,7 +93,9 @@ def test_fixed_fallback_keeps_the_most_sensitive_layers_in_fp16(packd_graphs):
     supports, queries = validation.sets[0]
     s32, m32 = _run(graphs, queries, supports)
     s8, m8 = _run(mixed, queries, supports)
-    assert m8.shape == m32.shape and np.abs(m8 - m32).mean() < 0.05 * np.ptp(m32)
+    # mean map error / range: 0.064 with a fresh install on 2026-12-01, also at the commit that last passed
+    # CI with 0.05 here (a dependency moved, not packd); 0.08 still fails an int8 graph that lost its maps
+    assert m8.shape == m32.shape and np.abs(m8 - m32).mean() < 0.08 * np.ptp(m32)
     assert report["result"]["fp16_layers"] == 3 and len(report["steps"]) == 1
 
 
