@@ -34,13 +34,15 @@ from packd.data import AnomalyDataset, list_split
 from packd.errors import PackdError
 from packd.evaluate import category_metrics, predict
 from packd.fewshot import FEWSHOT_KEYS, SWAPS, draw_support_sets, evaluate_fewshot, load_supports
-from packd.layers import plan_for, rotate_supports
+from packd.layers import rotate_supports
+from packd.loading import load_scorer
 from packd.losses import kd_loss
-from packd.methods import SCORING_FIELDS, load_scorer
-from packd.methods.rd import ReverseDistillation
+from packd.methods.rd.model import ReverseDistillation
 from packd.preprocess import InputSpec
+from packd.score_settings import SCORING_FIELDS
 from packd.scoring import Scorer
 from packd.settings import to_dict
+from packd.student_plan import plan_for
 from packd.synth import synthesize, synthesize_photos
 from packd.teachers import create_teacher
 from packd.train import configure, train

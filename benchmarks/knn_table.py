@@ -26,7 +26,7 @@ import torch
 import typer
 
 from packd.fewshot import FEWSHOT_KEYS, draw_support_sets, evaluate_fewshot
-from packd.methods import load_scorer
+from packd.loading import load_scorer
 from packd.preprocess import load_frames
 from packd.train import configure, train
 from packd_bench.bench import time_calls

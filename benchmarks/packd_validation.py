@@ -25,11 +25,11 @@ import typer
 
 from packd.data import AnomalyDataset, list_split
 from packd.fewshot import draw_support_sets, load_supports
-from packd.layers import ChannelPlan
-from packd.methods import load_scorer
+from packd.loading import load_scorer
 from packd.methods.packd.model import prototype_distance
 from packd.metrics import image_auroc, pixel_metrics
 from packd.scoring import AnomalyMap, cosine_distances
+from packd.student_plan import ChannelPlan
 from packd.synth import synthesize
 from packd.teachers import create_teacher
 from packd.train import configure, train

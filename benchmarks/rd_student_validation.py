@@ -22,7 +22,7 @@ import numpy as np
 import typer
 
 from packd.evaluate import evaluate
-from packd.layers import plan_for
+from packd.student_plan import plan_for
 from packd.synth import synthesize
 from packd.teachers import create_teacher
 from packd.train import configure, train

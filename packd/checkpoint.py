@@ -49,13 +49,13 @@ def read_config(ckpt: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_weights(ckpt: str | Path, model: nn.Module) -> None:
-    """Load `model.safetensors` strictly into a model built from the same config, after checking its
-    sha256 against the config (flipped bytes in the weights are refused, never used)."""
+def load_weights(ckpt: str | Path, model: nn.Module, config: dict[str, Any]) -> None:
+    """Load `model.safetensors` strictly into a model built from `config` (the checkpoint's, as `read_config`
+    gave it), after checking its sha256 against the config (flipped bytes in the weights are refused, never used)."""
     path = Path(ckpt) / MODEL_FILE
     if not path.is_file():
         raise PackdError(f"{ckpt} has no {MODEL_FILE}")
-    expected = read_config(ckpt).get("model_sha256")
+    expected = config.get("model_sha256")
     if not isinstance(expected, str):
         raise PackdError(f"{ckpt}/{CONFIG_FILE} lacks the weights' sha256")
     if sha256(path) != expected:

@@ -18,7 +18,7 @@ from rich.table import Table
 from packd.console import run_app
 from packd.errors import PackdError
 from packd.methods import METHODS
-from packd.scoring import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
+from packd.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
 from packd.settings import DEVICE_HELP, RunConfig, cli_fields, default_of
 
 app = typer.Typer(help="Few-shot industrial anomaly detection: data, training, evaluation.", no_args_is_help=True,
@@ -191,7 +191,7 @@ def eval_(
     """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO (and F1-max), per category and mean."""
     from packd.evaluate import evaluate, evaluation_categories
     from packd.fewshot import evaluate_fewshot
-    from packd.methods import load_scorer
+    from packd.loading import load_scorer
     from packd.settings import check_device
 
     check_device(device)

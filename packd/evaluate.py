@@ -13,14 +13,18 @@ from torch.utils.data import DataLoader
 from packd.data import AnomalyDataset, list_categories, list_split, resolve_categories
 from packd.device import pick_device
 from packd.errors import PackdError
-from packd.methods import load_scorer
+from packd.loading import load_scorer
 from packd.metrics import f1_max, image_auroc, pixel_metrics
 from packd.overlays import save_overlay
 from packd.preprocess import InputSpec
+from packd.progress import LogProgress
+from packd.progress import progress as progress_bars
 from packd.scoring import Scorer
 from packd_runtime.atomic import check_report_path, write_report
+from packd_runtime.manifest import threshold_from_normal_scores
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max")
+THRESHOLD_IMAGES = 32  # normal training images per category behind an overlay's threshold (as export uses)
 
 
 def evaluation_categories(config: dict[str, Any], data: str | Path, categories: str | list[str] | None,
@@ -41,7 +45,8 @@ def evaluation_categories(config: dict[str, Any], data: str | Path, categories: 
 
 @torch.no_grad()
 def predict(scorer: Scorer, dataset: AnomalyDataset, prototypes: list[torch.Tensor] | None = None, *,
-            batch_size: int = 16, device: str = "auto", progress: Progress | None = None) -> dict[str, np.ndarray]:
+            batch_size: int = 16, device: str = "auto", progress: Progress | LogProgress | None = None,
+            ) -> dict[str, np.ndarray]:
     """Scores (N,), maps (N,S,S), masks (N,S,S) and labels (N,) for every sample of `dataset`."""
     dev = pick_device(device)
     scorer.to(dev).eval()
@@ -74,13 +79,25 @@ def _denormalise(x: torch.Tensor, spec: InputSpec) -> np.ndarray:
     return ((x * std + mean).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def write_overlays(folder: Path, dataset: AnomalyDataset, pred: dict[str, np.ndarray]) -> None:
-    """One PNG per test image, named <defect>_<file>.png, maps scaled by the category's range."""
-    lo, hi = float(pred["maps"].min()), float(pred["maps"].max())
+def normal_threshold(scorer: Scorer, data: str | Path, category: str, *, batch_size: int, device: str) -> float:
+    """The threshold a bundle of this model would get by default: mean + 3 std of the scores of (up to
+    `THRESHOLD_IMAGES`) normal training images of the category; never the test labels."""
+    normals = AnomalyDataset(list_split(data, category, "train")[:THRESHOLD_IMAGES], scorer.spec)
+    return threshold_from_normal_scores(predict(scorer, normals, batch_size=batch_size, device=device)["scores"])
+
+
+def write_overlays(folder: Path, dataset: AnomalyDataset, pred: dict[str, np.ndarray], threshold: float) -> None:
+    """One PNG per test image, named <defect>_<file>.png: verdict, score and threshold, colours tied to it."""
     for i, sample in enumerate(dataset.samples):
         image = _denormalise(dataset[i][0], dataset.spec)
         save_overlay(folder / f"{sample.defect}_{sample.path.stem}.png", image, pred["maps"][i], pred["masks"][i],
-                     lo=lo, hi=hi)
+                     score=float(pred["scores"][i]), threshold=threshold)
+
+
+def image_rows(dataset: AnomalyDataset, pred: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Every test image's file, defect type, label (1 = anomalous) and score, for the report."""
+    return [{"file": str(s.path), "defect": s.defect, "label": int(label), "score": float(score)}
+            for s, label, score in zip(dataset.samples, pred["labels"], pred["scores"])]
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[str] | None = None, *,
@@ -95,14 +112,17 @@ def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[st
         raise PackdError(f"{checkpoint} is a few-shot {config['kind']} model: evaluate it with --shots K")
     cats = evaluation_categories(config, data, categories, few_shot=False)
     per_cat: dict[str, dict[str, float]] = {}
-    with Progress(disable=not progress) as bar:
+    with progress_bars(disable=not progress) as bar:
         for cat in cats:
             dataset = AnomalyDataset(list_split(data, cat, "test"), scorer.spec)
             pred = predict(scorer, dataset, batch_size=batch_size, device=device, progress=bar)
             per_cat[cat] = {**category_metrics(pred), "n_images": len(dataset),
                             "n_anomalous": int(pred["labels"].sum())}
             if overlays:
-                write_overlays(Path(overlays) / cat, dataset, pred)
+                threshold = normal_threshold(scorer, data, cat, batch_size=batch_size, device=device)
+                write_overlays(Path(overlays) / cat, dataset, pred, threshold)
+                per_cat[cat]["overlay_threshold"] = threshold
+            per_cat[cat]["images"] = image_rows(dataset, pred)
     report = {
         "checkpoint": str(checkpoint),
         "data": str(data),

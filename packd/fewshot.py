@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from packd.data import AnomalyDataset, Sample, list_split, resolve_categories
 from packd.errors import PackdError
 from packd.evaluate import category_metrics, predict
 from packd.preprocess import InputSpec
+from packd.progress import progress as progress_bars
 from packd.scoring import Scorer
 from packd_runtime.atomic import check_report_path, write_report
 
@@ -106,7 +106,7 @@ def evaluate_fewshot(scorer: Scorer, data: str | Path, categories: list[str], *,
     if swap == "other" and len(cats) < 2:
         raise PackdError("swapping in another category's prototypes needs at least two categories")
     per_cat: dict[str, Any] = {}
-    with Progress(disable=not progress) as bar:
+    with progress_bars(disable=not progress) as bar:
         for ci, cat in enumerate(cats):
             sets = _support_sets(data, cat, shots, runs, seed, supports_from)
             donors = (_support_sets(data, cats[(ci + 1) % len(cats)], shots, runs, seed, supports_from)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -22,6 +22,7 @@ from packd import __version__
 from packd.checkpoint import load_trainer_state, load_weights, read_config, save_checkpoint
 from packd.device import pick_device
 from packd.errors import PackdError
+from packd.progress import progress
 from packd.settings import RunConfig
 from packd_runtime.atomic import output_lock, recover
 from packd_runtime.errors import Interrupted
@@ -72,7 +73,7 @@ def fit(model: nn.Module, training: Training, *, run: RunConfig, out: str | Path
     with output_lock(out):
         recover(out)
         try:
-            return _fit(model, training, run=run, out=out, config=config, resume=resume, progress=progress)
+            return _fit(model, training, run=run, out=out, config=config, resume=resume, show_progress=progress)
         except KeyboardInterrupt:
             done = read_config(out)["train"]["epochs_done"] if (out / "config.json").is_file() else 0
             raise Interrupted(f"interrupted: the checkpoint of the last finished epoch ({done} of {run.epochs}) is "
@@ -80,7 +81,7 @@ def fit(model: nn.Module, training: Training, *, run: RunConfig, out: str | Path
 
 
 def _fit(model: nn.Module, training: Training, *, run: RunConfig, out: Path, config: dict[str, Any],
-         resume: bool, progress: bool) -> Path:
+         resume: bool, show_progress: bool) -> Path:
     device = pick_device(run.device)
     model.to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=run.lr, betas=tuple(run.betas))
@@ -94,15 +95,16 @@ def _fit(model: nn.Module, training: Training, *, run: RunConfig, out: Path, con
         previous = read_config(out)
         if _comparable(previous) != _comparable(config):
             raise PackdError(f"{out} holds a run with other settings; pass another --out, or --no-resume to start over")
-        load_weights(out, model)
+        load_weights(out, model, previous)
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start, history = int(state["epoch"]), list(previous["train"].get("history", []))
     columns = (TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar:
+    with progress(*columns, disable=not show_progress) as bar:
+        task = bar.add_task("train", total=training.steps * max(run.epochs - start, 1), epoch="", loss=float("nan"))
         for epoch in range(start, run.epochs):
-            task = bar.add_task("train", total=training.steps, epoch=f"{epoch + 1}/{run.epochs}", loss=float("nan"))
+            bar.update(task, epoch=f"{epoch + 1}/{run.epochs}")
             model.train()
             total, n = 0.0, 0
             for item in training.batches(epoch):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ORTH_HELP = "Weight of the orthogonality loss (MemKD: memory keys and values; PACKD: prototypes, lambda2)."
-
 
 def kd_loss(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
     """RD's loss: per stage 1 - cos between the WHOLE flattened teacher and student maps of each

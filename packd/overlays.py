@@ -1,15 +1,24 @@
-"""PNG overlays of anomaly maps: image | map blended over it | ground truth outline."""
+"""PNG overlays a person reads: a header with the verdict (OK / DEFECT), the score and the threshold; the image, the
+anomaly map blended over it and the ground-truth outline side by side; a colour bar with the threshold marked.
+
+The colour scale is tied to the threshold: 0 is dark blue, the threshold is yellow and 1.5 x the threshold is dark
+red, the same for every image, so a good image looks calm and a flagged one shows where. Inputs smaller than
+`MIN_SIDE` are enlarged so the picture is readable.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-# jet-like colour ramp: blue -> cyan -> green -> yellow -> red
+# jet-like colour ramp: blue -> cyan -> green -> yellow -> red; yellow sits at 4/6 of the scale
 _RAMP = np.array([[0, 0, 0.5], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 1, 0], [1, 0, 0], [0.5, 0, 0]], np.float32)
+THRESHOLD_AT = 4 / 6  # where the threshold falls on the colour scale (yellow)
+MIN_SIDE = 256  # panels are enlarged to at least this many pixels a side
+OK_COLOUR, DEFECT_COLOUR = (40, 160, 70), (210, 40, 40)
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
@@ -20,20 +29,55 @@ def colorize(values: np.ndarray) -> np.ndarray:
     return ((_RAMP[lo] * (1 - t) + _RAMP[lo + 1] * t) * 255).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, lo: float, hi: float) -> np.ndarray:
-    """Side by side: the image, the map (scaled by lo..hi) blended at 50 %, the mask outlined in white."""
-    heat = colorize((amap - lo) / max(hi - lo, 1e-12))
+def _panels(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, threshold: float) -> np.ndarray:
+    """image | map blended at 50 % | image with the mask outlined in white, all at the image's size."""
+    heat = colorize(amap / (threshold / THRESHOLD_AT))
     blend = (0.5 * image + 0.5 * heat).astype(np.uint8)
     outlined = image.copy()
     if mask is not None and mask.any():
-        edge = mask & ~ndimage.binary_erosion(mask)
-        outlined[ndimage.binary_dilation(edge)] = 255
-        blend[ndimage.binary_dilation(edge)] = 255
+        edge = ndimage.binary_dilation(mask & ~ndimage.binary_erosion(mask))
+        outlined[edge] = 255
+        blend[edge] = 255
     return np.concatenate([image, blend, outlined], axis=1)
 
 
-def save_overlay(path: str | Path, image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, lo: float,
-                 hi: float) -> None:
+def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, *, score: float,
+            threshold: float) -> np.ndarray:
+    """The overlay as uint8 RGB: header (verdict, score, threshold), the three panels, the colour bar."""
+    if not threshold > 0:
+        raise ValueError(f"an overlay needs a positive threshold, got {threshold}")
+    panels = Image.fromarray(_panels(image, amap, mask, threshold))
+    scale = max(1, -(-MIN_SIDE // image.shape[0]))
+    panels = panels.resize((panels.width * scale, panels.height * scale), Image.Resampling.BILINEAR)
+    font = ImageFont.load_default(size=max(12, panels.height // 14))
+    line = font.size + 10
+    canvas = Image.new("RGB", (panels.width, panels.height + 2 * line + 18), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    defect = score > threshold
+    draw.rectangle((0, 0, canvas.width, line), fill=DEFECT_COLOUR if defect else OK_COLOUR)
+    draw.text((8, 4), f"{'DEFECT' if defect else 'OK'}   score {score:.4g}   threshold {threshold:.4g}",
+              fill=(255, 255, 255), font=font)
+    canvas.paste(panels, (0, line))
+    small = ImageFont.load_default(size=max(10, font.size * 3 // 4))
+    for i, caption in enumerate(("image", "anomaly map", "ground truth")):
+        x0 = i * panels.width // 3 + 4
+        draw.rectangle(draw.textbbox((x0, line + 4), caption, font=small), fill=(0, 0, 0))
+        draw.text((x0, line + 4), caption, fill=(255, 255, 255), font=small)
+    bar_top, bar_h = line + panels.height + 4, 14
+    ramp = colorize(np.linspace(0, 1, canvas.width - 16)[None].repeat(bar_h, 0))
+    canvas.paste(Image.fromarray(ramp), (8, bar_top))
+    x = 8 + round(THRESHOLD_AT * (canvas.width - 17))
+    draw.line((x, bar_top - 3, x, bar_top + bar_h + 2), fill=(0, 0, 0), width=3)
+    hi = threshold / THRESHOLD_AT
+    draw.text((8, bar_top + bar_h + 2), "0", fill=(0, 0, 0), font=font)
+    draw.text((x, bar_top + bar_h + 2), f"threshold {threshold:.3g}", fill=(0, 0, 0), font=font, anchor="ma")
+    draw.text((canvas.width - 8, bar_top + bar_h + 2), f"{hi:.3g}", fill=(0, 0, 0), font=font, anchor="ra")
+    return np.asarray(canvas)
+
+
+def save_overlay(path: str | Path, image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, *, score: float,
+                 threshold: float) -> None:
+    """Write `overlay(...)` as a PNG (folders made as needed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, amap, mask, lo, hi)).save(path)
+    Image.fromarray(overlay(image, amap, mask, score=score, threshold=threshold)).save(path)

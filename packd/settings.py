@@ -108,6 +108,7 @@ def default_of(f: Any) -> Any:
 
 
 DEVICE_HELP = "auto, cpu or cuda[:N]."
+ORTH_HELP = "Weight of the orthogonality loss (MemKD: memory keys and values; PACKD: prototypes, lambda2)."
 ROTATIONS_HELP = "Support rotations (1-4: 0/90/180/270 degrees), in training and at test time."
 
 

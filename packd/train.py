@@ -14,9 +14,10 @@ from packd.checkpoint import CONFIG_FILE, save_checkpoint
 from packd.data import resolve_categories
 from packd.errors import PackdError
 from packd.fit import fit
-from packd.methods import method, model_config
+from packd.loading import model_config
+from packd.methods import method
 from packd.preprocess import InputSpec
-from packd.scoring import ScoreSettings, check_border
+from packd.score_settings import ScoreSettings, check_border
 from packd.settings import RunConfig, option_name, to_dict
 from packd.teachers import create_teacher
 from packd_runtime.atomic import check_replaceable

@@ -11,7 +11,7 @@ from conftest import FRAME
 
 from packd.checkpoint import read_config
 from packd.errors import PackdError
-from packd.methods import load_scorer
+from packd.loading import load_scorer
 from packd_export.bundle import calibration_frames, check_bundle, export_bundle
 from packd_export.cli import main as export_main
 from packd_export.graphs import QueryGraph, SupportGraph

@@ -10,7 +10,7 @@ import packd.fewshot as fewshot
 from packd.cli import app
 from packd.errors import PackdError
 from packd.fewshot import draw_support_sets, evaluate_fewshot, load_supports
-from packd.methods import load_scorer
+from packd.loading import load_scorer
 from packd.methods.knn.model import NearestNeighbour
 from packd.preprocess import InputSpec
 from packd.scoring import Scorer

@@ -11,7 +11,7 @@ from conftest import FRAME, train_small
 from typer.testing import CliRunner
 
 from packd.cli import app
-from packd.methods import load_scorer
+from packd.loading import load_scorer
 from packd.preprocess import InputSpec
 from packd.scoring import AnomalyMap
 from packd_export.bundle import check_bundle, export_bundle

@@ -2,9 +2,9 @@ import torch
 from conftest import train_small
 from safetensors.torch import load_file
 
-from packd.layers import plan_for
-from packd.methods import load_model
-from packd.methods.memkd import MemKD, NRMemory
+from packd.loading import load_model
+from packd.methods.memkd.model import MemKD, NRMemory
+from packd.student_plan import plan_for
 
 
 def test_memory_recalls_its_values():

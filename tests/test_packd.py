@@ -3,14 +3,14 @@ import torch
 import torch.nn.functional as F
 
 from packd.errors import PackdError
-from packd.layers import plan_for, rotate_supports
+from packd.layers import rotate_supports
 from packd.losses import orthogonality_loss
-from packd.methods.packd import PACKD
 from packd.methods.packd.episodes import EpisodeSampler
 from packd.methods.packd.losses import cds_loss, correspondence_similarity, packd_loss
-from packd.methods.packd.model import PrototypeExtractor, integrate, prototype_distance
+from packd.methods.packd.model import PACKD, PrototypeExtractor, integrate, prototype_distance
 from packd.preprocess import InputSpec
 from packd.scoring import Scorer, cosine_distances
+from packd.student_plan import plan_for
 
 SPEC = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
 
@@ -124,7 +124,8 @@ def test_packd_loss_trains_every_part(model):
 def test_packd_loss_weights_each_term_by_its_own_setting(model, synth_root):
     """Eq. 7: KD + cds_weight * CDS + orth_weight * orthogonality, each weight on its own term, as training
     builds it from the settings (every other test uses 0.5 / 0.5, where a swap is invisible)."""
-    from packd.methods.packd.training import PACKDSettings, make_training
+    from packd.methods.packd.settings import PACKDSettings
+    from packd.methods.packd.training import make_training
     from packd.settings import RunConfig
 
     torch.manual_seed(4)
@@ -196,7 +197,7 @@ def test_prototype_score_adds_the_nearest_prototype_distance(model):
 
 
 def test_scoring_overrides_change_scoring_not_weights(checkpoints):
-    from packd.methods import load_scorer
+    from packd.loading import load_scorer
 
     scorer, config = load_scorer(checkpoints["packd"])
     assert config["settings"]["norm"] == "group" and scorer.model.prototype_score == 1.0

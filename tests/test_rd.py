@@ -6,11 +6,12 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from packd.errors import PackdError
-from packd.layers import ChannelPlan, plan_for
 from packd.losses import kd_loss
-from packd.methods.rd import ReverseDistillation
-from packd.scoring import AnomalyMap, ScoreSettings, cosine_distances, gaussian_kernel1d, parse_weights
+from packd.methods.rd.model import ReverseDistillation
+from packd.score_settings import ScoreSettings, parse_weights
+from packd.scoring import AnomalyMap, cosine_distances, gaussian_kernel1d
 from packd.settings import from_dict, to_dict
+from packd.student_plan import ChannelPlan, plan_for
 from packd.teachers import create_teacher
 
 

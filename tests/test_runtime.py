@@ -16,7 +16,7 @@ import torch
 from conftest import FRAME
 
 from packd.data import list_split
-from packd.methods import load_scorer
+from packd.loading import load_scorer
 from packd.preprocess import load_frames
 from packd_export.graphs import QueryGraph, SupportGraph
 from packd_runtime import Detector, PackdError, Prototypes

@@ -7,8 +7,9 @@ from conftest import train_small
 import packd.checkpoint as checkpoint
 from packd.checkpoint import save_checkpoint
 from packd.errors import PackdError
-from packd.methods import METHODS, load_model, model_config
-from packd.methods.rd import RDSettings
+from packd.loading import load_model, model_config
+from packd.methods import METHODS
+from packd.methods.rd.settings import RDSettings
 from packd.preprocess import InputSpec
 
 

@@ -1,2 +1,2 @@
 """packd_bench: latency, throughput, changeover, memory and accuracy benchmarks (`packd-bench`),
-and the scripts that produce the README's result tables."""
+and the scripts that produce the documented result tables (docs/results.md, docs/fewshot.md)."""

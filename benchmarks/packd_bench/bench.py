@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from packd.methods import load_scorer
+from packd.loading import load_scorer
 from packd_export.graphs import QueryGraph
 from packd_runtime import Detector
 

@@ -21,7 +21,7 @@ import typer
 
 from packd.evaluate import evaluate
 from packd.fewshot import evaluate_fewshot
-from packd.methods import load_scorer
+from packd.loading import load_scorer
 from packd.synth import Counts, synthesize
 from packd.train import configure, train
 

@@ -3,7 +3,7 @@
 The `nvidia-pytriton` wheel ships a `tritonserver` binary with the Python backend (no ONNX Runtime or
 TensorRT backend: on a CPU trial only the `packd` line model loads, which runs packd_runtime itself).
 It needs numpy < 2, so it lives in an environment of its own (`make triton-env` makes `.venv-triton`).
-On a GPU server use NVIDIA's container instead (see the README).
+On a GPU server use NVIDIA's container instead (see docs/triton.md).
 
     .venv/bin/python -m packd_bench.triton_local REPO [--env .venv-triton] [--http-port 8000]
 """

@@ -19,7 +19,7 @@ import torch
 import packd
 from packd.data import list_split
 from packd.errors import PackdError
-from packd.methods import load_scorer
+from packd.loading import load_scorer
 from packd.preprocess import Preprocess, load_frames
 from packd.scoring import Scorer
 from packd.synth import paint_defects

@@ -1,24 +1,36 @@
-"""`packd-export`: CHECKPOINT --out BUNDLE (export), `check BUNDLE`, `build BUNDLE` (engines on this GPU),
-`triton BUNDLE --out REPO` (a Triton model repository)."""
+"""`packd-export`: CHECKPOINT --out BUNDLE (export, the default command), `check BUNDLE`, `build BUNDLE` (engines
+on this GPU), `triton BUNDLE --out REPO` (a Triton model repository). No torch is imported until a command runs."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from packd.console import run_app
 from packd.errors import PackdError
-from packd.scoring import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
+from packd.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
 
 console = Console()
-export_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-tools_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                        rich_markup_mode=None)
-SUBCOMMANDS = ("check", "build", "triton")
+
+
+class ExportGroup(TyperGroup):
+    """Subcommands where `export` is the default: `packd-export CHECKPOINT ...` is `packd-export export CHECKPOINT
+    ...`, and `packd-export --help` lists export, check, build and triton."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["export", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=ExportGroup, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  rich_markup_mode=None, help="Export a checkpoint to a bundle (`packd-export CHECKPOINT --out BUNDLE`"
+                  " runs `export`), check it, build its TensorRT engines, or write a Triton model repository.")
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -33,9 +45,7 @@ def _size(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
-@export_app.command(epilog="Also: packd-export check BUNDLE (verify a bundle), "
-                           "packd-export build BUNDLE (TensorRT engines on this GPU), "
-                           "packd-export triton BUNDLE --out REPO (a Triton model repository).")
+@app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder written by `packd train`.")],
     out: Annotated[Path, typer.Option(help="Bundle folder to write (replaced atomically if it exists).")],
@@ -91,7 +101,7 @@ def export(
                       markup=False)
 
 
-@tools_app.command()
+@app.command()
 def check(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
     """Verify manifest version, file hashes, ONNX validity and TensorRT parser compatibility."""
     from packd_export.bundle import check_bundle
@@ -101,7 +111,7 @@ def check(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> Non
                   f"graphs: {', '.join(manifest['graphs'])}, engines: {len(manifest['engines'])})")
 
 
-@tools_app.command()
+@app.command()
 def build(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
           device: Annotated[int, typer.Option(help="CUDA device to build on.", min=0)] = 0) -> None:
     """Build TensorRT engines for an existing bundle on this machine's GPU (run it on the target device)."""
@@ -111,7 +121,7 @@ def build(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     console.print(f"built {', '.join(e['file'] for e in manifest['engines'])}")
 
 
-@tools_app.command()
+@app.command()
 def triton(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
            out: Annotated[Path, typer.Option(help="Model repository folder to write (replaced atomically if "
                                                   "packd wrote it).")],
@@ -131,9 +141,8 @@ def triton(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`packd-export CHECKPOINT ...` exports; `packd-export check|build BUNDLE` checks or builds."""
-    argv = sys.argv[1:] if argv is None else argv
-    run_app(tools_app if argv and argv[0] in SUBCOMMANDS else export_app, argv, "packd-export")
+    """Console entry point of `packd-export`."""
+    run_app(app, argv, "packd-export")
 
 
 if __name__ == "__main__":

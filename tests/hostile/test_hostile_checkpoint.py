@@ -15,7 +15,7 @@ import packd.checkpoint as checkpoint
 import packd.methods.rd.training as rd_training
 from packd.checkpoint import save_checkpoint
 from packd.errors import PackdError
-from packd.methods import load_model
+from packd.loading import load_model
 from packd_export.bundle import export_bundle
 
 

@@ -1,6 +1,1 @@
-"""MemKD: model (`model.py`), settings and training (`training.py`)."""
-
-from packd.methods.memkd.model import MemKD, NRMemory
-from packd.methods.memkd.training import PRESETS, MemKDSettings, build, make_training
-
-__all__ = ["PRESETS", "MemKD", "MemKDSettings", "NRMemory", "build", "make_training"]
+"""MemKD: model (`model.py`), settings and presets (`settings.py`), build and training (`training.py`)."""

@@ -1,6 +1,6 @@
 """MemKD (Gu et al., ICCV 2023): Reverse Distillation with a normality recall (NR) memory.
 
-Only the abstract is public and no official code exists; the decisions (README, "MemKD"):
+Only the abstract is public and no official code exists; the decisions (docs/kinds/memkd.md):
 - one memory per decoder stage, L slots (default 50) of learnable keys and values (registered
   parameters, so they train and are saved);
 - recall: every student location is a query; softmax over its cosine similarity to the keys,
@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from packd.layers import OCBE, ChannelPlan, Refine, decoder_stages
+from packd.layers import OCBE, Refine, decoder_stages
 from packd.scoring import cosine_distances
+from packd.student_plan import ChannelPlan
 
 
 class NRMemory(nn.Module):

@@ -1,8 +1,9 @@
-"""MemKD: settings, presets and training (KD + normality embedding learning on a fixed exemplar set)."""
+"""MemKD: the model built from its settings, and training (KD + normality embedding learning on a fixed exemplar
+set)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,31 +11,13 @@ import torch
 
 from packd.data import AnomalyDataset, list_split
 from packd.fit import Training, image_batches
-from packd.layers import NORM_HELP, NORMS, PLAN_HELP, STAGE_OUTPUTS, STAGE_OUTPUTS_HELP, ChannelPlan, student_plan
-from packd.losses import ORTH_HELP, kd_loss, orthogonality_loss
+from packd.losses import kd_loss, orthogonality_loss
 from packd.methods.memkd.model import MemKD
+from packd.methods.memkd.settings import MemKDSettings
 from packd.preprocess import InputSpec
-from packd.scoring import ScoreSettings
-from packd.settings import RunConfig, setting
+from packd.settings import RunConfig
+from packd.student_plan import student_plan
 from packd.teachers import Teacher
-
-
-@dataclass(frozen=True)
-class MemKDSettings(ScoreSettings):
-    """NR memory and normality embedding settings (paper: L = 50, N = 16 exemplars, weights 0.1)."""
-
-    slots: int = setting(50, "Memory slots L per decoder stage.", ge=1)
-    temperature: float = setting(0.1, "Softmax temperature of the memory recall.", gt=0)
-    exemplars: int = setting(16, "Normal exemplar images for normality embedding learning.", ge=1)
-    memorisation_weight: float = setting(0.1, "Weight of the memorisation loss.", ge=0)
-    orth_weight: float = setting(0.1, ORTH_HELP, ge=0)
-    stage_outputs: str = setting("relu", STAGE_OUTPUTS_HELP, choices=STAGE_OUTPUTS)
-    norm: str = setting("batch", NORM_HELP, choices=NORMS)
-    plan: ChannelPlan | None = setting(None, PLAN_HELP, cli=False)
-
-
-PRESETS = {"paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 0.005, "epochs": 200, "batch_size": 16,
-                     "slots": 50}}
 
 
 def build(teacher: Teacher, settings: MemKDSettings) -> tuple[MemKD, MemKDSettings]:

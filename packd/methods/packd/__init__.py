@@ -1,6 +1,2 @@
-"""PACKD: model (`model.py`), losses (`losses.py`), episodes (`episodes.py`), settings and training (`training.py`)."""
-
-from packd.methods.packd.model import PACKD
-from packd.methods.packd.training import PRESETS, PACKDSettings, build, make_training
-
-__all__ = ["PACKD", "PRESETS", "PACKDSettings", "build", "make_training"]
+"""PACKD: model (`model.py`), episodes and losses, settings and presets (`settings.py`), build and meta-training
+(`training.py`)."""

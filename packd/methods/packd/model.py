@@ -11,11 +11,11 @@ per stage of shape (n, C_i):
   the guide feature, the similarity averaged over prototypes is the probability map, and
   [student, guide, probability] goes on.
 
-Beyond the paper (each validated on training categories, README "PACKD: decisions"; `--preset paper`
+Beyond the paper (each validated on training categories, docs/kinds/packd.md, "PACKD: decisions"; `--preset paper`
 turns them off): the nearest-prototype distance added to the KD map (`prototype_score`) and a
 per-image normalisation in the student (`norm="group"`).
 
-Resolved where the paper is silent (see README, "PACKD: decisions"):
+Resolved where the paper is silent (see docs/kinds/packd.md, "PACKD: decisions"):
 - PEIM does not act on the bottleneck output: no teacher stage has its channels to make prototypes.
 - After the last decoder stage (stride 4) the integration feeds a small residual refinement
   (3x3 conv-BN-ReLU, 1x1 conv) whose output is the stage-1 student map, so the stage-1
@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from packd.layers import OCBE, ChannelPlan, Refine, decoder_stages, rotate_supports
+from packd.layers import OCBE, Refine, decoder_stages, rotate_supports
 from packd.scoring import cosine_distances
+from packd.student_plan import ChannelPlan
 
 
 class PrototypeExtractor(nn.Module):

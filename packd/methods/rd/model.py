@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from packd.layers import OCBE, ChannelPlan, decoder_stages
+from packd.layers import OCBE, decoder_stages
 from packd.scoring import cosine_distances
+from packd.student_plan import ChannelPlan
 
 
 class ReverseDistillation(nn.Module):

@@ -1,34 +1,22 @@
-"""Reverse Distillation: settings, presets and training on the normal images of the listed categories."""
+"""Reverse Distillation: the model built from its settings, and training on the normal images of the listed
+categories."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from packd.data import AnomalyDataset, list_split
 from packd.fit import Training, image_batches
-from packd.layers import NORM_HELP, NORMS, PLAN_HELP, STAGE_OUTPUTS, STAGE_OUTPUTS_HELP, ChannelPlan, student_plan
 from packd.losses import kd_loss
 from packd.methods.rd.model import ReverseDistillation
+from packd.methods.rd.settings import RDSettings
 from packd.preprocess import InputSpec
-from packd.scoring import ScoreSettings
-from packd.settings import RunConfig, setting
+from packd.settings import RunConfig
+from packd.student_plan import student_plan
 from packd.teachers import Teacher
-
-
-@dataclass(frozen=True)
-class RDSettings(ScoreSettings):
-    """RD's student: stage outputs and norm (validated on training categories, see the docs), and the layout
-    that follows from them and the teacher."""
-
-    stage_outputs: str = setting("relu", STAGE_OUTPUTS_HELP, choices=STAGE_OUTPUTS)
-    norm: str = setting("batch", NORM_HELP, choices=NORMS)
-    plan: ChannelPlan | None = setting(None, PLAN_HELP, cli=False)
-
-
-PRESETS = {"paper": {"teacher": "wide_resnet50_2", "image_size": 256, "lr": 0.005, "epochs": 200, "batch_size": 16}}
 
 
 def build(teacher: Teacher, settings: RDSettings) -> tuple[ReverseDistillation, RDSettings]:
