@@ -49,7 +49,8 @@ from packd.train import configure, train
 from packd_bench.runtime_eval import bundle_fewshot_runs
 from packd_export.bundle import export_bundle
 from packd_runtime import Detector
-from packd_runtime.atomic import check_report_path, output_lock, write_report
+from packd_runtime.locks import output_lock
+from packd_runtime.reports import check_report_path, write_report
 
 TEACHER = "tf_efficientnet_lite0"
 TRAIN_CATS = ["grid", "carpet", "stripes", "wood", "disc", "nut", "plate", "weave", "marble", "leather", "perforated",

@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 import typer
 
-from packd_runtime.atomic import check_report_path, write_report
+from packd_runtime.reports import check_report_path, write_report
 
 
 def _session(model: onnx.ModelProto, threads: int, profile: str | None = None) -> ort.InferenceSession:
@@ -80,15 +80,15 @@ def _ort_layout(checkpoint: Path, fp32_bundle: Path, activation: str) -> onnx.Mo
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from packd.checkpoint import read_config
-    from packd_export.bundle import CALIBRATION_IMAGES, bundle_feeds, calibration_frames
+    from packd_export.calibration import CALIBRATION_IMAGES, bundle_feeds, calibration_frames
     from packd_export.int8 import FeedReader, int8_layers
-    from packd_export.precision import _named
+    from packd_export.trunk import with_node_names
 
     manifest = json.loads((fp32_bundle / "manifest.json").read_text())
     frames = calibration_frames(read_config(checkpoint), (manifest["input"]["height"], manifest["input"]["width"]),
                                 CALIBRATION_IMAGES)
     feeds = bundle_feeds(fp32_bundle, frames)["query"]
-    model = _named(onnx.load(fp32_bundle / "query.onnx"))
+    model = with_node_names(onnx.load(fp32_bundle / "query.onnx"))
     signed = activation == "int8"
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(model, Path(tmp) / "a.onnx")

@@ -33,8 +33,8 @@ from packd_bench.bench import time_calls
 from packd_bench.runtime_eval import bundle_fewshot_runs, category_test_frames
 from packd_export.bundle import export_bundle
 from packd_runtime import Detector
-from packd_runtime.atomic import check_report_path, write_report
 from packd_runtime.coreset import greedy_coreset
+from packd_runtime.reports import check_report_path, write_report
 
 TEACHER = "tf_efficientnet_lite0"
 TRAIN_CATS = ["grid", "carpet", "stripes", "wood", "disc", "nut", "plate"]

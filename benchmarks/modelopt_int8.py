@@ -21,10 +21,12 @@ import onnx
 import typer
 
 from packd.checkpoint import read_config
-from packd_export.bundle import CALIBRATION_IMAGES, _io, bundle_feeds, bundle_threshold, calibration_frames
+from packd_export.calibration import CALIBRATION_IMAGES, bundle_feeds, bundle_threshold, calibration_frames
 from packd_export.int8 import FeedReader
+from packd_export.onnx_export import graph_io
 from packd_runtime.atomic import atomic_dir, write_json
-from packd_runtime.manifest import MANIFEST, sha256
+from packd_runtime.bundle_format import MANIFEST
+from packd_runtime.files import sha256
 
 
 def main(checkpoint: Path = Path("runs/fewshot/packd_best"), bundles: Path = Path("runs/fewshot/bundles"),
@@ -46,7 +48,8 @@ def main(checkpoint: Path = Path("runs/fewshot/packd_best"), bundles: Path = Pat
                      high_precision_dtype=high_precision, output_path=str(Path(work) / spec["file"]))
             model = onnx.load(Path(work) / spec["file"])
             onnx.save(model, tmp / spec["file"])
-            manifest["graphs"][graph] |= {"inputs": _io(model.graph.input), "outputs": _io(model.graph.output)}
+            inputs, outputs = graph_io(model)
+            manifest["graphs"][graph] |= {"inputs": inputs, "outputs": outputs}
         manifest |= {"precision": "int8", "engines": [],
                      "int8": {"calibration": f"modelopt {calibration_method}, high precision {high_precision}",
                               "seconds": round(time.perf_counter() - t0, 1)},

@@ -33,7 +33,7 @@ from packd.student_plan import ChannelPlan
 from packd.synth import synthesize
 from packd.teachers import create_teacher
 from packd.train import configure, train
-from packd_runtime.atomic import write_report
+from packd_runtime.reports import write_report
 
 TEACHER = "tf_efficientnet_lite0"
 VAL_TRAIN = ["grid", "stripes", "wood", "disc", "plate", "weave", "marble", "leather", "perforated", "screw", "gear",

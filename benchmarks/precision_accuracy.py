@@ -29,7 +29,7 @@ from packd.preprocess import load_frames, load_mask
 from packd_export.bundle import export_bundle
 from packd_export.int8 import Int8Settings
 from packd_runtime import Detector
-from packd_runtime.atomic import check_report_path, write_report
+from packd_runtime.reports import check_report_path, write_report
 
 VARIANTS = {"fp32": ("fp32", None), "fp16": ("fp16", None), "int8": ("int8", Int8Settings()),
             "int8-none": ("int8", Int8Settings(fallback="none")),

@@ -16,7 +16,7 @@ import typer
 from packd.evaluate import METRIC_KEYS, evaluate
 from packd.synth import synthesize, synthesize_photos
 from packd.train import configure, train
-from packd_runtime.atomic import check_report_path, write_report
+from packd_runtime.reports import check_report_path, write_report
 
 
 def main(out: Path = Path("runs/rd_bench"), epochs: int = 20, image_size: int = 128, batch_size: int = 8,

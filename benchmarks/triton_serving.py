@@ -22,8 +22,8 @@ import typer
 from packd_bench.triton_local import local_triton
 from packd_export.triton import write_repository
 from packd_runtime import Detector
-from packd_runtime.atomic import check_report_path, write_report
-from packd_runtime.triton_client import TritonDetector
+from packd_runtime.reports import check_report_path, write_report
+from packd_runtime.triton.client import TritonDetector
 
 LINES = ("line-a", "line-b")
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from packd.errors import PackdError
 from packd_runtime.atomic import atomic_dir, recover_if_unlocked
-from packd_runtime.manifest import read_json, sha256
+from packd_runtime.files import read_json, sha256
 
 FORMAT_VERSION = 4
 MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.safetensors", "config.json", "trainer.pt"

@@ -20,8 +20,8 @@ from packd.preprocess import InputSpec
 from packd.progress import LogProgress
 from packd.progress import progress as progress_bars
 from packd.scoring import Scorer
-from packd_runtime.atomic import check_report_path, write_report
-from packd_runtime.manifest import threshold_from_normal_scores
+from packd_runtime.reports import check_report_path, write_report
+from packd_runtime.threshold import threshold_from_normal_scores
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max")
 THRESHOLD_IMAGES = 32  # normal training images per category behind an overlay's threshold (as export uses)

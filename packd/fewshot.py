@@ -22,7 +22,7 @@ from packd.evaluate import category_metrics, predict
 from packd.preprocess import InputSpec
 from packd.progress import progress as progress_bars
 from packd.scoring import Scorer
-from packd_runtime.atomic import check_report_path, write_report
+from packd_runtime.reports import check_report_path, write_report
 
 FEWSHOT_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 SWAPS = ("own", "other", "zero")  # whose prototypes score a category: its own, the next category's, or zeros

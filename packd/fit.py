@@ -24,8 +24,9 @@ from packd.device import pick_device
 from packd.errors import PackdError
 from packd.progress import progress
 from packd.settings import RunConfig
-from packd_runtime.atomic import output_lock, recover
+from packd_runtime.atomic import recover
 from packd_runtime.errors import Interrupted
+from packd_runtime.locks import output_lock
 
 RESUMABLE_KEYS = ("epochs", "device")  # run settings that may change between an interrupted run and its resume
 

@@ -17,6 +17,7 @@ from torch import nn
 from packd.errors import PackdError
 from packd.preprocess import InputSpec
 from packd.score_settings import ScoreSettings, check_border, parse_weights
+from packd_runtime.bundle_format import prototype_names
 from packd_runtime.coreset import bound_prototypes
 
 
@@ -102,8 +103,8 @@ class Scorer(nn.Module):
 
     @property
     def prototype_names(self) -> list[str]:
-        """Graph names of the prototype tensors: prototypes_1..N."""
-        return [f"prototypes_{i + 1}" for i in range(len(self.model.prototype_channels))] if self.few_shot else []
+        """Graph names of the prototype tensors (the bundle format's `prototype_names`)."""
+        return prototype_names(len(self.model.prototype_channels)) if self.few_shot else []
 
     @torch.no_grad()
     def prototypes(self, supports: torch.Tensor) -> list[torch.Tensor]:

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from packd.cli import app, setting_options
 from packd.console import run_app
 from packd.evaluate import METRIC_KEYS
 from packd.methods import METHODS
+from packd.overlays import DEFECT_COLOUR, OK_COLOUR
 
 runner = CliRunner()
 
@@ -74,7 +76,17 @@ def test_synth_train_eval_end_to_end(tmp_path):
     assert rep["categories"]["disc"]["n_images"] == 9 and rep["categories"]["disc"]["n_anomalous"] == 6
     pngs = sorted((overlays / "disc").glob("*.png"))
     assert len(pngs) == 9
-    assert np.asarray(Image.open(pngs[0])).shape == (64, 192, 3)
+    disc = rep["categories"]["disc"]
+    rows = {Path(r["file"]).parent.name + "_" + Path(r["file"]).name: r for r in disc["images"]}
+    assert len(rows) == 9 and sum(r["label"] for r in rows.values()) == 6
+    assert all(r["label"] == (r["defect"] != "good") and np.isfinite(r["score"]) for r in rows.values())
+    threshold = disc["overlay_threshold"]
+    assert threshold > 0 and {r["score"] > threshold for r in rows.values()} <= {True, False}
+    for png in pngs:  # 64-px panels enlarged to 256, a header with the verdict, a colour bar below
+        picture = np.asarray(Image.open(png))
+        assert picture.shape[1] == 3 * 256 and picture.shape[0] > 256 + 40
+        verdict = DEFECT_COLOUR if rows[png.name]["score"] > threshold else OK_COLOUR
+        assert tuple(picture[2, -3]) == verdict
     r = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--categories", "disc",
                             "--json", str(report), "--border", "8", "--stage-weights", "0,0,1"])
     assert r.exit_code == 0, r.output

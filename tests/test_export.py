@@ -12,14 +12,17 @@ from conftest import FRAME
 from packd.checkpoint import read_config
 from packd.errors import PackdError
 from packd.loading import load_scorer
-from packd_export.bundle import calibration_frames, check_bundle, export_bundle
+from packd_export.bundle import export_bundle
+from packd_export.calibration import calibration_frames
+from packd_export.check import check_bundle
 from packd_export.cli import main as export_main
+from packd_export.fp16 import to_fp16
 from packd_export.graphs import QueryGraph, SupportGraph
 from packd_export.int8 import Int8Settings
-from packd_export.precision import to_fp16, trunk_nodes
 from packd_export.trt_compat import check_tensorrt_compat
+from packd_export.trunk import trunk_nodes
 from packd_runtime import Detector
-from packd_runtime.tensorrt_build import engine_name, profile_shapes, why_no_tensorrt
+from packd_runtime.tensorrt.build import engine_name, profile_shapes, why_no_tensorrt
 
 
 def _frames(n, seed):

@@ -11,11 +11,12 @@ from conftest import FRAME
 from packd.checkpoint import read_config
 from packd.errors import PackdError
 from packd.synth import paint_defects
-from packd_export.bundle import _validation, bundle_feeds, calibration_frames, export_bundle
+from packd_export.bundle import export_bundle
+from packd_export.calibration import bundle_feeds, calibration_frames, validation_sets
 from packd_export.cli import main as export_main
 from packd_export.int8 import FALLBACK_STEPS, Int8Settings, int8_layers, mixed_int8, quantize
-from packd_export.precision import trunk_nodes
 from packd_export.trt_compat import check_tensorrt_compat
+from packd_export.trunk import trunk_nodes
 
 
 def _inputs(checkpoints, bundles, kind):
@@ -25,7 +26,7 @@ def _inputs(checkpoints, bundles, kind):
     few_shot = (path / "support.onnx").exists()
     graphs = {g: onnx.load(path / f"{g}.onnx") for g in (("support", "query") if few_shot else ("query",))}
     frames = calibration_frames(read_config(checkpoints[kind]), FRAME, 32)
-    return graphs, bundle_feeds(path, frames), _validation(frames, few_shot, 0)
+    return graphs, bundle_feeds(path, frames), validation_sets(frames, few_shot, 0)
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +121,12 @@ def test_auto_fallback_stops_at_the_targets_or_the_cap(checkpoints, bundles, pac
 
 def test_validation_holds_out_normal_images_and_adds_painted_defects():
     frames = {"a": np.random.default_rng(0).integers(0, 256, (48, 40, 40, 3), dtype=np.uint8)}
-    v = _validation(frames, True, 5)
+    v = validation_sets(frames, True, 5)
     supports, queries = v.sets[0]
     assert not v.overlaps_calibration and v.max_prototypes == 5
     assert np.array_equal(supports, frames["a"][32:34]) and np.array_equal(queries[:14], frames["a"][34:])
     assert np.array_equal(queries[14:], paint_defects(frames["a"][34:], seed=0))
-    short = _validation({"a": frames["a"][:20]}, False, 0)
+    short = validation_sets({"a": frames["a"][:20]}, False, 0)
     assert short.overlaps_calibration and np.array_equal(short.sets[0][1][:16], frames["a"][4:20])
 
 

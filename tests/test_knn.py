@@ -14,7 +14,8 @@ from packd.cli import app
 from packd.loading import load_scorer
 from packd.preprocess import InputSpec
 from packd.scoring import AnomalyMap
-from packd_export.bundle import check_bundle, export_bundle
+from packd_export.bundle import export_bundle
+from packd_export.check import check_bundle
 from packd_export.graphs import QueryGraph, SupportGraph
 from packd_runtime import Detector, Prototypes
 

@@ -70,7 +70,7 @@ def test_end_to_end_without_torch(synth_root, checkpoints, bundles, tmp_path):
 
 def test_runtime_imports_without_torch_or_packd():
     script = NO_TORCH + textwrap.dedent("""
-        import packd_runtime, packd_runtime.backends.tensorrt_backend, packd_runtime.tensorrt_build
+        import packd_runtime, packd_runtime.tensorrt.backend, packd_runtime.tensorrt.build
         assert not any(m == 'packd' or m.startswith('packd.') for m in sys.modules)
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -127,7 +127,7 @@ def test_fingerprint_is_the_models_not_the_file_names(synth_root, bundles, tmp_p
     from conftest import train_small
 
     from packd_export.bundle import export_bundle
-    from packd_runtime.manifest import fingerprint, read_manifest
+    from packd_runtime.bundle_format import fingerprint, read_manifest
 
     a = bundles["packd"][1]
     ckpt = train_small("packd", synth_root, ["grid", "disc"], tmp_path / "ck", epochs=1, batch_size=4, shots=2,
@@ -240,7 +240,10 @@ def test_runtime_wheel_has_a_small_dependency_set(tmp_path):
     assert required == ["numpy>=1.22", 'onnxruntime>=1.16; python_version < "3.11"',
                         'onnxruntime>=1.24.1; python_version >= "3.11"']
     assert "Requires-Python: >=3.10" in meta
-    assert "packd_runtime/backends/tensorrt_backend.py" in names and "packd_runtime/detector.py" in names
+    for module in ("detector.py", "bundle_format.py", "tensorrt/backend.py", "tensorrt/build.py",
+                   "onnxruntime/backend.py", "triton/line_model.py", "triton/client.py", "triton_model.py"):
+        assert f"packd_runtime/{module}" in names
+    assert "The runtime on its own" in meta or "Detector.open" in meta  # runtime/README.md is its readme
     assert not any(n.startswith(("packd/", "packd_export/", "packd_bench/")) for n in names)
 
 
@@ -278,8 +281,8 @@ def test_tensorrt_names_exist_in_a_real_binding():
     """Every `trt.X[.Y]` used exists in TensorRT 11's lean binding: all of the runtime backend's,
     and the builder's except the builder-only classes listed above (so no new name slips in unchecked)."""
     lean = pytest.importorskip("tensorrt_lean_bindings")
-    backend = _attribute_uses(RUNTIME / "backends" / "tensorrt_backend.py", "trt")
-    builder = _attribute_uses(RUNTIME / "tensorrt_build.py", "trt")
+    backend = _attribute_uses(RUNTIME / "tensorrt" / "backend.py", "trt")
+    builder = _attribute_uses(RUNTIME / "tensorrt" / "build.py", "trt")
     assert backend and builder
     assert _missing(lean, backend) == []
     assert _missing(lean, builder, skip=BUILDER_ONLY) == []
@@ -288,7 +291,7 @@ def test_tensorrt_names_exist_in_a_real_binding():
 
 def test_cuda_runtime_names_exist_in_cuda_python():
     cudart = pytest.importorskip("cuda.bindings.runtime")
-    for path in (RUNTIME / "backends" / "tensorrt_backend.py", RUNTIME / "tensorrt_build.py"):
+    for path in (RUNTIME / "tensorrt" / "backend.py", RUNTIME / "tensorrt" / "build.py"):
         used = _attribute_uses(path, "cudart")
         assert used, path
         assert _missing(cudart, used) == [], path

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from fake_gpu import DeviceArray, FakeCudart, FakeTensorRT, Violation, engine_bytes
 
-from packd_runtime import tensorrt_build
-from packd_runtime.backends import _engines_here as engines_here
-from packd_runtime.backends import onnxruntime_backend, tensorrt_backend
-from packd_runtime.backends.tensorrt_backend import MAX_SLOTS, TensorRTBackend
+from packd_runtime.backends import engines_here
 from packd_runtime.errors import PackdError
+from packd_runtime.onnxruntime import backend as onnxruntime_backend
+from packd_runtime.tensorrt import backend as tensorrt_backend
+from packd_runtime.tensorrt import build as tensorrt_build
+from packd_runtime.tensorrt.backend import MAX_SLOTS, TensorRTBackend
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from packd_bench.triton_local import local_triton, why_no_local_triton
 from packd_export.cli import main as export_main
 from packd_export.triton import LINE_MODEL, write_repository
 from packd_runtime import Detector
-from packd_runtime.manifest import fingerprint, read_manifest
-from packd_runtime.triton_model import LineServer
+from packd_runtime.bundle_format import fingerprint, read_manifest
+from packd_runtime.triton.line_model import LineServer
 
 TRITON_ENV = Path(os.environ.get("PACKD_TRITON_ENV", Path(__file__).parents[1] / ".venv-triton"))
 
@@ -68,7 +68,7 @@ def test_repository_configs_parse_with_tritons_schema(bundles, tmp_path, kind):
 def test_engines_of_the_named_gpu_become_plans(bundles, tmp_path):
     import shutil
 
-    from packd_runtime.manifest import sha256
+    from packd_runtime.files import sha256
 
     b = tmp_path / "b"
     shutil.copytree(bundles["rd"][1], b)
@@ -138,7 +138,7 @@ def triton(bundles, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_real_triton_serves_two_lines_to_8_threads(triton, bundles, protocol):
-    from packd_runtime.triton_client import TritonDetector
+    from packd_runtime.triton.client import TritonDetector
 
     manifest, path = bundles["packd"]
     url = triton.http if protocol == "http" else triton.grpc
@@ -171,7 +171,7 @@ def test_real_triton_serves_two_lines_to_8_threads(triton, bundles, protocol):
 def test_real_triton_answers_bad_requests_and_keeps_serving(triton, bundles):
     import tritonclient.http as http
 
-    from packd_runtime.triton_client import TritonDetector
+    from packd_runtime.triton.client import TritonDetector
 
     manifest, _ = bundles["packd"]
     client = TritonDetector(triton.http)
@@ -211,7 +211,7 @@ def test_real_triton_answers_bad_requests_and_keeps_serving(triton, bundles):
 def test_client_without_tritonclient_or_with_a_bad_protocol_says_what_to_do(monkeypatch):
     import sys
 
-    from packd_runtime.triton_client import TritonDetector
+    from packd_runtime.triton.client import TritonDetector
 
     with pytest.raises(PackdError, match="protocol must be http or grpc"):
         TritonDetector("localhost:1", protocol="smtp")
@@ -221,7 +221,22 @@ def test_client_without_tritonclient_or_with_a_bad_protocol_says_what_to_do(monk
 
 
 def test_client_refuses_a_server_without_the_model(tmp_path):
-    from packd_runtime.triton_client import TritonDetector
+    from packd_runtime.triton.client import TritonDetector
 
     with pytest.raises(PackdError, match="no model 'packd' at 127.0.0.1:9"):
         TritonDetector("127.0.0.1:9", timeout_s=2)
+
+
+def test_repositories_written_before_the_move_still_load_their_line_model():
+    """Repositories written before the runtime grouped its Triton code import packd_runtime.triton_model; new
+    ones import packd_runtime.triton.line_model. Both give the same class."""
+    from packd_export.triton import LINE_MODEL_PY
+    from packd_runtime import triton_model
+    from packd_runtime.triton import line_model
+
+    assert triton_model.TritonPythonModel is line_model.TritonPythonModel
+    old, new = {}, {}
+    exec("from packd_runtime.triton_model import TritonPythonModel", old)
+    exec(LINE_MODEL_PY, new)
+    assert old["TritonPythonModel"] is new["TritonPythonModel"] is line_model.TritonPythonModel
+    assert "packd_runtime.triton.line_model" in LINE_MODEL_PY

@@ -26,6 +26,7 @@ from scipy.stats import spearmanr
 from packd.loading import load_scorer
 from packd_export.graphs import QueryGraph
 from packd_runtime import Detector
+from packd_runtime.bundle_format import IMAGES, QUERY
 
 PERCENTILES = (90, 95, 99)
 
@@ -196,14 +197,14 @@ def runtime_overhead(bundle: Path, frames: np.ndarray, supports: np.ndarray | No
     """Detector.detect against its backend's bare `run` of the query graph on the same feeds (the
     `Backend` interface), calls interleaved so that both see the same machine load."""
     with Detector.open(bundle, backend="onnxruntime") as det:
-        feeds = {"images": frames}
+        feeds = {IMAGES: frames}
         if supports is not None:
             protos = det.prototypes(supports)
             feeds |= dict(zip(det.prototype_names, protos.arrays))
         raw, full = [], []
         for i in range(iters + 3):
             t = time.perf_counter()
-            det.backend.run("query", feeds)
+            det.backend.run(QUERY, feeds)
             t1 = time.perf_counter()
             det.detect(frames)
             t2 = time.perf_counter()

@@ -31,8 +31,8 @@ from packd_bench.bench import (
     time_calls,
 )
 from packd_runtime import Detector
-from packd_runtime.atomic import check_report_path, write_report
-from packd_runtime.manifest import read_manifest
+from packd_runtime.bundle_format import MANIFEST, read_manifest
+from packd_runtime.reports import check_report_path, write_report
 
 console = Console()
 
@@ -65,10 +65,10 @@ def _targets(target: Path, checkpoint: Path | None, precisions: list[str], out: 
              max_shots: int) -> tuple[Path | None, dict[str, Path]]:
     """(checkpoint or None, {precision: bundle}) from a bundle (benchmarked as is) or a checkpoint
     (bundles exported next to OUT)."""
-    if (target / "manifest.json").is_file():
+    if (target / MANIFEST).is_file():
         manifest = read_manifest(target)
         if checkpoint is not None:
-            from packd_runtime.manifest import sha256
+            from packd_runtime.files import sha256
 
             if sha256(checkpoint / "model.safetensors") != manifest["checkpoint"]["model_sha256"]:
                 raise PackdError(f"{checkpoint} is not the checkpoint {target} was exported from")

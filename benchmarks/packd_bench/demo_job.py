@@ -26,7 +26,7 @@ from packd_bench.bench import TorchRunner, time_calls
 from packd_bench.demo import DEMO_TRAIN
 from packd_export.bundle import export_bundle
 from packd_runtime import Detector
-from packd_runtime.atomic import check_report_path, write_report
+from packd_runtime.reports import check_report_path, write_report
 
 console = Console()
 

@@ -80,7 +80,7 @@ def export(
     """Export a checkpoint to a bundle: ONNX graphs, manifest, and TensorRT engines where possible."""
     from packd_export.bundle import export_bundle
     from packd_export.int8 import Int8Settings
-    from packd_runtime.tensorrt_build import why_no_tensorrt
+    from packd_runtime.tensorrt.build import why_no_tensorrt
 
     if engines not in ("auto", "never", "require"):
         raise PackdError(f"--engines must be auto, never or require, got {engines!r}")
@@ -104,7 +104,7 @@ def export(
 @app.command()
 def check(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
     """Verify manifest version, file hashes, ONNX validity and TensorRT parser compatibility."""
-    from packd_export.bundle import check_bundle
+    from packd_export.check import check_bundle
 
     manifest = check_bundle(bundle)
     console.print(f"{bundle}: ok ({manifest['kind']}, {manifest['precision']}, "
@@ -115,7 +115,7 @@ def check(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> Non
 def build(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
           device: Annotated[int, typer.Option(help="CUDA device to build on.", min=0)] = 0) -> None:
     """Build TensorRT engines for an existing bundle on this machine's GPU (run it on the target device)."""
-    from packd_runtime.tensorrt_build import build_bundle_engines
+    from packd_runtime.tensorrt.build import build_bundle_engines
 
     manifest = build_bundle_engines(bundle, device)
     console.print(f"built {', '.join(e['file'] for e in manifest['engines'])}")

@@ -1,8 +1,5 @@
-"""The deployable graphs, built from the same modules as training so they cannot drift from it.
-
-query graph:   images uint8 (B,H,W,3) RGB [+ prototypes_1..N float32 (n, C_i) for few-shot kinds]
-               -> scores float32 (B,), maps float32 (B,S,S)
-support graph: images uint8 (k,H,W,3) RGB -> prototypes_1..N float32 (n, C_i)   (few-shot kinds only)
+"""The deployable graphs, built from the same modules as training so they cannot drift from it. Their names, inputs,
+outputs and axes are the bundle format's (`packd_runtime.bundle_format`).
 
 Resize and normalisation (`packd.preprocess.Preprocess`) and the anomaly map with its Gaussian
 blur (`packd.scoring.AnomalyMap`) are inside the graphs.
@@ -17,6 +14,7 @@ from torch import nn
 
 from packd.preprocess import Preprocess
 from packd.scoring import Scorer
+from packd_runtime.bundle_format import IMAGES, QUERY, QUERY_OUTPUTS, SUPPORT, graph_axes
 
 
 class QueryGraph(nn.Module):
@@ -56,12 +54,11 @@ class GraphSpec:
 
 
 def graph_specs(scorer: Scorer) -> list[GraphSpec]:
-    """The graphs of a model: few-shot kinds have a support and a query graph, the others a query graph."""
+    """The graphs of a model, named as the bundle format names them: few-shot kinds have a support and a query
+    graph, the others a query graph."""
     names = scorer.prototype_names
-    protos = {n: {0: "prototypes"} for n in names}
-    query = GraphSpec("query", QueryGraph(scorer).eval(), ["images", *names], ["scores", "maps"],
-                      {"images": {0: "batch"}, **protos, "scores": {0: "batch"}, "maps": {0: "batch"}})
+    axes = graph_axes(len(names))
+    query = GraphSpec(QUERY, QueryGraph(scorer).eval(), [IMAGES, *names], list(QUERY_OUTPUTS), axes[QUERY])
     if not scorer.few_shot:
         return [query]
-    return [GraphSpec("support", SupportGraph(scorer).eval(), ["images"], names, {"images": {0: "shots"}, **protos}),
-            query]
+    return [GraphSpec(SUPPORT, SupportGraph(scorer).eval(), [IMAGES], names, axes[SUPPORT]), query]

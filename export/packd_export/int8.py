@@ -25,7 +25,9 @@ from onnxruntime.quantization import CalibrationDataReader
 from scipy.stats import spearmanr
 
 from packd.errors import PackdError
-from packd_export.precision import TRUNK_SEEDS, _named, to_fp16, trunk_nodes
+from packd_export.fp16 import to_fp16
+from packd_export.trunk import TRUNK_SEEDS, trunk_nodes, with_node_names
+from packd_runtime.bundle_format import IMAGES, QUERY, QUERY_OUTPUTS, SUPPORT
 from packd_runtime.coreset import bound_prototypes
 
 CALIBRATIONS = ("minmax", "percentile")
@@ -155,15 +157,15 @@ def _outputs(graphs: Graphs, validation: Validation) -> list[tuple[np.ndarray, n
     opts.log_severity_level = 3
     sessions = {g: ort.InferenceSession(m.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
                 for g, m in graphs.items()}
-    names = [o.name for o in graphs["support"].graph.output] if "support" in graphs else []
+    names = [o.name for o in graphs[SUPPORT].graph.output] if SUPPORT in graphs else []
     results = []
     for supports, queries in validation.sets:
         extra = {}
         if supports is not None:
-            arrays = sessions["support"].run(names, {"images": supports})
+            arrays = sessions[SUPPORT].run(names, {IMAGES: supports})
             n = validation.max_prototypes
             extra = dict(zip(names, bound_prototypes(arrays, n) if n else arrays))
-        out = [sessions["query"].run(["scores", "maps"], {"images": queries[i:i + VALIDATION_BATCH], **extra})
+        out = [sessions[QUERY].run(list(QUERY_OUTPUTS), {IMAGES: queries[i:i + VALIDATION_BATCH], **extra})
                for i in range(0, len(queries), VALIDATION_BATCH)]
         results.append((np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])))
     return results
@@ -197,7 +199,7 @@ def mixed_int8(graphs: Graphs, calibration: dict[str, Feeds], validation: Valida
                progress: Callable[[str], None] = lambda _: None) -> tuple[Graphs, dict[str, Any]]:
     """int8 versions of a bundle's graphs (support and query together: prototypes from an int8 support
     graph feed the query graph) and the per-layer report."""
-    graphs = {g: _named(onnx.ModelProto.FromString(m.SerializeToString())) for g, m in graphs.items()}
+    graphs = {g: with_node_names(onnx.ModelProto.FromString(m.SerializeToString())) for g, m in graphs.items()}
     layers = {g: int8_layers(m) for g, m in graphs.items()}
     with tempfile.TemporaryDirectory() as tmp:
         caches = {g: Path(tmp) / f"{g}.ranges.json" for g in graphs}

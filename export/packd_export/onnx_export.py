@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from typing import Any
 
 import onnx
 import torch
@@ -54,3 +55,17 @@ def check_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise PackdError(f"ONNX check failed: {e}") from None
+
+
+def _dtype(t: onnx.TypeProto) -> str:
+    return onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type).name
+
+
+def _io_entries(values) -> list[dict[str, Any]]:
+    return [{"name": v.name, "dtype": _dtype(v.type),
+             "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+
+def graph_io(model: onnx.ModelProto) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A graph's inputs and outputs as the manifest describes them: name, dtype and shape (axis names or sizes)."""
+    return _io_entries(model.graph.input), _io_entries(model.graph.output)

@@ -19,7 +19,8 @@ from typing import Any
 
 from packd.errors import PackdError
 from packd_runtime.atomic import atomic_dir, check_replaceable
-from packd_runtime.manifest import fingerprint, read_manifest, verify_files
+from packd_runtime.bundle_format import BATCH, MAPS, SCORES, fingerprint, read_manifest, verify_files
+from packd_runtime.triton.line_model import ACTION, FINGERPRINT, FRAMES, LABELS, LINE, THRESHOLD
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64",
                 "int32": "TYPE_INT32", "bool": "TYPE_BOOL"}
@@ -49,15 +50,15 @@ def graph_config(name: str, spec: dict[str, Any], manifest: dict[str, Any], plat
     prototypes (n, C) have none, so graphs with prototypes run with max_batch_size 0 and the batch
     axis written into the dims."""
     ios = spec["inputs"] + spec["outputs"]
-    batched = all(io["shape"] and io["shape"][0] == "batch" for io in ios)
-    max_batch = manifest["dynamic"]["batch"][1] if batched else 0
+    batched = all(io["shape"] and io["shape"][0] == BATCH for io in ios)
+    max_batch = manifest["dynamic"][BATCH][1] if batched else 0
     lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch}",
              _tensors("input", _io(spec["inputs"], batched)), _tensors("output", _io(spec["outputs"], batched))]
     if batched:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}")
     kind = "KIND_GPU" if platform == "tensorrt_plan" else "KIND_AUTO"
     lines.append(f"instance_group [ {{ kind: {kind} count: 1 }} ]")
-    lines.append(_parameters({"fingerprint": fingerprint(manifest)}))
+    lines.append(_parameters({FINGERPRINT: fingerprint(manifest)}))
     return "\n".join(lines) + "\n"
 
 
@@ -67,22 +68,22 @@ def line_model_config(manifest: dict[str, Any], backend: str) -> str:
     the bundle's fingerprint. One instance: the lines' state lives in its process."""
     h, w = manifest["input"]["height"], manifest["input"]["width"]
     s = manifest["image_size"]
-    inputs = [("line", "TYPE_STRING", [1]), ("action", "TYPE_STRING", [1]), ("frames", "TYPE_UINT8", [h, w, 3])]
-    outputs = [("scores", "TYPE_FP32", [1]), ("maps", "TYPE_FP32", [s, s]), ("labels", "TYPE_BOOL", [1]),
-               ("threshold", "TYPE_FP32", [1]), ("fingerprint", "TYPE_STRING", [1])]
+    inputs = [(LINE, "TYPE_STRING", [1]), (ACTION, "TYPE_STRING", [1]), (FRAMES, "TYPE_UINT8", [h, w, 3])]
+    outputs = [(SCORES, "TYPE_FP32", [1]), (MAPS, "TYPE_FP32", [s, s]), (LABELS, "TYPE_BOOL", [1]),
+               (THRESHOLD, "TYPE_FP32", [1]), (FINGERPRINT, "TYPE_STRING", [1])]
     return "\n".join([
-        f'name: "{LINE_MODEL}"', 'backend: "python"', f"max_batch_size: {manifest['dynamic']['batch'][1]}",
+        f'name: "{LINE_MODEL}"', 'backend: "python"', f"max_batch_size: {manifest['dynamic'][BATCH][1]}",
         _tensors("input", inputs), _tensors("output", outputs),
         f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
         "instance_group [ { kind: KIND_CPU count: 1 } ]",
-        _parameters({"fingerprint": fingerprint(manifest), "runtime_backend": backend}),
+        _parameters({FINGERPRINT: fingerprint(manifest), "runtime_backend": backend}),
     ]) + "\n"
 
 
 LINE_MODEL_PY = '''"""Triton Python-backend entry point: packd_runtime's line model (packd-runtime must be
 installed where the Python backend runs)."""
 
-from packd_runtime.triton_model import TritonPythonModel  # noqa: F401
+from packd_runtime.triton.line_model import TritonPythonModel  # noqa: F401
 '''
 
 

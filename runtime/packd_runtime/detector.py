@@ -19,15 +19,23 @@ import numpy as np
 
 from packd_runtime.atomic import atomic_file
 from packd_runtime.backends import Backend, open_backend
+from packd_runtime.bundle_format import (
+    BATCH,
+    IMAGES,
+    MAPS,
+    PROTOTYPES,
+    QUERY,
+    SCORES,
+    SHOTS,
+    SUPPORT,
+    fingerprint,
+    read_manifest,
+    verify_files,
+)
 from packd_runtime.coreset import bound_prototypes
 from packd_runtime.errors import PackdError
 from packd_runtime.gate import CallGate
-from packd_runtime.manifest import (
-    fingerprint,
-    read_manifest,
-    threshold_from_normal_scores,
-    verify_files,
-)
+from packd_runtime.threshold import threshold_from_normal_scores
 
 
 @dataclass(frozen=True)
@@ -83,13 +91,13 @@ class Detector:
         self.bundle, self.manifest, self.backend, self.reason = bundle, manifest, backend, reason
         self.threshold = float(manifest["threshold"])
         self.fingerprint = fingerprint(manifest)
-        self.few_shot = "support" in manifest["graphs"]
+        self.few_shot = SUPPORT in manifest["graphs"]
         self.frame_hw = (manifest["input"]["height"], manifest["input"]["width"])
-        self.max_batch = manifest["dynamic"]["batch"][1]
-        self.max_shots = manifest["dynamic"]["shots"][1] if self.few_shot else 0
-        self.max_prototypes = manifest["dynamic"]["prototypes"][1] if self.few_shot else 0
+        self.max_batch = manifest["dynamic"][BATCH][1]
+        self.max_shots = manifest["dynamic"][SHOTS][1] if self.few_shot else 0
+        self.max_prototypes = manifest["dynamic"][PROTOTYPES][1] if self.few_shot else 0
         self.max_count = manifest["prototypes"]["max_count"] if self.few_shot else 0
-        proto_inputs = manifest["graphs"]["query"]["inputs"][1:]
+        proto_inputs = manifest["graphs"][QUERY]["inputs"][1:]
         self.prototype_names = [i["name"] for i in proto_inputs]
         self._proto_channels = [i["shape"][1] for i in proto_inputs]
         self._current: Prototypes | None = None
@@ -148,7 +156,7 @@ class Detector:
         if k > self.max_shots:
             raise PackdError(f"{k} support images, but this bundle was built for at most {self.max_shots}")
         with self._gate.call():
-            out = self.backend.run("support", {"images": images})
+            out = self.backend.run(SUPPORT, {IMAGES: images})
         arrays = [out[name] for name in self.prototype_names]
         if self.max_count:
             arrays = bound_prototypes(arrays, self.max_count)  # the bank bound (greedy coreset), as in training
@@ -203,9 +211,9 @@ class Detector:
         scores, maps = [], []
         with self._gate.call():
             for i in range(0, images.shape[0], self.max_batch):
-                out = self.backend.run("query", {"images": images[i:i + self.max_batch], **feeds})
-                scores.append(out["scores"])
-                maps.append(out["maps"])
+                out = self.backend.run(QUERY, {IMAGES: images[i:i + self.max_batch], **feeds})
+                scores.append(out[SCORES])
+                maps.append(out[MAPS])
         scores, maps = np.concatenate(scores), np.concatenate(maps)
         if not np.isfinite(scores).all():
             raise PackdError("the model gave non-finite scores: this bundle or these prototypes are broken")

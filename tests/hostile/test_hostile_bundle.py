@@ -12,9 +12,9 @@ from conftest import FRAME
 from onnx import numpy_helper
 
 from packd.errors import PackdError
-from packd_export.bundle import check_bundle
+from packd_export.check import check_bundle
 from packd_runtime import Detector
-from packd_runtime.manifest import sha256
+from packd_runtime.files import sha256
 
 
 def forge(src, dst, manifest=None, graph=None, rehash=True):

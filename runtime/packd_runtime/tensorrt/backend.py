@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from packd_runtime.backends import producer_stream
+from packd_runtime.cuda_arrays import producer_stream
 from packd_runtime.errors import PackdError
 from packd_runtime.gate import CallGate
-from packd_runtime.tensorrt_build import INSTALL, modules
+from packd_runtime.tensorrt.build import INSTALL, modules
 
 MAX_SLOTS = 8  # per thread: each slot holds an execution context (its activation memory) and buffers
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from packd_runtime.backends import producer_stream
+from packd_runtime.cuda_arrays import producer_stream
 from packd_runtime.errors import PackdError
 
 

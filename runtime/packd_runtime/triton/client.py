@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from packd_runtime.bundle_format import MAPS, SCORES
 from packd_runtime.detector import Result
 from packd_runtime.errors import PackdError
+from packd_runtime.triton.line_model import ACTION, FINGERPRINT, FRAMES, LABELS, LINE, LINE_OUTPUTS, THRESHOLD
 
 MODEL = "packd"
 
@@ -51,11 +53,11 @@ class TritonDetector:
         except Exception as e:  # tritonclient raises its own InferenceServerException, or socket errors
             raise PackdError(f"no model {model!r} at {url}: {e}") from None
         params = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
-        self.fingerprint = params.get("fingerprint")
+        self.fingerprint = params.get(FINGERPRINT)
         if fingerprint is not None and fingerprint != self.fingerprint:
             raise PackdError(f"the server at {url} runs model {self.fingerprint}, not {fingerprint}: refused")
         dims = {i["name"]: [int(d) for d in i["dims"]] for i in config["input"]}
-        self.frame_shape = tuple(dims["frames"])
+        self.frame_shape = tuple(dims[FRAMES])
         self.max_batch = int(config.get("max_batch_size", 0))
 
     def _call(self, line: str, action: str, frames: Any) -> Result:
@@ -67,31 +69,31 @@ class TritonDetector:
                              f"got {frames.dtype} {frames.shape}")
         step = self.max_batch or len(frames)
         parts = [self._infer(line, action, frames[i:i + step]) for i in range(0, len(frames), step)]
-        scores = np.concatenate([p["scores"].ravel() for p in parts])
-        maps = np.concatenate([p["maps"] for p in parts])
-        labels = np.concatenate([p["labels"].ravel() for p in parts])
-        threshold = float(parts[-1]["threshold"].ravel()[0])
+        scores = np.concatenate([p[SCORES].ravel() for p in parts])
+        maps = np.concatenate([p[MAPS] for p in parts])
+        labels = np.concatenate([p[LABELS].ravel() for p in parts])
+        threshold = float(parts[-1][THRESHOLD].ravel()[0])
         return Result(scores, maps, labels, threshold)
 
     def _infer(self, line: str, action: str, frames: np.ndarray) -> dict[str, np.ndarray]:
         m, n = self._module, len(frames)
         names = np.full((n, 1), line.encode(), dtype=object)
         actions = np.full((n, 1), action.encode(), dtype=object)
-        inputs = [m.InferInput("line", [n, 1], "BYTES"), m.InferInput("action", [n, 1], "BYTES"),
-                  m.InferInput("frames", list(frames.shape), "UINT8")]
+        inputs = [m.InferInput(LINE, [n, 1], "BYTES"), m.InferInput(ACTION, [n, 1], "BYTES"),
+                  m.InferInput(FRAMES, list(frames.shape), "UINT8")]
         for tensor, data in zip(inputs, (names, actions, frames)):
             tensor.set_data_from_numpy(data)
-        outputs = [m.InferRequestedOutput(o) for o in ("scores", "maps", "labels", "threshold", "fingerprint")]
+        outputs = [m.InferRequestedOutput(o) for o in LINE_OUTPUTS]
         try:
             result = self._client.infer(self.model, inputs, outputs=outputs,
-                                        parameters={"fingerprint": self.fingerprint})
+                                        parameters={FINGERPRINT: self.fingerprint})
         except Exception as e:  # the server's error, one line
             message = e.message() if callable(getattr(e, "message", None)) else str(e)
             raise PackdError(f"{action} on line {line!r}: {message}") from None
-        fp = result.as_numpy("fingerprint").ravel()[0]
+        fp = result.as_numpy(FINGERPRINT).ravel()[0]
         if (fp.decode() if isinstance(fp, bytes) else str(fp)) != self.fingerprint:
             raise PackdError("the server answered with another model's fingerprint: refused")
-        return {k: result.as_numpy(k) for k in ("scores", "maps", "labels", "threshold")}
+        return {k: result.as_numpy(k) for k in LINE_OUTPUTS if k != FINGERPRINT}
 
     def changeover(self, line: str, supports: Any) -> float:
         """Product changeover for `line`: the server makes and keeps its prototypes; returns its threshold."""

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from packd_runtime.atomic import atomic_dir, write_json
+from packd_runtime.bundle_format import MANIFEST, PROTOTYPES, SHOTS, read_manifest, verify_files
 from packd_runtime.errors import PackdError
-from packd_runtime.manifest import MANIFEST, read_manifest, sha256, verify_files
+from packd_runtime.files import sha256
 
 WORKSPACE_BYTES = 4 << 30
 OPT_BATCH, OPT_SHOTS = 8, 4
@@ -85,8 +86,8 @@ def profile_shapes(manifest: dict[str, Any], graph: str) -> dict[str, tuple[tupl
     shapes = {}
     for spec in manifest["graphs"][graph]["inputs"]:
         lo, hi = dyn[spec["shape"][0]]
-        opt = min(hi, OPT_SHOTS if spec["shape"][0] == "shots" else OPT_BATCH)
-        if spec["shape"][0] == "prototypes":
+        opt = min(hi, OPT_SHOTS if spec["shape"][0] == SHOTS else OPT_BATCH)
+        if spec["shape"][0] == PROTOTYPES:
             opt = min(hi, OPT_SHOTS * manifest["prototypes"]["per_shot"])
         rest = tuple(spec["shape"][1:])
         shapes[spec["name"]] = ((lo, *rest), (opt, *rest), (hi, *rest))

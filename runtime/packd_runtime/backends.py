@@ -16,17 +16,6 @@ import numpy as np
 from packd_runtime.errors import PackdError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
-LEGACY_STREAM = 1  # __cuda_array_interface__ v3: 1 = the legacy default stream, 2 = per-thread default
-
-
-def producer_stream(cai: Mapping[str, Any]) -> int | None:
-    """The stream a device array was written on: the one it names, the legacy default stream when it names
-    none (torch's version 2 export) or 0; None when the producer says no ordering is needed."""
-    if "stream" not in cai:
-        return LEGACY_STREAM
-    return None if cai["stream"] is None else cai["stream"] or LEGACY_STREAM
-
-
 class Backend(Protocol):
     """Runs a bundle's graphs. Implementations must be safe to call from several threads."""
 
@@ -48,11 +37,11 @@ class Backend(Protocol):
         ...
 
 
-def _engines_here(manifest: dict[str, Any], device: int = 0) -> tuple[dict[str, str] | None, str]:
+def engines_here(manifest: dict[str, Any], device: int = 0) -> tuple[dict[str, str] | None, str]:
     """Engines of this bundle that run on GPU `device` (this TensorRT version and compute capability), or
     why none do. Engines built on a GPU of the same compute capability but another name are used, with a
     warning: they run, but their tactics were timed on the other GPU."""
-    from packd_runtime.tensorrt_build import compute_capability, device_name, modules, why_no_tensorrt
+    from packd_runtime.tensorrt.build import compute_capability, device_name, modules, why_no_tensorrt
 
     reason = why_no_tensorrt(device)
     if reason:
@@ -83,16 +72,16 @@ def open_backend(bundle: Path, manifest: dict[str, Any], backend: str = "auto", 
     if backend not in BACKENDS:
         raise PackdError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend in ("auto", "tensorrt"):
-        engines, why = _engines_here(manifest, device)
+        engines, why = engines_here(manifest, device)
         if engines is None and build:
-            from packd_runtime.tensorrt_build import build_bundle_engines, why_no_tensorrt
+            from packd_runtime.tensorrt.build import build_bundle_engines, why_no_tensorrt
 
             if why_no_tensorrt(device) is None:
                 manifest = build_bundle_engines(bundle, device)
-                engines, why = _engines_here(manifest, device)
+                engines, why = engines_here(manifest, device)
                 why = f"built and cached {why}"
         if engines is not None:
-            from packd_runtime.backends.tensorrt_backend import TensorRTBackend
+            from packd_runtime.tensorrt.backend import TensorRTBackend
 
             return TensorRTBackend(bundle, engines, device, profile=profile), manifest, f"TensorRT: {why}"
         if backend == "tensorrt":
@@ -100,7 +89,7 @@ def open_backend(bundle: Path, manifest: dict[str, Any], backend: str = "auto", 
         fallback = f"ONNX Runtime, because TensorRT is not usable: {why}"
     else:
         fallback = "ONNX Runtime, as asked"
-    from packd_runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from packd_runtime.onnxruntime.backend import OnnxRuntimeBackend
 
     ort_backend = OnnxRuntimeBackend(bundle, manifest, device)
     return ort_backend, manifest, f"{fallback} ({ort_backend.description})"

@@ -1,10 +1,18 @@
-"""Reading and verifying a bundle's manifest.json, and the threshold rule shared by export (default
-threshold) and runtime (`Detector.calibrate`).
+"""The bundle format, defined once: what a bundle holds, the names of its graphs, their inputs, outputs and axes, the
+manifest that describes them (`make_manifest`, which export calls) and its reader and validator (`read_manifest`,
+`check_manifest`, `verify_files`), which the runtime, `packd-export check` and the Triton writer call.
 
-What is verified before any graph is handed to a loader: the manifest's schema (every key present
-and typed, a finite threshold, I/O that fits together), that every path it names stays inside the
-bundle (no absolute paths, no `..`, no symbolic links), the sha256 of every listed file, and that
-every external-data file an ONNX graph refers to lies inside the bundle and is listed (so hashed).
+A bundle is a folder: `manifest.json`, `support.onnx` (few-shot kinds), `query.onnx`, and engines built on a target
+GPU. The graphs:
+
+    query:   images uint8 (batch, H, W, 3) RGB [+ prototypes_1..N float32 (prototypes, C_i)]
+             -> scores float32 (batch,), maps float32 (batch, S, S)
+    support: images uint8 (shots, H, W, 3) RGB -> prototypes_1..N float32 (prototypes, C_i)   (few-shot kinds)
+
+What is verified before any graph is handed to a loader: the manifest's schema (every key present and typed, a
+finite threshold, I/O that fits together), that every path it names stays inside the bundle (no absolute paths, no
+`..`, no symbolic links), the sha256 of every listed file, and that every external-data file an ONNX graph refers to
+lies inside the bundle and is listed (so hashed).
 """
 
 from __future__ import annotations
@@ -12,46 +20,74 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-
+from packd_runtime.atomic import recover_if_unlocked
 from packd_runtime.errors import PackdError
+from packd_runtime.files import read_json, sha256
 from packd_runtime.onnx_scan import external_data_locations
 
 BUNDLE_FORMAT = 2
 MANIFEST = "manifest.json"
-QUERY_OUTPUTS = ("scores", "maps")
+SUPPORT, QUERY = "support", "query"  # the graphs
+IMAGES = "images"  # both graphs' image input
+SCORES, MAPS = "scores", "maps"  # the query graph's outputs
+QUERY_OUTPUTS = (SCORES, MAPS)
+BATCH, SHOTS, PROTOTYPES = "batch", "shots", "prototypes"  # dynamic axes (and the manifest's "dynamic" keys)
+INPUT_CONTRACT = {"dtype": "uint8", "layout": "NHWC", "color": "RGB", "range": [0, 255]}
 
 
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def graph_file(graph: str) -> str:
+    """The ONNX file of a graph inside the bundle."""
+    return f"{graph}.onnx"
 
 
-def threshold_from_normal_scores(scores: np.ndarray) -> float:
-    """Decision threshold from normal images only (few-shot has no anomalous validation set):
-    mean + 3 std of their scores. Non-finite scores (a broken model) are refused."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if scores.size == 0:
-        raise PackdError("a threshold needs scores of at least one normal image")
-    if not np.isfinite(scores).all():
-        raise PackdError("the model gives non-finite scores on normal images: it is broken (diverged training?)")
-    return float(scores.mean() + 3.0 * scores.std())
+def prototype_names(count: int) -> list[str]:
+    """The prototype tensors' names (support outputs, query inputs): prototypes_1..N."""
+    return [f"{PROTOTYPES}_{i + 1}" for i in range(count)]
 
 
-def read_json(path: Path, missing: str) -> Any:
-    """A JSON file packd wrote, or a one-line PackdError: `missing` when absent, 'corrupted' when unreadable."""
-    if not path.is_file() or path.is_symlink():
-        raise PackdError(missing)
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PackdError(f"corrupted {path}: {e}") from None
+def graph_axes(prototype_count: int) -> dict[str, dict[str, dict[int, str]]]:
+    """Per graph, the dynamic axis of every input and output by name (what the ONNX export declares)."""
+    protos = {n: {0: PROTOTYPES} for n in prototype_names(prototype_count)}
+    query = {IMAGES: {0: BATCH}, **protos, SCORES: {0: BATCH}, MAPS: {0: BATCH}}
+    return {QUERY: query, **({SUPPORT: {IMAGES: {0: SHOTS}, **protos}} if prototype_count else {})}
+
+
+def make_manifest(*, kind: str, teacher: Mapping[str, Any], image_size: int, frame_hw: tuple[int, int],
+                  mean: tuple[float, ...], std: tuple[float, ...], settings: Mapping[str, Any], precision: str,
+                  opset: int, graphs: Mapping[str, Any], limits: Mapping[str, int], threshold: float,
+                  versions: Mapping[str, str], checkpoint: Mapping[str, Any], created: str,
+                  files: Mapping[str, str], prototypes: Mapping[str, Any] | None = None,
+                  int8: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a bundle, checked by `check_manifest` before it is returned (so export never writes one
+    the runtime would refuse). `graphs`: per graph {"file", "inputs", "outputs"}; `limits`: the largest batch,
+    shot count and prototype count the graphs are exported for; `files`: name -> sha256."""
+    few_shot = SUPPORT in graphs
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "kind": kind,
+        "teacher": dict(teacher),
+        "image_size": image_size,
+        "input": {**INPUT_CONTRACT, "height": frame_hw[0], "width": frame_hw[1]},
+        "normalisation": {"mean": list(mean), "std": list(std)},
+        "settings": dict(settings),
+        "precision": precision,
+        "opset": opset,
+        "graphs": dict(graphs),
+        "dynamic": {k: [1, v] for k, v in limits.items() if k == BATCH or few_shot},
+        "threshold": threshold,
+        "versions": dict(versions),
+        "checkpoint": dict(checkpoint),
+        "created": created,
+        "engines": [],
+        **({"prototypes": dict(prototypes)} if prototypes is not None else {}),
+        **({"int8": dict(int8)} if int8 is not None else {}),
+        "files": dict(files),
+    }
+    return check_manifest(manifest, "being written")
 
 
 def _fail(where: str, what: str) -> PackdError:
@@ -88,7 +124,7 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
     size = _need(m, "image_size", int, where)
     contract = _need(m, "input", dict, where)
     h, w = _need(contract, "height", int, where), _need(contract, "width", int, where)
-    if (contract.get("dtype"), contract.get("layout"), contract.get("color")) != ("uint8", "NHWC", "RGB"):
+    if any(contract.get(k) != INPUT_CONTRACT[k] for k in ("dtype", "layout", "color")):
         raise _fail(where, "the input contract must be uint8 NHWC RGB")
     threshold = _need(m, "threshold", (int, float), where)
     if not math.isfinite(threshold):
@@ -98,7 +134,7 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
         raise _fail(where, "'files' must map file names to sha256 digests")
     _need(m, "engines", list, where)
     graphs = _need(m, "graphs", dict, where)
-    if "query" not in graphs or not set(graphs) <= {"support", "query"}:
+    if QUERY not in graphs or not set(graphs) <= {SUPPORT, QUERY}:
         raise _fail(where, f"graphs must be 'query' and optionally 'support', got {sorted(graphs)}")
     io = {}
     for name, spec in graphs.items():
@@ -107,28 +143,29 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
             raise _fail(where, f"the {name} graph's file {file!r} is not listed in 'files' (so never hashed)")
         io[name] = (_io_list(spec, "inputs", where), _io_list(spec, "outputs", where))
     dynamic = _need(m, "dynamic", dict, where)
-    for axis in ("batch", *(("shots", "prototypes") if "support" in graphs else ())):
+    for axis in (BATCH, *((SHOTS, PROTOTYPES) if SUPPORT in graphs else ())):
         lo_hi = _need(dynamic, axis, list, where)
         if len(lo_hi) != 2 or not all(isinstance(v, int) for v in lo_hi) or not 1 <= lo_hi[0] <= lo_hi[1]:
             raise _fail(where, f"dynamic range {axis} must be [1, max], got {lo_hi}")
-    inputs, outputs = io["query"]
-    expected_images = {"name": "images", "dtype": "uint8", "shape": ["batch", h, w, 3]}
+    inputs, outputs = io[QUERY]
+    expected_images = {"name": IMAGES, "dtype": "uint8", "shape": [BATCH, h, w, 3]}
     if not inputs or inputs[0] != expected_images:
         raise _fail(where, f"the query graph's first input must be {expected_images}")
-    expected_out = [{"name": "scores", "dtype": "float32", "shape": ["batch"]},
-                    {"name": "maps", "dtype": "float32", "shape": ["batch", size, size]}]
+    expected_out = [{"name": SCORES, "dtype": "float32", "shape": [BATCH]},
+                    {"name": MAPS, "dtype": "float32", "shape": [BATCH, size, size]}]
     if sorted(outputs, key=lambda o: o["name"]) != sorted(expected_out, key=lambda o: o["name"]):
         raise _fail(where, f"the query graph's outputs must be {expected_out}")
     protos = inputs[1:]
-    if any(p["dtype"] != "float32" or len(p["shape"]) != 2 or p["shape"][0] != "prototypes" for p in protos):
+    if any(p["dtype"] != "float32" or len(p["shape"]) != 2 or p["shape"][0] != PROTOTYPES for p in protos):
         raise _fail(where, "prototype inputs must be float32 (prototypes, C)")
-    if "support" in graphs:
+    if SUPPORT in graphs:
         protos_info = _need(m, "prototypes", dict, where)
         _need(protos_info, "per_shot", int, where)
         _need(protos_info, "max_count", int, where)
-        s_in, s_out = io["support"]
-        if s_in != [{"name": "images", "dtype": "uint8", "shape": ["shots", h, w, 3]}]:
+        s_in, s_out = io[SUPPORT]
+        if s_in != [{"name": IMAGES, "dtype": "uint8", "shape": [SHOTS, h, w, 3]}]:
             raise _fail(where, "the support graph must take images uint8 (shots, H, W, 3)")
+
         def signature(items: list[dict]) -> list:  # the prototype count's symbol differs ("8*shots")
             return [(i["name"], i["dtype"], i["shape"][1:]) for i in items]
 
@@ -160,8 +197,6 @@ def bundle_path(bundle: str | Path, name: str) -> Path:
 
 def read_manifest(bundle: str | Path) -> dict[str, Any]:
     """Parse a bundle's manifest and check its version and schema."""
-    from packd_runtime.atomic import recover_if_unlocked
-
     bundle = Path(bundle)
     recover_if_unlocked(bundle)
     path = bundle / MANIFEST

@@ -1,0 +1,29 @@
+"""Generic file helpers for what packd reads back: a file's sha256, and JSON files packd wrote."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from packd_runtime.errors import PackdError
+
+
+def sha256(path: str | Path) -> str:
+    """The file's sha256 as 64 hex digits, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_json(path: Path, missing: str) -> Any:
+    """A JSON file packd wrote, or a one-line PackdError: `missing` when absent, 'corrupted' when unreadable."""
+    if not path.is_file() or path.is_symlink():
+        raise PackdError(missing)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackdError(f"corrupted {path}: {e}") from None

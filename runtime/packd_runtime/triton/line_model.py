@@ -1,0 +1,146 @@
+"""The line model Triton's Python backend runs (`packd-export triton` writes the repository around it).
+
+Each production line's state stays in this process: its prototypes (few-shot kinds) and its
+threshold. A changeover sends the line's k support frames once; after it, frames travel alone and
+are scored with that line's prototypes. Requests carry per item a line name, an action and a frame:
+- `changeover`: the frames are the line's supports; its prototypes are replaced, its threshold reset
+  to the bundle's; the supports' own scores come back;
+- `calibrate`: the frames are normal; the line's threshold becomes mean + 3 std of their scores;
+- `detect`: the frames are scored with the line's prototypes and threshold.
+Requests of one line that Triton's dynamic batcher hands over together are scored in one call. A
+bad request (unknown line, unknown action, a line or action that changes within one request, another
+bundle's fingerprint) gets its own error and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packd_runtime.bundle_format import MAPS, SCORES
+from packd_runtime.detector import Detector, Prototypes, Result
+from packd_runtime.errors import PackdError
+from packd_runtime.threshold import threshold_from_normal_scores
+
+ACTIONS = ("detect", "changeover", "calibrate")
+LINE, ACTION, FRAMES = "line", "action", "frames"  # the line model's inputs, per item
+LABELS, THRESHOLD, FINGERPRINT = "labels", "threshold", "fingerprint"  # its outputs besides the query graph's
+LINE_OUTPUTS = (SCORES, MAPS, LABELS, THRESHOLD, FINGERPRINT)
+
+
+@dataclass
+class Line:
+    prototypes: Prototypes | None
+    threshold: float
+
+
+class LineServer:
+    """Per-line state around one Detector; what the Triton model calls, testable without Triton."""
+
+    def __init__(self, detector: Detector):
+        self.detector = detector
+        self.lines: dict[str, Line] = {}
+        self._lock = threading.Lock()
+
+    def _line(self, name: str) -> Line:
+        with self._lock:
+            line = self.lines.get(name)
+        if line is None and self.detector.few_shot:
+            raise PackdError(f"line {name!r} has no prototypes: send a changeover with its support frames first")
+        return line or Line(None, self.detector.threshold)
+
+    def run(self, name: str, action: str, frames: np.ndarray) -> Result:
+        """One action for one line; returns the frames' results with the line's (new) threshold."""
+        if action == "changeover":
+            protos = self.detector.prototypes(frames) if self.detector.few_shot else None
+            line = Line(protos, self.detector.threshold)
+        elif action == "calibrate":
+            line = self._line(name)
+            scores = self.detector.detect(frames, line.prototypes).scores
+            line = Line(line.prototypes, threshold_from_normal_scores(scores))
+        elif action == "detect":
+            line = self._line(name)
+            return self.detector.detect(frames, line.prototypes, line.threshold)
+        else:
+            raise PackdError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+        with self._lock:
+            self.lines[name] = line
+        return self.detector.detect(frames, line.prototypes, line.threshold)
+
+
+def _text(values: np.ndarray, what: str) -> str:
+    """The one line name or action of a request (Triton sends one per item)."""
+    items = {v.decode() if isinstance(v, bytes) else str(v) for v in values.ravel()}
+    if len(items) != 1:
+        raise PackdError(f"one request, one {what}: got {sorted(items)}")
+    return items.pop()
+
+
+class TritonPythonModel:
+    """Triton's Python-backend interface (initialize / execute / finalize) around `LineServer`."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        bundle = Path(args["model_repository"]) / args["model_version"] / "bundle"
+        self.server = LineServer(Detector.open(bundle, backend=params.get("runtime_backend", "auto")))
+        self.fingerprint = self.server.detector.fingerprint
+        if params.get(FINGERPRINT, self.fingerprint) != self.fingerprint:
+            raise PackdError(f"the config's fingerprint {params['fingerprint']} is not the bundle's {self.fingerprint}")
+
+    def execute(self, requests: list) -> list:
+        import triton_python_backend_utils as pb
+
+        parsed = []
+        for request in requests:
+            try:
+                expected = json.loads(request.parameters() or "{}").get(FINGERPRINT, self.fingerprint)
+                if expected != self.fingerprint:
+                    raise PackdError(f"the client expects model {expected}, this server runs {self.fingerprint}: "
+                                     "its prototypes and thresholds do not apply here")
+                line = _text(pb.get_input_tensor_by_name(request, LINE).as_numpy(), LINE)
+                action = _text(pb.get_input_tensor_by_name(request, ACTION).as_numpy(), ACTION)
+                parsed.append((line, action, pb.get_input_tensor_by_name(request, FRAMES).as_numpy()))
+            except PackdError as e:
+                parsed.append(e)
+        responses: list = [None] * len(requests)
+        # consecutive detect requests of one line: one call; anything else alone, in arrival order
+        def batch_key(i: int) -> tuple[str, str]:
+            ok = not isinstance(parsed[i], Exception) and parsed[i][1] == "detect"
+            return (parsed[i][0], "detect") if ok else ("", str(i))
+
+        for _, group in groupby(range(len(requests)), key=batch_key):
+            group = list(group)
+            if isinstance(parsed[group[0]], Exception):
+                responses[group[0]] = pb.InferenceResponse(error=pb.TritonError(str(parsed[group[0]])))
+                continue
+            line, action = parsed[group[0]][:2]
+            frames = [parsed[i][2] for i in group]
+            try:
+                result = self.server.run(line, action, np.concatenate(frames))
+            except PackdError as e:
+                for i in group:
+                    responses[i] = pb.InferenceResponse(error=pb.TritonError(str(e)))
+                continue
+            start = 0
+            for i, f in zip(group, frames):
+                part = slice(start, start + len(f))
+                start += len(f)
+                n = len(f)
+                responses[i] = pb.InferenceResponse([
+                    pb.Tensor(SCORES, result.scores[part].reshape(n, 1).astype(np.float32)),
+                    pb.Tensor(MAPS, result.maps[part].astype(np.float32)),
+                    pb.Tensor(LABELS, result.labels[part].reshape(n, 1)),
+                    pb.Tensor(THRESHOLD, np.full((n, 1), result.threshold, np.float32)),
+                    pb.Tensor(FINGERPRINT, np.full((n, 1), self.fingerprint.encode(), dtype=object)),
+                ])
+        return responses
+
+    def finalize(self) -> None:
+        self.server.detector.close()
