@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 TRITON_VENV ?= .venv-triton
 
-.PHONY: demo test lint quick triton-env bench-accuracy mutation
+.PHONY: demo test lint docs quick triton-env bench-accuracy mutation
 
 $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,8 +30,11 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-test: lint triton-env
-	HF_HUB_OFFLINE=1 PACKD_TRITON_ENV=$(TRITON_VENV) $(PY) -m pytest -q
+docs: $(VENV)/.installed  # the documentation site, into runs/site; a broken link or page fails the build
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+test: lint docs triton-env  # the 15 slowest tests are listed at the end
+	HF_HUB_OFFLINE=1 PACKD_TRITON_ENV=$(TRITON_VENV) $(PY) -m pytest -q --durations=15
 
 quick: lint  # the developers' loop: everything but the tests that need exported bundles
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
@@ -41,8 +44,8 @@ bench-accuracy: $(VENV)/.installed  # every recorded accuracy table again, and w
 
 # Mutation testing with cosmic-ray, one configuration per module in mutation/ (MUTATE=coreset for one): each
 # mutant is applied to the source file in place, the module's tests run, the file is restored. Checkpoints and
-# bundles are built once into runs/mutation-cache. coreset takes about 4 min; scoring and manifest hours.
-MUTATE ?= coreset scoring manifest
+# bundles are built once into runs/mutation-cache. coreset takes about 4 min; scoring and bundle_format hours.
+MUTATE ?= coreset scoring bundle_format
 mutation: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[mutation]'
 	mkdir -p runs/mutation
