@@ -25,7 +25,7 @@ from packd_export.calibration import CALIBRATION_IMAGES, bundle_feeds, bundle_th
 from packd_export.int8 import FeedReader
 from packd_export.onnx_export import graph_io
 from packd_runtime.atomic import atomic_dir, write_json
-from packd_runtime.bundle_format import MANIFEST
+from packd_runtime.bundle_format import BUNDLE, MANIFEST
 from packd_runtime.files import sha256
 
 
@@ -40,7 +40,7 @@ def main(checkpoint: Path = Path("runs/fewshot/packd_best"), bundles: Path = Pat
     feeds = bundle_feeds(fp32, frames)
 
     out = bundles / f"{checkpoint.name}_int8-modelopt"
-    with tempfile.TemporaryDirectory() as work, atomic_dir(out, MANIFEST, "bundle") as tmp:
+    with tempfile.TemporaryDirectory() as work, atomic_dir(out, BUNDLE) as tmp:
         t0 = time.perf_counter()
         for graph, spec in manifest["graphs"].items():
             quantize(str(fp32 / spec["file"]), quantize_mode="int8", calibration_data_reader=FeedReader(feeds[graph]),

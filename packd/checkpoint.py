@@ -15,17 +15,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from packd.errors import PackdError
-from packd_runtime.atomic import atomic_dir, recover_if_unlocked
+from packd_runtime.atomic import atomic_dir, json_marker, recover_if_unlocked
 from packd_runtime.files import read_json, sha256
 
 FORMAT_VERSION = 4
 MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.safetensors", "config.json", "trainer.pt"
+# a config.json is a packd checkpoint's when it has these: a Hugging Face model's config.json is not
+CHECKPOINT = json_marker(CONFIG_FILE, "checkpoint", {"format": int, "kind": str, "model_sha256": str})
 
 
 def save_checkpoint(out: str | Path, model: nn.Module, config: dict[str, Any],
                     trainer: dict[str, Any] | None = None) -> Path:
     """Write model weights, config (with the weights' sha256) and optional trainer state atomically to `out`."""
-    with atomic_dir(out, CONFIG_FILE, "checkpoint") as tmp:
+    with atomic_dir(out, CHECKPOINT) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE))
         config = {"format": FORMAT_VERSION, **config, "model_sha256": sha256(tmp / MODEL_FILE)}

@@ -19,7 +19,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from packd.errors import PackdError
-from packd_runtime.atomic import atomic_dir
+from packd_runtime.atomic import atomic_dir, text_marker
 
 Array = np.ndarray
 
@@ -392,6 +392,8 @@ CATEGORIES: dict[str, tuple[Generator, tuple[str, ...]]] = {
 }
 
 SYNTH_MARKER = ".packd-synth"  # in every category folder the generator writes: only those are ever replaced
+SYNTH_WRITTEN = "written by packd data synth"
+SYNTHETIC_CATEGORY = text_marker(SYNTH_MARKER, "synthetic category", SYNTH_WRITTEN)
 MAX_SIZE = 2048  # image side limit: a 2048 px category already takes about 2 GB of memory while drawing
 PHOTO_TEXTURES = ("brick", "grass", "gravel")
 PHOTO_DEFECTS = ("scratch", "spot", "stain")
@@ -435,8 +437,8 @@ def _write_category(out: Path, name: str, draw, defects, counts: Counts, seed: i
     jobs = [("train", "good", i) for i in range(counts.train)]
     jobs += [("test", "good", i) for i in range(counts.test_good)]
     jobs += [("test", d, i) for d in defects for i in range(counts.test_defect)]
-    with atomic_dir(out / name, SYNTH_MARKER, "synthetic category") as tmp:
-        (tmp / SYNTH_MARKER).write_text(f"written by packd data synth (seed {seed})\n")
+    with atomic_dir(out / name, SYNTHETIC_CATEGORY) as tmp:
+        (tmp / SYNTH_MARKER).write_text(f"{SYNTH_WRITTEN} (seed {seed})\n")
         for split, kind, i in jobs:
             rng = np.random.default_rng([seed, key, split == "test", sum(map(ord, kind)), i])
             folder = tmp / split / kind

@@ -174,5 +174,9 @@ def create_teacher(name: str = "wide_resnet50_2", weights: str | Path | None = N
 
 
 def teacher_skeleton(name: str, mean: tuple, std: tuple, source: str, image_size: int) -> Teacher:
-    """A teacher with the right architecture and no weights, for loading a checkpoint that holds them."""
+    """A teacher with the right architecture and no weights, for loading a checkpoint that holds them. Only
+    architectures timm has built in: a name a checkpoint config gives never sends loading to a model hub."""
+    if not timm.is_model(name) or ":" in name:
+        raise PackdError(f"the checkpoint names the teacher {name!r}, which is not one of timm's built-in "
+                         "architectures: refused (loading a checkpoint never reaches a model hub)")
     return Teacher(name, _create(name, image_size), mean, std, source)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from packd.checkpoint import CONFIG_FILE, save_checkpoint
+from packd.checkpoint import CHECKPOINT, save_checkpoint
 from packd.data import resolve_categories
 from packd.errors import PackdError
 from packd.fit import fit
@@ -58,7 +58,7 @@ def train(kind: str, *, data: str | Path, out: str | Path, categories: str | lis
     data, out = Path(data), Path(out)
     if out.resolve() == data.resolve() or out.resolve() in data.resolve().parents:
         raise PackdError(f"--out {out} would hold the dataset --data {data}: choose another output folder")
-    check_replaceable(out, CONFIG_FILE, "checkpoint")
+    check_replaceable(out, CHECKPOINT)
     cats = resolve_categories(data, categories)
     torch.manual_seed(run.seed)
     teacher = create_teacher(run.teacher, run.teacher_weights, random_init=run.random_teacher,

@@ -104,6 +104,28 @@ def test_repository_cli_and_what_it_refuses(bundles, tmp_path, capsys):
         write_repository(bundles["rd"][1], tmp_path / "repo", backend="cuda")
 
 
+
+def test_the_repository_copies_only_the_listed_files_never_through_a_link(bundles, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundles["packd"][1], bundle)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key.pem").write_text("private")
+    (bundle / "linked").symlink_to(secret)
+    (bundle / "link.txt").symlink_to(secret / "key.pem")
+    (bundle / "notes.txt").write_text("not listed")
+    write_repository(bundle, tmp_path / "repo")
+    copied = sorted(p.relative_to(tmp_path / "repo" / LINE_MODEL / "1" / "bundle").as_posix()
+                    for p in (tmp_path / "repo" / LINE_MODEL / "1" / "bundle").rglob("*"))
+    manifest = read_manifest(bundle)
+    assert copied == sorted(["manifest.json", *manifest["files"]])
+    assert not any(p.is_symlink() for p in (tmp_path / "repo").rglob("*"))
+    with pytest.raises(PackdError, match="is inside the bundle"):
+        write_repository(bundle, bundle / "repo")
+    assert not (bundle / "repo").exists()
+
 def test_line_server_keeps_each_lines_state(bundles):
     with Detector.open(bundles["packd"][1], backend="onnxruntime") as det, \
             Detector.open(bundles["packd"][1], backend="onnxruntime") as ref:

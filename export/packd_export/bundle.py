@@ -35,7 +35,7 @@ from packd_export.int8 import Int8Settings, mixed_int8
 from packd_export.onnx_export import check_onnx, export_onnx, graph_io
 from packd_export.trt_compat import check_tensorrt_compat
 from packd_runtime.atomic import atomic_dir, check_replaceable, write_json
-from packd_runtime.bundle_format import BATCH, MANIFEST, PROTOTYPES, SHOTS, SUPPORT, graph_file, make_manifest
+from packd_runtime.bundle_format import BATCH, BUNDLE, MANIFEST, PROTOTYPES, SHOTS, SUPPORT, graph_file, make_manifest
 from packd_runtime.files import sha256
 from packd_runtime.reports import check_report_path, write_report
 
@@ -116,7 +116,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
     if engines == "require" and (reason := why_no_tensorrt()):
         raise PackdError(f"engines were required but cannot be built here: {reason}")
     scorer, config = _checked_scorer(checkpoint, scoring)
-    check_replaceable(out, MANIFEST, "bundle")
+    check_replaceable(out, BUNDLE)
     frame_hw = tuple(frame_size or (scorer.spec.image_size, scorer.spec.image_size))
     limits = _limits(scorer, max_batch, max_shots)
     per_category = CALIBRATION_IMAGES + (VALIDATION_IMAGES if precision == "int8" else 0)
@@ -125,7 +125,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
     protos = {g.name: export_onnx(g, _example(scorer, g, frame_hw), limits, opset) for g in graph_specs(scorer)}
     protos, int8_report = _with_precision(protos, precision, scorer=scorer, loaded=loaded, frames=frames,
                                           int8=int8 or Int8Settings(), progress=progress)
-    with atomic_dir(out, MANIFEST, "bundle") as tmp:
+    with atomic_dir(out, BUNDLE) as tmp:
         graphs = _write_graphs(tmp, protos)
         manifest = make_manifest(
             kind=config["kind"], teacher=config["teacher"], image_size=scorer.spec.image_size, frame_hw=frame_hw,

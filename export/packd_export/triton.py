@@ -18,14 +18,25 @@ from pathlib import Path
 from typing import Any
 
 from packd.errors import PackdError
-from packd_runtime.atomic import atomic_dir, check_replaceable
-from packd_runtime.bundle_format import BATCH, MAPS, SCORES, fingerprint, read_manifest, verify_files
+from packd_runtime.atomic import atomic_dir, check_replaceable, text_marker
+from packd_runtime.bundle_format import (
+    BATCH,
+    MANIFEST,
+    MAPS,
+    SCORES,
+    bundle_path,
+    fingerprint,
+    read_manifest,
+    verify_files,
+)
 from packd_runtime.triton.line_model import ACTION, FINGERPRINT, FRAMES, LABELS, LINE, THRESHOLD
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64",
                 "int32": "TYPE_INT32", "bool": "TYPE_BOOL"}
 LINE_MODEL = "packd"
 MARKER = "packd_repository.txt"  # in every repository this writes: only those are ever replaced
+WRITTEN = "written by packd-export triton"
+REPOSITORY = text_marker(MARKER, "model repository", WRITTEN)
 QUEUE_DELAY_US = 1000  # dynamic batching: how long a frame may wait for frames of other cameras
 
 
@@ -100,6 +111,16 @@ def _engines(manifest: dict[str, Any], gpu: str | None) -> dict[str, dict[str, A
     return {e["graph"]: e for e in manifest.get("engines", []) if gpu is None or e["gpu"] == gpu}
 
 
+def _copy_bundle(bundle: Path, manifest: dict[str, Any], dest: Path) -> None:
+    """The manifest and the files it lists (so hashed), each through `bundle_path`: nothing else the folder holds,
+    never a symbolic link, nothing outside the bundle."""
+    for name in (MANIFEST, *manifest["files"]):
+        source = bundle_path(bundle, name)
+        target = dest.joinpath(*Path(name).parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target, follow_symlinks=False)
+
+
 def write_repository(bundle: str | Path, out: str | Path, *, backend: str = "auto",
                      engine_gpu: str | None = None) -> dict[str, str]:
     """Write the model repository for `bundle` to `out` (atomically). `backend`: what the line model's
@@ -108,28 +129,30 @@ def write_repository(bundle: str | Path, out: str | Path, *, backend: str = "aut
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
+    if out.resolve() == bundle.resolve() or bundle.resolve() in out.resolve().parents:
+        raise PackdError(f"--out {out} is inside the bundle {bundle}: choose a folder outside it")
     if backend not in ("auto", "tensorrt", "onnxruntime"):
         raise PackdError(f"--runtime-backend must be auto, tensorrt or onnxruntime, got {backend!r}")
-    check_replaceable(out, MARKER, "model repository")
+    check_replaceable(out, REPOSITORY)
     engines = _engines(manifest, engine_gpu)
     models = {}
-    with atomic_dir(out, MARKER, "model repository") as tmp:
+    with atomic_dir(out, REPOSITORY) as tmp:
         for graph, spec in manifest["graphs"].items():
             version = tmp / graph / "1"
             version.mkdir(parents=True)
             if graph in engines:
                 platform = "tensorrt_plan"
-                shutil.copyfile(bundle / engines[graph]["file"], version / "model.plan")
+                shutil.copyfile(bundle_path(bundle, engines[graph]["file"]), version / "model.plan")
             else:
                 platform = "onnxruntime_onnx"
-                shutil.copyfile(bundle / spec["file"], version / "model.onnx")
+                shutil.copyfile(bundle_path(bundle, spec["file"]), version / "model.onnx")
             (tmp / graph / "config.pbtxt").write_text(graph_config(graph, spec, manifest, platform))
             models[graph] = platform
         version = tmp / LINE_MODEL / "1"
-        shutil.copytree(bundle, version / "bundle")
+        _copy_bundle(bundle, manifest, version / "bundle")
         (version / "model.py").write_text(LINE_MODEL_PY)
         (tmp / LINE_MODEL / "config.pbtxt").write_text(line_model_config(manifest, backend))
         models[LINE_MODEL] = "python"
-        (tmp / MARKER).write_text(f"written by packd-export triton from {bundle.name} "
+        (tmp / MARKER).write_text(f"{WRITTEN} from {bundle.name} "
                                   f"(fingerprint {fingerprint(manifest)})\n")
     return models

@@ -15,10 +15,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,18 @@ def recover(final: str | Path) -> None:
     old = _old_path(final)
     if not final.exists() and old.is_dir():
         os.replace(old, final)
-    for tmp in final.parent.glob(f".{final.name}.tmp*"):
+    for tmp in _temporaries(final):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _temporaries(final: Path) -> list[Path]:
+    """Folders `atomic_dir` made for `final` (`.NAME.tmp` + mkdtemp's 8 characters), the name matched literally:
+    never a pattern, never a user's `.NAME.tmp_backup`."""
+    own = re.compile(re.escape(f".{final.name}.tmp") + r"[a-z0-9_]{8}")
+    if not final.parent.is_dir():
+        return []
+    return [final.parent / n for n in os.listdir(final.parent)
+            if own.fullmatch(n) and (final.parent / n).is_dir() and not (final.parent / n).is_symlink()]
 
 
 def recover_if_unlocked(final: str | Path) -> None:
@@ -62,23 +74,64 @@ def recover_if_unlocked(final: str | Path) -> None:
         pass
 
 
-def check_replaceable(final: str | Path, marker: str, what: str) -> None:
-    """Refuse to replace anything packd did not write: `final` may be absent, an empty folder, or a
-    folder holding `marker` (the file every `what` of ours has)."""
-    final = Path(final)
+@dataclass(frozen=True)
+class Marker:
+    """The file every output of one kind holds (a checkpoint's config.json, a bundle's manifest.json), and the
+    test that a file of that name is packd's own: a name alone proves nothing (a Hugging Face model folder has a
+    config.json, a web app a manifest.json)."""
+
+    name: str
+    what: str
+    ours: Callable[[Path], bool]
+
+
+def json_marker(name: str, what: str, fields: Mapping[str, type]) -> Marker:
+    """A marker that is packd's when it parses as a JSON object with these fields of these types."""
+
+    def ours(path: Path) -> bool:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and all(isinstance(data.get(k), t) and not isinstance(data.get(k), bool)
+                                              for k, t in fields.items())
+
+    return Marker(name, what, ours)
+
+
+def text_marker(name: str, what: str, prefix: str) -> Marker:
+    """A marker that is packd's when its text starts with `prefix` (what packd writes into it)."""
+
+    def ours(path: Path) -> bool:
+        try:
+            return path.read_text(errors="replace").startswith(prefix)
+        except OSError:
+            return False
+
+    return Marker(name, what, ours)
+
+
+def check_replaceable(final: str | Path, marker: Marker) -> None:
+    """Refuse to replace anything packd did not provably write: `final` may be absent, an empty folder, or a
+    folder holding `marker` as packd writes it."""
+    final, what = Path(final), marker.what
     if final.is_symlink():
         raise PackdError(f"{final} is a symbolic link: refusing to write a {what} through it")
     if not final.exists():
         return
     if not final.is_dir():
         raise PackdError(f"{final} exists and is not a folder: refusing to replace it with a {what}")
-    if any(final.iterdir()) and not (final / marker).is_file():
-        raise PackdError(f"{final} exists and is not a {what} written by packd (no {marker}): refusing to "
-                         f"replace it; choose another output folder")
+    if not any(final.iterdir()):
+        return
+    found = final / marker.name
+    if not found.is_file() or found.is_symlink() or not marker.ours(found):
+        why = f"no {marker.name}" if not found.exists() else f"its {marker.name} is not packd's"
+        raise PackdError(f"{final} exists and is not a {what} written by packd ({why}): refusing to replace it; "
+                         "choose another output folder")
 
 
 @contextmanager
-def atomic_dir(final: str | Path, marker: str, what: str) -> Iterator[Path]:
+def atomic_dir(final: str | Path, marker: Marker) -> Iterator[Path]:
     """Yield a temporary directory next to `final`; on success it replaces `final`, on error it is removed.
 
     An existing `final` is first renamed aside, then the new one renamed in, then the old one
@@ -87,7 +140,7 @@ def atomic_dir(final: str | Path, marker: str, what: str) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(final):
         recover(final)
-        check_replaceable(final, marker, what)
+        check_replaceable(final, marker)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=final.parent))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a bundle must be readable by camera software
         try:

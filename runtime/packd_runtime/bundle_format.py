@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from packd_runtime.atomic import recover_if_unlocked
+from packd_runtime.atomic import json_marker, recover_if_unlocked
 from packd_runtime.errors import PackdError
 from packd_runtime.files import read_json, sha256
 from packd_runtime.onnx_scan import external_data_locations
@@ -37,6 +37,8 @@ SCORES, MAPS = "scores", "maps"  # the query graph's outputs
 QUERY_OUTPUTS = (SCORES, MAPS)
 BATCH, SHOTS, PROTOTYPES = "batch", "shots", "prototypes"  # dynamic axes (and the manifest's "dynamic" keys)
 INPUT_CONTRACT = {"dtype": "uint8", "layout": "NHWC", "color": "RGB", "range": [0, 255]}
+# a manifest.json is a packd bundle's when it has these: a web app's manifest.json is not
+BUNDLE = json_marker(MANIFEST, "bundle", {"format": int, "kind": str, "graphs": dict, "files": dict})
 
 
 def graph_file(graph: str) -> str:

@@ -37,6 +37,26 @@ from packd_runtime.errors import PackdError
 from packd_runtime.gate import CallGate
 from packd_runtime.threshold import threshold_from_normal_scores
 
+PROTOTYPES_FILE_LIMIT = 1 << 28  # 256 MiB of arrays: a full bank of 8 shots x 4 rotations at 448 px is far below
+
+
+def _check_members(z: zipfile.ZipFile, max_bytes: int) -> None:
+    """Every member is a .npy whose header (read, not its data) names a plain dtype and a shape whose size, and
+    the size the zip says it unpacks to, stay within `max_bytes` in all."""
+    total = 0
+    for info in z.infolist():
+        if not info.filename.endswith(".npy") or info.file_size > max_bytes:
+            raise ValueError(f"member {info.filename!r} is not a small .npy array")
+        with z.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0(member))
+        if dtype.hasobject:
+            raise ValueError(f"member {info.filename!r} holds Python objects")
+        total += max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, info.file_size)
+        if total > max_bytes:
+            raise ValueError(f"its arrays would take more than {max_bytes} bytes: refused before reading them")
+
 
 @dataclass(frozen=True)
 class Prototypes:
@@ -54,9 +74,12 @@ class Prototypes:
                      **{f"stage_{i + 1}": a for i, a in enumerate(self.arrays)})
 
     @classmethod
-    def load(cls, path: str | Path) -> Prototypes:
-        """Read an .npz written by `save` (pickles are never loaded); a damaged file is refused."""
+    def load(cls, path: str | Path, max_bytes: int = PROTOTYPES_FILE_LIMIT) -> Prototypes:
+        """Read an .npz written by `save` (pickles are never loaded); a damaged file, or one whose arrays would
+        take more than `max_bytes` (checked from the headers, before any array is read), is refused."""
         try:
+            with zipfile.ZipFile(path) as z:
+                _check_members(z, max_bytes)
             with np.load(path, allow_pickle=False) as z:
                 stages = sorted((k for k in z.files if k.startswith("stage_")), key=lambda k: int(k[6:]))
                 if not stages or not {"fingerprint", "shots"} <= set(z.files):

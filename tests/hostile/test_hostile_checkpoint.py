@@ -5,7 +5,6 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 import torch
@@ -43,26 +42,12 @@ def test_out_never_deletes_what_packd_did_not_write(synth_root, tmp_path, checkp
     assert (checkpoints["rd"] / "model.safetensors").is_file()
 
 
-def test_a_live_writer_holds_the_output_and_a_dead_one_does_not(synth_root, tmp_path):
-    out = tmp_path / "ck"
-    writer = subprocess.Popen(["sleep", "60"])
-    try:
-        (tmp_path / ".ck.lock").write_text(str(writer.pid))
-        with pytest.raises(PackdError, match=f"being written by process {writer.pid}"):
-            train_small("rd", synth_root, "grid", out, epochs=1, batch_size=4)
-    finally:
-        writer.kill()
-        writer.wait()
-    train_small("rd", synth_root, "grid", out, epochs=1, batch_size=4)  # stale lock: taken over
-    assert (out / "config.json").is_file() and not (tmp_path / ".ck.lock").exists()
-
-
 def test_a_kill_between_the_two_renames_loses_nothing(synth_root, tmp_path):
     out = train_small("rd", synth_root, "grid", tmp_path / "ck", epochs=1, batch_size=4)
     first = json.loads((out / "config.json").read_text())["train"]["history"]
     os.replace(out, tmp_path / ".ck.old")  # killed after "old aside", before "new in"
-    (tmp_path / ".ck.tmpabc").mkdir()  # and a killed write's temporary
-    (tmp_path / ".ck.tmpabc" / "model.safetensors").write_bytes(b"\0" * 1000)
+    (tmp_path / ".ck.tmpabcd1234").mkdir()  # and a killed write's temporary
+    (tmp_path / ".ck.tmpabcd1234" / "model.safetensors").write_bytes(b"\0" * 1000)
     assert load_model(out)[1]["train"]["epochs_done"] == 1  # a reader puts it back
     os.replace(out, tmp_path / ".ck.old")
     resumed = train_small("rd", synth_root, "grid", out, epochs=2, batch_size=4)
@@ -152,3 +137,20 @@ def test_a_full_disk_during_export_or_a_report_keeps_the_old_files(checkpoints, 
         write_report(tmp_path / "r.json", {"a": 2})
     assert json.loads((tmp_path / "r.json").read_text())["a"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "r.json"]
+
+
+@pytest.mark.parametrize("teacher", ["hf-hub:timm/resnet18.a1_in1k", "timm/resnet18", "no_such_model"])
+def test_a_checkpoint_config_never_sends_loading_to_a_model_hub(synth_root, tmp_path, teacher, monkeypatch):
+    import huggingface_hub
+
+    out = train_small("rd", synth_root, "grid", tmp_path / "ck", epochs=1, batch_size=4)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["teacher"]["name"] = teacher
+    (out / "config.json").write_text(json.dumps(cfg))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("loading a checkpoint reached for a model hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    with pytest.raises(PackdError, match="not one of timm's built-in architectures"):
+        load_model(out)

@@ -112,3 +112,28 @@ def test_a_full_disk_keeps_the_old_prototypes_file(det, tmp_path, monkeypatch):
         protos.save(tmp_path / "p.npz")
     assert (tmp_path / "p.npz").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npz"]
+
+
+def test_a_prototypes_file_that_unpacks_to_gigabytes_is_refused_before_reading(tmp_path):
+    import resource
+
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, fingerprint=np.array("abc"), shots=np.array(2),
+                        stage_1=np.zeros((375_000_000,), np.float32))  # 1.5 GB of zeros in about 1.5 MB
+    assert bomb.stat().st_size < 3_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(PackdError, match="not a small .npy array"):
+        Prototypes.load(bomb)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing was unpacked
+    packed = tmp_path / "many.npz"
+    np.savez(packed, fingerprint=np.array("abc"), shots=np.array(2),
+             **{f"stage_{i}": np.zeros((1000, 100), np.float32) for i in range(1, 5)})  # 1.6 MB of arrays
+    with pytest.raises(PackdError, match="would take more than 1000000 bytes"):
+        Prototypes.load(packed, max_bytes=1_000_000)
+    assert len(Prototypes.load(packed).arrays) == 4
+    objects = tmp_path / "objects.npz"
+    with zipfile.ZipFile(objects, "w") as z:
+        with z.open("stage_1.npy", "w") as f:
+            np.lib.format.write_array(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(PackdError, match="holds Python objects"):
+        Prototypes.load(objects)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from packd_runtime.atomic import atomic_dir, write_json
-from packd_runtime.bundle_format import MANIFEST, PROTOTYPES, SHOTS, read_manifest, verify_files
+from packd_runtime.bundle_format import BUNDLE, MANIFEST, PROTOTYPES, SHOTS, read_manifest, verify_files
 from packd_runtime.errors import PackdError
 from packd_runtime.files import sha256
 
@@ -161,7 +161,7 @@ def build_bundle_engines(bundle: str | Path, device: int = 0) -> dict[str, Any]:
     verify_files(bundle, manifest)
     if reason := why_no_tensorrt(device):
         raise PackdError(f"cannot build engines here: {reason}")
-    with atomic_dir(bundle, MANIFEST, "bundle") as tmp:
+    with atomic_dir(bundle, BUNDLE) as tmp:
         shutil.copytree(bundle, tmp, dirs_exist_ok=True)
         entries = build_engines(tmp, manifest, device)
         built = {e["file"] for e in entries}
