@@ -102,13 +102,45 @@ def export(
 
 
 @app.command()
-def check(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
-    """Verify manifest version, file hashes, ONNX validity and TensorRT parser compatibility."""
+def check(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+          key: Annotated[list[Path] | None, typer.Option(
+              help="Public key file (packd-export keygen); the bundle must be signed by it (repeat for several).")
+          ] = None) -> None:
+    """Verify manifest version, file hashes, ONNX validity and TensorRT parser compatibility; with --key, the
+    signature too."""
     from packd_export.check import check_bundle
+    from packd_runtime.bundle_format import read_manifest
+    from packd_runtime.signing import verify_signature
 
+    signed = verify_signature(bundle, read_manifest(bundle), key) if key else None
     manifest = check_bundle(bundle)
     console.print(f"{bundle}: ok ({manifest['kind']}, {manifest['precision']}, "
-                  f"graphs: {', '.join(manifest['graphs'])}, engines: {len(manifest['engines'])})")
+                  f"graphs: {', '.join(manifest['graphs'])}, engines: {len(manifest['engines'])}"
+                  + ("" if signed is None else f"; signed by a trusted key, {len(signed)} engine(s) signed") + ")",
+                  markup=False)
+
+
+@app.command()
+def keygen(out: Annotated[Path, typer.Option(help="Folder for the key pair (two PEM files; never overwritten).")]
+           ) -> None:
+    """Make an Ed25519 key pair for signing bundles: keep the private key with whoever releases bundles, give
+    the public key to every machine that runs them."""
+    from packd_runtime.signing import generate_keys
+
+    private, public = generate_keys(out)
+    console.print(f"private key (owner-only, keep it secret): {private}\npublic key (for check --key and "
+                  f"Detector.open(trusted_keys=...)): {public}", markup=False)
+
+
+@app.command()
+def sign(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+         key: Annotated[Path, typer.Option(help="Private key file (packd-export keygen).")]) -> None:
+    """Sign a bundle: its manifest (every file hash, the threshold, the limits) and the engines it holds now."""
+    from packd_runtime.signing import SIGNATURE, sign_bundle
+
+    signature = sign_bundle(bundle, key)
+    console.print(f"signed {bundle} with key {signature['key']} ({len(signature['engines'])} engine(s)): "
+                  f"{bundle / SIGNATURE}", markup=False)
 
 
 @app.command()
@@ -130,12 +162,15 @@ def triton(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
            engine_gpu: Annotated[str | None, typer.Option(
                help="Serve the TensorRT engines built on this GPU (name as in the manifest) as tensorrt_plan.",
                show_default="the bundle's engines, if all are for one GPU")] = None,
+           trusted_key: Annotated[list[Path] | None, typer.Option(
+               help="Public key file the line model requires the bundle to be signed by (a path on the server; "
+                    "repeat for several).")] = None,
            ) -> None:
     """Write a Triton model repository: the support / query graphs and the `packd` line model that keeps
     each line's prototypes in the server."""
     from packd_export.triton import write_repository
 
-    models = write_repository(bundle, out, backend=runtime_backend, engine_gpu=engine_gpu)
+    models = write_repository(bundle, out, backend=runtime_backend, engine_gpu=engine_gpu, trusted_keys=trusted_key)
     console.print(f"model repository written to {out}: " + ", ".join(f"{m} ({p})" for m, p in models.items()),
                   markup=False)
 

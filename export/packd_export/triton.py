@@ -29,7 +29,8 @@ from packd_runtime.bundle_format import (
     read_manifest,
     verify_files,
 )
-from packd_runtime.triton.line_model import ACTION, FINGERPRINT, FRAMES, LABELS, LINE, THRESHOLD
+from packd_runtime.signing import SIGNATURE, verify_signature
+from packd_runtime.triton.line_model import ACTION, FINGERPRINT, FRAMES, LABELS, LINE, THRESHOLD, TRUSTED_KEYS
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64",
                 "int32": "TYPE_INT32", "bool": "TYPE_BOOL"}
@@ -73,7 +74,7 @@ def graph_config(name: str, spec: dict[str, Any], manifest: dict[str, Any], plat
     return "\n".join(lines) + "\n"
 
 
-def line_model_config(manifest: dict[str, Any], backend: str) -> str:
+def line_model_config(manifest: dict[str, Any], backend: str, trusted_keys: list[Path] | None = None) -> str:
     """config.pbtxt of the Python-backend line model: per item a line name, an action (detect,
     changeover, calibrate) and a frame; per item back its score, map, label, the line's threshold and
     the bundle's fingerprint. One instance: the lines' state lives in its process."""
@@ -87,7 +88,8 @@ def line_model_config(manifest: dict[str, Any], backend: str) -> str:
         _tensors("input", inputs), _tensors("output", outputs),
         f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
         "instance_group [ { kind: KIND_CPU count: 1 } ]",
-        _parameters({FINGERPRINT: fingerprint(manifest), "runtime_backend": backend}),
+        _parameters({FINGERPRINT: fingerprint(manifest), "runtime_backend": backend,
+                     **({TRUSTED_KEYS: ",".join(str(k.resolve()) for k in trusted_keys)} if trusted_keys else {})}),
     ]) + "\n"
 
 
@@ -114,7 +116,8 @@ def _engines(manifest: dict[str, Any], gpu: str | None) -> dict[str, dict[str, A
 def _copy_bundle(bundle: Path, manifest: dict[str, Any], dest: Path) -> None:
     """The manifest and the files it lists (so hashed), each through `bundle_path`: nothing else the folder holds,
     never a symbolic link, nothing outside the bundle."""
-    for name in (MANIFEST, *manifest["files"]):
+    signature = [SIGNATURE] if (bundle / SIGNATURE).is_file() else []
+    for name in (MANIFEST, *signature, *manifest["files"]):
         source = bundle_path(bundle, name)
         target = dest.joinpath(*Path(name).parts)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -122,13 +125,15 @@ def _copy_bundle(bundle: Path, manifest: dict[str, Any], dest: Path) -> None:
 
 
 def write_repository(bundle: str | Path, out: str | Path, *, backend: str = "auto",
-                     engine_gpu: str | None = None) -> dict[str, str]:
+                     engine_gpu: str | None = None, trusted_keys: list[Path] | None = None) -> dict[str, str]:
     """Write the model repository for `bundle` to `out` (atomically). `backend`: what the line model's
     Detector runs on (auto, tensorrt, onnxruntime); `engine_gpu`: whose engines become `tensorrt_plan`
     models. Returns {model name: platform or backend}."""
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
+    if trusted_keys:  # the server will refuse it otherwise: refuse it now, before writing anything
+        verify_signature(bundle, manifest, trusted_keys)
     if out.resolve() == bundle.resolve() or bundle.resolve() in out.resolve().parents:
         raise PackdError(f"--out {out} is inside the bundle {bundle}: choose a folder outside it")
     if backend not in ("auto", "tensorrt", "onnxruntime"):
@@ -151,7 +156,7 @@ def write_repository(bundle: str | Path, out: str | Path, *, backend: str = "aut
         version = tmp / LINE_MODEL / "1"
         _copy_bundle(bundle, manifest, version / "bundle")
         (version / "model.py").write_text(LINE_MODEL_PY)
-        (tmp / LINE_MODEL / "config.pbtxt").write_text(line_model_config(manifest, backend))
+        (tmp / LINE_MODEL / "config.pbtxt").write_text(line_model_config(manifest, backend, trusted_keys))
         models[LINE_MODEL] = "python"
         (tmp / MARKER).write_text(f"{WRITTEN} from {bundle.name} "
                                   f"(fingerprint {fingerprint(manifest)})\n")

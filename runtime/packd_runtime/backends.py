@@ -65,14 +65,21 @@ def engines_here(manifest: dict[str, Any], device: int = 0) -> tuple[dict[str, s
 
 
 def open_backend(bundle: Path, manifest: dict[str, Any], backend: str = "auto", device: int = 0,
-                 build: bool = False, profile: bool = False) -> tuple[Backend, dict[str, Any], str]:
+                 build: bool = False, profile: bool = False,
+                 trusted_engines: set[str] | None = None) -> tuple[Backend, dict[str, Any], str]:
     """(backend, manifest, reason): TensorRT when the bundle has engines for this GPU and TensorRT
     version (or `build=True` and the builder is here: build and cache them; the manifest then lists
-    them), else ONNX Runtime (CUDA provider if present, else CPU)."""
+    them), else ONNX Runtime (CUDA provider if present, else CPU). `trusted_engines`: when given, only these
+    engine files are ever loaded (those a trusted signature vouched for)."""
     if backend not in BACKENDS:
         raise PackdError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend in ("auto", "tensorrt"):
-        engines, why = engines_here(manifest, device)
+        usable = manifest if trusted_engines is None else {
+            **manifest, "engines": [e for e in manifest["engines"] if e["file"] in trusted_engines]}
+        engines, why = engines_here(usable, device)
+        if len(usable["engines"]) < len(manifest["engines"]):
+            why += (f"; {len(manifest['engines']) - len(usable['engines'])} engine(s) not covered by the signature "
+                    "were ignored (sign the bundle again after building them)")
         if engines is None and build:
             from packd_runtime.tensorrt.build import build_bundle_engines, why_no_tensorrt
 

@@ -37,6 +37,8 @@ SCORES, MAPS = "scores", "maps"  # the query graph's outputs
 QUERY_OUTPUTS = (SCORES, MAPS)
 BATCH, SHOTS, PROTOTYPES = "batch", "shots", "prototypes"  # dynamic axes (and the manifest's "dynamic" keys)
 INPUT_CONTRACT = {"dtype": "uint8", "layout": "NHWC", "color": "RGB", "range": [0, 255]}
+MAX_SIDE = 8192  # frame and image sides a manifest may name
+MAX_DYNAMIC = {BATCH: 4096, SHOTS: 1024, PROTOTYPES: 1 << 24}  # the largest dynamic ranges a manifest may name
 # a manifest.json is a packd bundle's when it has these: a web app's manifest.json is not
 BUNDLE = json_marker(MANIFEST, "bundle", {"format": int, "kind": str, "graphs": dict, "files": dict})
 
@@ -126,11 +128,17 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
     size = _need(m, "image_size", int, where)
     contract = _need(m, "input", dict, where)
     h, w = _need(contract, "height", int, where), _need(contract, "width", int, where)
+    if not all(1 <= v <= MAX_SIDE for v in (size, h, w)):
+        raise _fail(where, f"image size {size} and frame size {h}x{w} must be 1 to {MAX_SIDE} pixels")
     if any(contract.get(k) != INPUT_CONTRACT[k] for k in ("dtype", "layout", "color")):
         raise _fail(where, "the input contract must be uint8 NHWC RGB")
     threshold = _need(m, "threshold", (int, float), where)
+    if isinstance(threshold, int) and abs(threshold) > 1e300:
+        raise _fail(where, "the threshold is not a usable number (too many digits)")
     if not math.isfinite(threshold):
         raise _fail(where, f"the threshold is {threshold}: the model it was computed with is broken")
+    if threshold < 0:
+        raise _fail(where, f"the threshold is {threshold}: scores are distances, never negative")
     files = _need(m, "files", dict, where)
     if not all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in files.items()):
         raise _fail(where, "'files' must map file names to sha256 digests")
@@ -147,8 +155,10 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
     dynamic = _need(m, "dynamic", dict, where)
     for axis in (BATCH, *((SHOTS, PROTOTYPES) if SUPPORT in graphs else ())):
         lo_hi = _need(dynamic, axis, list, where)
-        if len(lo_hi) != 2 or not all(isinstance(v, int) for v in lo_hi) or not 1 <= lo_hi[0] <= lo_hi[1]:
-            raise _fail(where, f"dynamic range {axis} must be [1, max], got {lo_hi}")
+        if (len(lo_hi) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in lo_hi)
+                or not 1 <= lo_hi[0] <= lo_hi[1] <= MAX_DYNAMIC[axis]):
+            raise _fail(where, f"dynamic range {axis} must be [1, max] with max at most {MAX_DYNAMIC[axis]}, "
+                               f"got {lo_hi}")
     inputs, outputs = io[QUERY]
     expected_images = {"name": IMAGES, "dtype": "uint8", "shape": [BATCH, h, w, 3]}
     if not inputs or inputs[0] != expected_images:
@@ -162,8 +172,8 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
         raise _fail(where, "prototype inputs must be float32 (prototypes, C)")
     if SUPPORT in graphs:
         protos_info = _need(m, "prototypes", dict, where)
-        _need(protos_info, "per_shot", int, where)
-        _need(protos_info, "max_count", int, where)
+        if _need(protos_info, "per_shot", int, where) < 1 or _need(protos_info, "max_count", int, where) < 0:
+            raise _fail(where, "prototypes per shot must be at least 1 and max_count 0 (no bound) or more")
         s_in, s_out = io[SUPPORT]
         if s_in != [{"name": IMAGES, "dtype": "uint8", "shape": [SHOTS, h, w, 3]}]:
             raise _fail(where, "the support graph must take images uint8 (shots, H, W, 3)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from packd_runtime.bundle_format import (
 from packd_runtime.coreset import bound_prototypes
 from packd_runtime.errors import PackdError
 from packd_runtime.gate import CallGate
+from packd_runtime.signing import verify_signature
 from packd_runtime.threshold import threshold_from_normal_scores
 
 PROTOTYPES_FILE_LIMIT = 1 << 28  # 256 MiB of arrays: a full bank of 8 shots x 4 rotations at 448 px is far below
@@ -129,15 +131,26 @@ class Detector:
 
     @classmethod
     def open(cls, bundle: str | Path, backend: str = "auto", device: int = 0, build: bool = False,
-             profile: bool = False) -> Detector:
+             profile: bool = False, trusted_keys: Iterable[str | Path] | str | Path | None = None) -> Detector:
         """Verify the bundle and pick a backend: TensorRT when engines for this GPU and TensorRT
         version are in the bundle (or `build=True` and the builder is here: build and cache them),
         else ONNX Runtime (CUDA provider if present, else CPU). `detector.reason` says why.
-        `profile=True` makes the TensorRT backend time H2D, compute and D2H with CUDA events."""
+        `profile=True` makes the TensorRT backend time H2D, compute and D2H with CUDA events.
+        `trusted_keys`: public key files (`packd-export keygen`); when given, the bundle must carry a signature
+        by one of them over this very manifest (so every file hash, the threshold and the limits), and only
+        the engines that signature vouched for are loaded."""
         bundle = Path(bundle)
         manifest = read_manifest(bundle)
+        trusted_engines = None
+        if trusted_keys is not None:
+            if build:
+                raise PackdError("build=True cannot be combined with trusted_keys: engines built now are not "
+                                 "signed; build them with packd-export build, then sign the bundle")
+            keys = [trusted_keys] if isinstance(trusted_keys, (str, Path)) else list(trusted_keys)
+            trusted_engines = verify_signature(bundle, manifest, keys)
         verify_files(bundle, manifest)
-        chosen, manifest, reason = open_backend(bundle, manifest, backend, device, build=build, profile=profile)
+        chosen, manifest, reason = open_backend(bundle, manifest, backend, device, build=build, profile=profile,
+                                                trusted_engines=trusted_engines)
         return cls(bundle, manifest, chosen, reason)
 
     # ---- input checks ---------------------------------------------------------------------

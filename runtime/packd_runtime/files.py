@@ -25,5 +25,5 @@ def read_json(path: Path, missing: str) -> Any:
         raise PackdError(missing)
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PackdError(f"corrupted {path}: {e}") from None
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, numbers too long, nesting too deep
+        raise PackdError(f"corrupted {path}: {type(e).__name__}: {str(e)[:200]}") from None

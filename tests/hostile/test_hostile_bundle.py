@@ -143,6 +143,23 @@ def test_manifest_paths_and_symbolic_links_stay_inside(bundles, tmp_path):
     (lambda m, d: m.update(graphs=[]), "'graphs' has the wrong type"),
     (lambda m, d: m["dynamic"].update(batch=[0, 4]), "dynamic range batch"),
     (lambda m, d: m.update(engines=[{"file": "x.engine"}]), "not a hashed file"),
+    (lambda m, d: m.update(threshold=-1.0), "never negative"),
+    (lambda m, d: m.update(threshold=10 ** 400), "too many digits"),
+    (lambda m, d: m["dynamic"].update(batch=[1, 2 ** 40]), "max at most 4096"),
+    (lambda m, d: m["dynamic"].update(batch=[1, True]), "dynamic range batch"),
+    (lambda m, d: m["input"].update(height=20000), "must be 1 to 8192 pixels"),
 ])
 def test_manifests_with_missing_or_mistyped_keys_are_one_line_errors(bundles, tmp_path, edit, match):
     _refused(forge(bundles["rd"][1], tmp_path / "b", manifest=edit), match)
+
+
+def test_a_manifest_nested_too_deep_or_with_absurd_numbers_is_one_line(bundles, tmp_path):
+    deep = forge(bundles["rd"][1], tmp_path / "deep", rehash=False)
+    (deep / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    _refused(deep, "corrupted .*RecursionError")
+
+
+def test_prototype_limits_that_make_no_sense_are_refused(bundles, tmp_path):
+    for name, edit in (("negative", lambda m, d: m["prototypes"].update(max_count=-1)),
+                       ("zero_per_shot", lambda m, d: m["prototypes"].update(per_shot=0))):
+        _refused(forge(bundles["packd"][1], tmp_path / name, manifest=edit), "max_count 0 .no bound. or more")

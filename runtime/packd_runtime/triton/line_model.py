@@ -32,6 +32,7 @@ ACTIONS = ("detect", "changeover", "calibrate")
 LINE, ACTION, FRAMES = "line", "action", "frames"  # the line model's inputs, per item
 LABELS, THRESHOLD, FINGERPRINT = "labels", "threshold", "fingerprint"  # its outputs besides the query graph's
 LINE_OUTPUTS = (SCORES, MAPS, LABELS, THRESHOLD, FINGERPRINT)
+TRUSTED_KEYS = "trusted_keys"  # config parameter: comma-separated public key files the bundle must be signed by
 
 
 @dataclass
@@ -89,7 +90,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         bundle = Path(args["model_repository"]) / args["model_version"] / "bundle"
-        self.server = LineServer(Detector.open(bundle, backend=params.get("runtime_backend", "auto")))
+        keys = [k for k in params.get(TRUSTED_KEYS, "").split(",") if k] or None  # public key files, as paths
+        self.server = LineServer(Detector.open(bundle, backend=params.get("runtime_backend", "auto"),
+                                               trusted_keys=keys))
         self.fingerprint = self.server.detector.fingerprint
         if params.get(FINGERPRINT, self.fingerprint) != self.fingerprint:
             raise PackdError(f"the config's fingerprint {params['fingerprint']} is not the bundle's {self.fingerprint}")
