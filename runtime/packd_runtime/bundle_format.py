@@ -27,7 +27,7 @@ from typing import Any
 from packd_runtime.atomic import json_marker, recover_if_unlocked
 from packd_runtime.errors import PackdError
 from packd_runtime.files import read_json, sha256
-from packd_runtime.onnx_scan import external_data_locations
+from packd_runtime.onnx_scan import external_data_locations, local_functions
 
 BUNDLE_FORMAT = 2
 MANIFEST = "manifest.json"
@@ -229,7 +229,12 @@ def verify_files(bundle: str | Path, manifest: dict[str, Any]) -> None:
             raise PackdError(f"bundle file {path} was altered or corrupted (sha256 does not match the manifest)")
     for spec in manifest["graphs"].values():
         graph = bundle_path(bundle, spec["file"])
-        for location in external_data_locations(graph.read_bytes()):
+        data = graph.read_bytes()
+        functions = local_functions(data)
+        if functions:
+            raise PackdError(f"{graph.name} defines ONNX functions ({', '.join(functions[:3])}), which packd never "
+                             "emits: refused")
+        for location in external_data_locations(data):
             name = str(PurePosixPath(spec["file"]).parent / location)
             try:
                 if not location or PurePosixPath(location).is_absolute():

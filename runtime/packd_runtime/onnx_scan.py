@@ -5,7 +5,8 @@ entry "location"); ONNX Runtime before 1.24 follows such a location anywhere, `.
 paths included. The runtime must see every location before a loader does, so this walks the
 protobuf wire format through every place a tensor can sit: initializers, sparse initializers,
 node attributes (Constant values, tensors, sparse tensors) and nested graphs (If / Loop / Scan
-bodies, functions, training-info graphs).
+bodies, functions and their default attributes, training-info graphs). packd never emits ONNX functions, so the
+runtime also refuses any graph that defines one (`local_functions`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from packd_runtime.errors import PackdError
 MODEL_GRAPH, MODEL_TRAINING_INFO, MODEL_FUNCTIONS = 7, 20, 25
 TRAINING_INIT, TRAINING_ALGORITHM = 1, 2
 GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_SPARSE_INITIALIZER = 1, 5, 15
-FUNCTION_NODE = 7
+FUNCTION_NAME, FUNCTION_NODE, FUNCTION_ATTRIBUTE_PROTO = 1, 7, 11
 NODE_ATTRIBUTE = 5
 ATTR_T, ATTR_G, ATTR_TENSORS, ATTR_GRAPHS, ATTR_SPARSE, ATTR_SPARSES = 5, 6, 10, 11, 22, 23
 SPARSE_VALUES, SPARSE_INDICES = 1, 2
@@ -114,9 +115,19 @@ def external_data_locations(model: bytes) -> list[str]:
                 found += _graph(value)
             elif number == MODEL_FUNCTIONS:
                 found += (loc for n, v in _fields(value) if n == FUNCTION_NODE for loc in _node(v))
+                found += (loc for n, v in _fields(value) if n == FUNCTION_ATTRIBUTE_PROTO for loc in _attribute(v))
             elif number == MODEL_TRAINING_INFO:
                 found += (loc for n, v in _fields(value) if n in (TRAINING_INIT, TRAINING_ALGORITHM)
                           for loc in _graph(v))
     except (ValueError, TypeError) as e:
         raise PackdError(f"not a readable ONNX file ({e})") from None
     return found
+
+
+def local_functions(model: bytes) -> list[str]:
+    """The names of the ONNX functions a model defines (packd's graphs define none)."""
+    try:
+        return [dict(_fields(value)).get(FUNCTION_NAME, b"?").decode("utf-8", "replace")
+                for number, value in _fields(model) if number == MODEL_FUNCTIONS]
+    except (ValueError, TypeError, AttributeError) as e:
+        raise PackdError(f"not a readable ONNX file ({e})") from None

@@ -163,3 +163,28 @@ def test_prototype_limits_that_make_no_sense_are_refused(bundles, tmp_path):
     for name, edit in (("negative", lambda m, d: m["prototypes"].update(max_count=-1)),
                        ("zero_per_shot", lambda m, d: m["prototypes"].update(per_shot=0))):
         _refused(forge(bundles["packd"][1], tmp_path / name, manifest=edit), "max_count 0 .no bound. or more")
+
+
+def _function_with_external_default(location):
+    def edit(model, dst):
+        (dst.parent / "secret.bin").write_bytes(np.ones(4, np.float32).tobytes())
+        tensor = onnx.TensorProto(name="w", data_type=onnx.TensorProto.FLOAT, dims=[4],
+                                  data_location=onnx.TensorProto.EXTERNAL)
+        entry = tensor.external_data.add()
+        entry.key, entry.value = "location", location
+        default = onnx.helper.make_attribute("w", tensor)
+        function = onnx.helper.make_function("evil", "Weights", ["x"], ["y"], [
+            onnx.helper.make_node("Identity", ["x"], ["y"])], [onnx.helper.make_opsetid("", 18)],
+            attributes=[])
+        function.attribute_proto.append(default)
+        model.functions.append(function)
+    return edit
+
+
+def test_external_data_through_an_onnx_functions_default_attribute_is_found(bundles, tmp_path):
+    from packd_runtime.onnx_scan import external_data_locations, local_functions
+
+    b = forge(bundles["rd"][1], tmp_path / "x" / "fn", graph=_function_with_external_default("../secret.bin"))
+    data = (b / "query.onnx").read_bytes()
+    assert "../secret.bin" in external_data_locations(data) and local_functions(data) == ["Weights"]
+    _refused(b, "defines ONNX functions")
