@@ -35,7 +35,17 @@ from packd_export.int8 import Int8Settings, mixed_int8
 from packd_export.onnx_export import check_onnx, export_onnx, graph_io
 from packd_export.trt_compat import check_tensorrt_compat
 from packd_runtime.atomic import atomic_dir, check_replaceable, write_json
-from packd_runtime.bundle_format import BATCH, BUNDLE, MANIFEST, PROTOTYPES, SHOTS, SUPPORT, graph_file, make_manifest
+from packd_runtime.bundle_format import (
+    BATCH,
+    BUNDLE,
+    MANIFEST,
+    MAX_SIDE,
+    PROTOTYPES,
+    SHOTS,
+    SUPPORT,
+    graph_file,
+    make_manifest,
+)
 from packd_runtime.files import sha256
 from packd_runtime.reports import check_report_path, write_report
 
@@ -109,10 +119,14 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
         raise PackdError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if max_batch < 1 or max_shots < 1:
         raise PackdError("--max-batch and --max-shots must be at least 1")
+    if precision != "int8" and (report is not None or (int8 is not None and int8 != Int8Settings())):
+        raise PackdError("--report, --calibration and --fp16-fallback describe an int8 export: add --precision int8")
     if report is not None:
-        if precision != "int8":
-            raise PackdError("--report describes an int8 export: add --precision int8")
+        if Path(report).resolve() == Path(out).resolve() or Path(out).resolve() in Path(report).resolve().parents:
+            raise PackdError(f"--report {report} would be written into the bundle --out {out}: choose another file")
         check_report_path(report)
+    if frame_size is not None and not all(1 <= side <= MAX_SIDE for side in frame_size):
+        raise PackdError(f"--frame-size must be 1 to {MAX_SIDE} pixels a side, got {frame_size[0]}x{frame_size[1]}")
     if engines == "require" and (reason := why_no_tensorrt()):
         raise PackdError(f"engines were required but cannot be built here: {reason}")
     scorer, config = _checked_scorer(checkpoint, scoring)

@@ -55,7 +55,7 @@ class Int8Settings:
     def __post_init__(self):
         if self.calibration not in CALIBRATIONS:
             raise PackdError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
-        if not (self.fallback in ("auto", "none") or (self.fallback.isdigit())):
+        if not (self.fallback in ("auto", "none") or (self.fallback.isascii() and self.fallback.isdigit())):
             raise PackdError(f"--fp16-fallback must be auto, none or a number of layers, got {self.fallback!r}")
         if not 50.0 < self.percentile <= 100.0:
             raise PackdError(f"the calibration percentile must be in (50, 100], got {self.percentile}")

@@ -178,6 +178,12 @@ class Detector:
             raise PackdError(f"{what} must be uint8 RGB 0-255, got dtype {dtype}")
         if shape[0] == 0:
             raise PackdError(f"{what} is an empty batch")
+        if cai is not None and self.backend.device == "cpu":
+            raise PackdError(f"{what}: device arrays need a GPU backend (TensorRT, or onnxruntime-gpu's CUDA "
+                             f"provider); this detector runs {self.backend.name} on the CPU: pass numpy arrays")
+        if cai is not None and shape[0] > self.max_batch and not hasattr(images, "__getitem__"):
+            raise PackdError(f"{what}: a device array of {shape[0]} frames, more than this bundle's batch of "
+                             f"{self.max_batch}, must support slicing (cupy, torch, numba do)")
         return images if cai is not None else np.ascontiguousarray(images)
 
     # ---- the two graphs -------------------------------------------------------------------
@@ -231,6 +237,9 @@ class Detector:
                masks: bool = False) -> Result:
         """Score one frame or a batch of any size (split to the engine's maximum batch)."""
         images = self._frames(images, "images")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(
+                threshold, (int, float, np.integer, np.floating))):
+            raise PackdError(f"threshold must be a number, got {type(threshold).__name__} {threshold!r:.40}")
         t = self.threshold if threshold is None else float(threshold)
         if not np.isfinite(t):
             raise PackdError(f"threshold must be a finite number, got {threshold}")
@@ -246,8 +255,10 @@ class Detector:
             feeds = dict(zip(self.prototype_names, protos.arrays))
         scores, maps = [], []
         with self._gate.call():
-            for i in range(0, images.shape[0], self.max_batch):
-                out = self.backend.run(QUERY, {IMAGES: images[i:i + self.max_batch], **feeds})
+            n = _batch_size(images)
+            for i in range(0, n, self.max_batch):
+                chunk = images if n <= self.max_batch else images[i:i + self.max_batch]
+                out = self.backend.run(QUERY, {IMAGES: chunk, **feeds})
                 scores.append(out[SCORES])
                 maps.append(out[MAPS])
         scores, maps = np.concatenate(scores), np.concatenate(maps)
@@ -272,3 +283,9 @@ class Detector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _batch_size(images: Any) -> int:
+    """Frames in a batch: a numpy array's first axis, or what a device array's interface says."""
+    cai = getattr(images, "__cuda_array_interface__", None)
+    return int(cai["shape"][0]) if cai is not None else images.shape[0]

@@ -116,13 +116,23 @@ def _export(capsys, args):
 @pytest.mark.parametrize("extra, message", [
     (["--precision", "int8", "--calibration", "entropy"], "--calibration must be one of minmax, percentile"),
     (["--precision", "int8", "--fp16-fallback", "many"], "--fp16-fallback must be auto, none or a number"),
-    (["--precision", "fp16", "--report", "r.json"], "--report describes an int8 export: add --precision int8"),
+    (["--precision", "fp16", "--report", "r.json"], "describe an int8 export: add --precision int8"),
+    (["--precision", "fp16", "--fp16-fallback", "3"], "describe an int8 export: add --precision int8"),
+    (["--calibration", "percentile"], "describe an int8 export: add --precision int8"),
+    (["--precision", "int8", "--fp16-fallback", "\u00b2"], "--fp16-fallback must be auto, none or a number"),
+    (["--frame-size", "20000x20000"], "--frame-size must be 1 to 8192 pixels a side"),
     (["--precision", "int8", "--report", "."], "is a folder: give a file name for the report"),
 ])
 def test_bad_int8_export_options_are_one_line_before_any_work(capsys, tmp_path, extra, message):
     code, err = _export(capsys, [str(tmp_path / "missing-checkpoint"), "--out", str(tmp_path / "b"), *extra])
     assert code == 2 and message in err, err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_report_inside_the_bundle_is_refused_before_any_work(capsys, tmp_path):
+    code, err = _export(capsys, [str(tmp_path / "missing-checkpoint"), "--out", str(tmp_path / "b"), "--precision",
+                                 "int8", "--report", str(tmp_path / "b" / "report.json")])
+    assert code == 2 and "would be written into the bundle" in err, err
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -137,3 +137,17 @@ def test_a_prototypes_file_that_unpacks_to_gigabytes_is_refused_before_reading(t
             np.lib.format.write_array(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(PackdError, match="holds Python objects"):
         Prototypes.load(objects)
+
+
+def test_thresholds_that_are_not_numbers_and_device_arrays_on_the_cpu_are_one_line(det):
+    det.prototypes(_frames(2))
+    for bad in ("0.5", np.array([1.0, 2.0]), True, None.__class__):
+        with pytest.raises(PackdError, match="threshold must be a number"):
+            det.detect(_frames(1), threshold=bad)
+    assert det.detect(_frames(1), threshold=np.float32(0.5)).threshold == 0.5
+
+    class DeviceOnly:  # what a camera SDK's GPU buffer may look like: the interface and nothing else
+        __cuda_array_interface__ = {"shape": (1, *FRAME, 3), "typestr": "|u1", "data": (0, False), "version": 3}
+
+    with pytest.raises(PackdError, match="device arrays need a GPU backend"):
+        det.detect(DeviceOnly())
