@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import zipfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +68,13 @@ class Prototypes:
     arrays: tuple[np.ndarray, ...]
     fingerprint: str
     shots: int
+    threshold: float | None = None  # this product's, once calibrated; None: judged by no threshold yet
 
     def save(self, path: str | Path) -> None:
         """Write an .npz (no pickles) atomically."""
         with atomic_file(path) as f:
             np.savez(f, fingerprint=np.array(self.fingerprint), shots=np.array(self.shots),
+                     threshold=np.array(np.nan if self.threshold is None else self.threshold, np.float64),
                      **{f"stage_{i + 1}": a for i, a in enumerate(self.arrays)})
 
     @classmethod
@@ -90,22 +92,38 @@ class Prototypes:
                 fp, shots = z["fingerprint"], z["shots"]
                 if fp.dtype.kind != "U" or fp.ndim or shots.dtype.kind not in "iu" or shots.ndim:
                     raise ValueError("fingerprint or shot count of the wrong type")
-                return cls(arrays, str(fp), int(shots))
+                t = z["threshold"] if "threshold" in z.files else np.array(np.nan)  # files saved before thresholds
+                if t.dtype.kind != "f" or t.ndim or np.isinf(t):
+                    raise ValueError("threshold of the wrong type")
+                return cls(arrays, str(fp), int(shots), None if np.isnan(t) else float(t))
         except FileNotFoundError:
             raise PackdError(f"prototypes file not found: {path}") from None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
             raise PackdError(f"corrupted prototypes file {path}: {e}") from None
 
 
+NO_THRESHOLD = ("no threshold for this product yet: a new product is never judged by another product's threshold; "
+                "call calibrate(normal_frames) after the changeover, or pass threshold=")
+
+
 @dataclass(frozen=True)
 class Result:
-    """Per image: score, anomaly map at the model's input size, label (score > threshold), optional mask."""
+    """Per image: score and anomaly map at the model's input size; with a threshold, the label (score >
+    threshold) and, when asked, pixel masks. After a changeover a few-shot product has no threshold until
+    `calibrate`: `threshold` is None then and `labels` raises a PackdError saying so."""
 
     scores: np.ndarray
     maps: np.ndarray
-    labels: np.ndarray
-    threshold: float
+    threshold: float | None
+    flagged: np.ndarray | None = None
     masks: np.ndarray | None = None
+
+    @property
+    def labels(self) -> np.ndarray:
+        """score > threshold, per image."""
+        if self.flagged is None:
+            raise PackdError(NO_THRESHOLD)
+        return self.flagged
 
 
 class Detector:
@@ -114,7 +132,7 @@ class Detector:
 
     def __init__(self, bundle: Path, manifest: dict[str, Any], backend: Backend, reason: str):
         self.bundle, self.manifest, self.backend, self.reason = bundle, manifest, backend, reason
-        self.threshold = float(manifest["threshold"])
+        self._threshold = float(manifest["threshold"])  # per-category kinds: their category's; few-shot: unused
         self.fingerprint = fingerprint(manifest)
         self.few_shot = SUPPORT in manifest["graphs"]
         self.frame_hw = (manifest["input"]["height"], manifest["input"]["width"])
@@ -206,8 +224,23 @@ class Detector:
         self.use(protos)
         return protos
 
+    @property
+    def threshold(self) -> float | None:
+        """The threshold `detect` applies: a few-shot bundle's is the current product's, None until `calibrate`
+        (the manifest's default was computed on the training categories, never on this product)."""
+        if not self.few_shot:
+            return self._threshold
+        current = self._current
+        return current.threshold if current is not None else None
+
+    @property
+    def current_prototypes(self) -> Prototypes | None:
+        """The current product's prototypes, with its threshold once calibrated: what to save for a restart."""
+        return self._current
+
     def use(self, prototypes: Prototypes) -> None:
-        """Make saved prototypes current (e.g. at start-up); refuses prototypes of another model."""
+        """Make saved prototypes current (e.g. at start-up), with the threshold they were saved with; refuses
+        prototypes of another model."""
         self._check_prototypes(prototypes)
         with self._lock:
             self._current = prototypes
@@ -232,6 +265,9 @@ class Detector:
                 raise PackdError(f"{a.shape[0]} prototypes, but this bundle takes 1 to {self.max_prototypes}")
             if not np.isfinite(a).all():
                 raise PackdError("the prototypes hold NaN or infinite values: refused")
+        t = prototypes.threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t)):
+            raise PackdError(f"the prototypes carry a threshold that is not a finite number ({t!r:.40}): refused")
 
     def detect(self, images: Any, prototypes: Prototypes | None = None, threshold: float | None = None,
                masks: bool = False) -> Result:
@@ -240,10 +276,10 @@ class Detector:
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(
                 threshold, (int, float, np.integer, np.floating))):
             raise PackdError(f"threshold must be a number, got {type(threshold).__name__} {threshold!r:.40}")
-        t = self.threshold if threshold is None else float(threshold)
-        if not np.isfinite(t):
+        if threshold is not None and not np.isfinite(float(threshold)):
             raise PackdError(f"threshold must be a finite number, got {threshold}")
         feeds: dict[str, Any] = {}
+        t = self._threshold
         if self.few_shot:
             protos = prototypes or self._current
             if protos is None:
@@ -253,6 +289,10 @@ class Detector:
             if prototypes is not None:
                 self._check_prototypes(prototypes)
             feeds = dict(zip(self.prototype_names, protos.arrays))
+            t = protos.threshold
+        t = float(threshold) if threshold is not None else t
+        if masks and t is None:
+            raise PackdError(NO_THRESHOLD)
         scores, maps = [], []
         with self._gate.call():
             n = _batch_size(images)
@@ -264,13 +304,21 @@ class Detector:
         scores, maps = np.concatenate(scores), np.concatenate(maps)
         if not np.isfinite(scores).all():
             raise PackdError("the model gave non-finite scores: this bundle or these prototypes are broken")
-        return Result(scores, maps, scores > t, t, maps > t if masks else None)
+        if t is None:
+            return Result(scores, maps, None)
+        return Result(scores, maps, t, scores > t, maps > t if masks else None)
 
     def calibrate(self, normal_images: Any, prototypes: Prototypes | None = None) -> float:
-        """Set the threshold from normal images only (mean + 3 std of their scores); returns it."""
-        result = self.detect(normal_images, prototypes)
-        self.threshold = threshold_from_normal_scores(result.scores)
-        return self.threshold
+        """The threshold from normal images only (mean + 3 std of their scores), returned. It becomes the
+        detector's (per-category kinds) or the current product's (few-shot kinds: the current prototypes carry
+        it, so saving them keeps it); for `prototypes` other than the current ones it is only returned."""
+        t = threshold_from_normal_scores(self.detect(normal_images, prototypes).scores)
+        with self._lock:
+            if not self.few_shot:
+                self._threshold = t
+            elif self._current is not None and (prototypes is None or prototypes is self._current):
+                self._current = replace(self._current, threshold=t)
+        return t
 
     def close(self) -> None:
         """Wait for calls in flight, then release the backend's sessions, engines, contexts, buffers and

@@ -151,3 +151,41 @@ def test_thresholds_that_are_not_numbers_and_device_arrays_on_the_cpu_are_one_li
 
     with pytest.raises(PackdError, match="device arrays need a GPU backend"):
         det.detect(DeviceOnly())
+
+
+def test_a_new_product_is_never_judged_by_another_products_threshold(det, tmp_path):
+    """A changeover without calibrate used the bundle's default threshold (computed on the training
+    categories): defects of the new product came out ok. Now there is no threshold until calibrate."""
+    assert det.threshold is None  # the manifest's default belongs to the training categories
+    protos = det.prototypes(_frames(2))
+    result = det.detect(_frames(3, seed=1))
+    assert result.threshold is None and result.scores.shape == (3,) and result.maps.shape[0] == 3
+    with pytest.raises(PackdError, match="no threshold for this product yet"):
+        _ = result.labels
+    with pytest.raises(PackdError, match="no threshold for this product yet"):
+        det.detect(_frames(1), masks=True)
+    assert det.detect(_frames(1), threshold=0.5).labels.shape == (1,)  # an explicit threshold always works
+    t = det.calibrate(_frames(4, seed=2))
+    assert det.threshold == t and det.current_prototypes.threshold == t and protos.threshold is None
+    assert det.detect(_frames(3, seed=1)).labels.shape == (3,)
+    det.current_prototypes.save(tmp_path / "product_a.npz")  # a restart keeps the product's threshold
+    det.prototypes(_frames(2, seed=3))  # the next product: its own threshold, none yet
+    assert det.threshold is None
+    det.use(Prototypes.load(tmp_path / "product_a.npz"))
+    assert det.threshold == t
+    with pytest.raises(PackdError, match="threshold that is not a finite number"):
+        det.use(Prototypes(protos.arrays, protos.fingerprint, protos.shots, float("inf")))
+
+
+def test_a_triton_line_has_no_threshold_until_it_is_calibrated(bundles):
+    from packd_runtime.triton.line_model import LineServer
+
+    with Detector.open(bundles["packd"][1], backend="onnxruntime") as d:
+        server = LineServer(d)
+        assert server.run("a", "changeover", _frames(2)).threshold is None
+        with pytest.raises(PackdError, match="no threshold for this product yet"):
+            _ = server.run("a", "detect", _frames(1)).labels
+        t = server.run("a", "calibrate", _frames(4, seed=2)).threshold
+        server.run("b", "changeover", _frames(2, seed=3))
+        assert server.run("a", "detect", _frames(1)).threshold == t
+        assert server.run("b", "detect", _frames(1)).threshold is None  # b never borrows a's threshold

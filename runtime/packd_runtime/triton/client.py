@@ -73,7 +73,9 @@ class TritonDetector:
         maps = np.concatenate([p[MAPS] for p in parts])
         labels = np.concatenate([p[LABELS].ravel() for p in parts])
         threshold = float(parts[-1][THRESHOLD].ravel()[0])
-        return Result(scores, maps, labels, threshold)
+        if np.isnan(threshold):  # the line has no threshold yet (a few-shot changeover, not yet calibrated)
+            return Result(scores, maps, None)
+        return Result(scores, maps, threshold, labels)
 
     def _infer(self, line: str, action: str, frames: np.ndarray) -> dict[str, np.ndarray]:
         m, n = self._module, len(frames)
@@ -95,8 +97,9 @@ class TritonDetector:
             raise PackdError("the server answered with another model's fingerprint: refused")
         return {k: result.as_numpy(k) for k in LINE_OUTPUTS if k != FINGERPRINT}
 
-    def changeover(self, line: str, supports: Any) -> float:
-        """Product changeover for `line`: the server makes and keeps its prototypes; returns its threshold."""
+    def changeover(self, line: str, supports: Any) -> float | None:
+        """Product changeover for `line`: the server makes and keeps its prototypes; returns the line's threshold,
+        None for few-shot kinds until `calibrate` (a new product is never judged by another's threshold)."""
         return self._call(line, "changeover", supports).threshold
 
     prototypes = changeover

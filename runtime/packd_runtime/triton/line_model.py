@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ TRUSTED_KEYS = "trusted_keys"  # config parameter: comma-separated public key fi
 @dataclass
 class Line:
     prototypes: Prototypes | None
-    threshold: float
+    threshold: float | None  # None after a few-shot changeover, until the line is calibrated
 
 
 class LineServer:
@@ -58,21 +58,27 @@ class LineServer:
 
     def run(self, name: str, action: str, frames: np.ndarray) -> Result:
         """One action for one line; returns the frames' results with the line's (new) threshold."""
-        if action == "changeover":
+        if action == "changeover":  # a new product: no threshold until it is calibrated (few-shot kinds)
             protos = self.detector.prototypes(frames) if self.detector.few_shot else None
-            line = Line(protos, self.detector.threshold)
+            line = Line(protos, None if self.detector.few_shot else self.detector.threshold)
         elif action == "calibrate":
             line = self._line(name)
             scores = self.detector.detect(frames, line.prototypes).scores
             line = Line(line.prototypes, threshold_from_normal_scores(scores))
         elif action == "detect":
             line = self._line(name)
-            return self.detector.detect(frames, line.prototypes, line.threshold)
+            return self._detect(frames, line)
         else:
             raise PackdError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
         with self._lock:
             self.lines[name] = line
-        return self.detector.detect(frames, line.prototypes, line.threshold)
+        return self._detect(frames, line)
+
+    def _detect(self, frames: np.ndarray, line: Line) -> Result:
+        """The frames scored with the line's prototypes, judged by the line's threshold only (none: no labels)."""
+        if line.prototypes is not None:
+            return self.detector.detect(frames, replace(line.prototypes, threshold=line.threshold))
+        return self.detector.detect(frames, threshold=line.threshold)
 
 
 def _text(values: np.ndarray, what: str) -> str:
@@ -139,8 +145,10 @@ class TritonPythonModel:
                 responses[i] = pb.InferenceResponse([
                     pb.Tensor(SCORES, result.scores[part].reshape(n, 1).astype(np.float32)),
                     pb.Tensor(MAPS, result.maps[part].astype(np.float32)),
-                    pb.Tensor(LABELS, result.labels[part].reshape(n, 1)),
-                    pb.Tensor(THRESHOLD, np.full((n, 1), result.threshold, np.float32)),
+                    pb.Tensor(LABELS, (result.flagged[part] if result.flagged is not None
+                                       else np.zeros(n, bool)).reshape(n, 1)),
+                    pb.Tensor(THRESHOLD, np.full((n, 1), np.nan if result.threshold is None else result.threshold,
+                                                 np.float32)),  # NaN: this line has no threshold yet
                     pb.Tensor(FINGERPRINT, np.full((n, 1), self.fingerprint.encode(), dtype=object)),
                 ])
         return responses
