@@ -185,6 +185,10 @@ def test_real_triton_serves_two_lines_to_8_threads(triton, bundles, protocol):
     with ThreadPoolExecutor(8) as pool:  # an exception in a camera thread re-raises here
         results = [r for rs in pool.map(camera, range(8)) for r in rs]
     assert len(results) == 24
+    nine = _frames(9, 40)  # a calibration larger than the server's batch of 4: one operation, not 4 + 4 + 1
+    with Detector.open(path, backend="onnxruntime") as det:
+        det.prototypes(supports["grid"])
+        assert client.calibrate("grid", nine) == pytest.approx(det.calibrate(nine), rel=1e-5)
     for line, j, got in results:
         want = expected[line]
         part = slice(j, 2 * j + 1)
@@ -226,6 +230,8 @@ def test_real_triton_answers_bad_requests_and_keeps_serving(triton, bundles):
         infer(_frames(1, 4), "UINT8", parameters={"fingerprint": "0000"})
     with pytest.raises(InferenceServerException, match="one request, one line"):
         infer(_frames(2, 4), "UINT8", lines=np.array([[b"good"], [b"other"]], dtype=object))
+    with pytest.raises(InferenceServerException, match="line is not UTF-8"):
+        infer(_frames(1, 4), "UINT8", lines=np.array([[b"\xff\xfe"]], dtype=object))
     with pytest.raises(PackdError, match="frames must be uint8"):  # refused before it leaves the client
         client.detect("good", _frames(1, 5).astype(np.float32))
     with pytest.raises(PackdError, match="frames must be uint8"):
@@ -266,3 +272,67 @@ def test_repositories_written_before_the_move_still_load_their_line_model():
     exec(LINE_MODEL_PY, new)
     assert old["TritonPythonModel"] is new["TritonPythonModel"] is line_model.TritonPythonModel
     assert "packd_runtime.triton.line_model" in LINE_MODEL_PY
+
+
+class _FakeBackendUtils:
+    """The part of triton_python_backend_utils the line model uses, to run execute() without a server."""
+
+    class TritonError:
+        def __init__(self, message):
+            self.message = message
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=None, error=None):
+            self.tensors, self.error = {t.name: t.value for t in output_tensors or []}, error
+
+    class Tensor:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        class Wrapped:
+            def as_numpy(self):
+                return request.inputs[name]
+        return Wrapped()
+
+
+class _Request:
+    def __init__(self, line, action, frames, parameters=None):
+        n = len(frames)
+        self.inputs = {"line": np.full((n, 1), line, dtype=object), "action": np.full((n, 1), action, dtype=object),
+                       "frames": frames}
+        self._parameters = json.dumps(parameters or {})
+
+    def parameters(self):
+        return self._parameters
+
+
+def test_one_bad_request_fails_alone_and_large_operations_are_staged(bundles, monkeypatch):
+    import sys
+
+    from packd_runtime.triton.line_model import TritonPythonModel
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakeBackendUtils)
+    model = TritonPythonModel()
+    with Detector.open(bundles["packd"][1], backend="onnxruntime") as det, \
+            Detector.open(bundles["packd"][1], backend="onnxruntime") as ref:
+        model.server, model.fingerprint = LineServer(det), det.fingerprint
+        supports, normal = _frames(3, 50), _frames(9, 51)
+        token = {"stage": "t1"}
+        replies = model.execute([_Request(b"a", b"stage", supports[:2], token),
+                                 _Request(b"a", b"changeover", supports[2:], token)])
+        assert [r.error for r in replies] == [None, None]
+        ref.prototypes(supports)  # the three supports as one changeover, not the last one alone
+        frames = _frames(2, 52)
+        assert np.array_equal(model.server.run("a", "detect", frames).scores, ref.detect(frames).scores)
+        replies = model.execute([_Request(b"a", b"stage", normal[:4], {"stage": "t2"}),
+                                 _Request(b"a", b"stage", normal[4:8], {"stage": "t2"}),
+                                 _Request(b"a", b"calibrate", normal[8:], {"stage": "t2"})])
+        assert float(replies[-1].tensors["threshold"][0, 0]) == pytest.approx(ref.calibrate(normal), rel=1e-5)
+        assert model.server.staged == {}
+        replies = model.execute([_Request(b"a", b"detect", frames), _Request(b"\xff\xfe", b"detect", frames),
+                                 _Request(b"a", b"detect", frames[:1])])
+        assert replies[0].error is None and replies[2].error is None
+        assert "not UTF-8" in replies[1].error.message
+        assert np.allclose(replies[0].tensors["scores"].ravel(), ref.detect(frames).scores)

@@ -12,6 +12,7 @@ requests that expect another model.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from packd_runtime.bundle_format import MAPS, SCORES
 from packd_runtime.detector import Result
 from packd_runtime.errors import PackdError
-from packd_runtime.triton.line_model import ACTION, FINGERPRINT, FRAMES, LABELS, LINE, LINE_OUTPUTS, THRESHOLD
+from packd_runtime.triton.line_model import ACTION, FINGERPRINT, FRAMES, LABELS, LINE, LINE_OUTPUTS, STAGE, THRESHOLD
 
 MODEL = "packd"
 
@@ -68,7 +69,14 @@ class TritonDetector:
             raise PackdError(f"frames must be uint8 (N, {', '.join(map(str, self.frame_shape))}), "
                              f"got {frames.dtype} {frames.shape}")
         step = self.max_batch or len(frames)
-        parts = [self._infer(line, action, frames[i:i + step]) for i in range(0, len(frames), step)]
+        chunks = [frames[i:i + step] for i in range(0, len(frames), step)]
+        if action == "detect" or len(chunks) == 1:
+            parts = [self._infer(line, action, c) for c in chunks]
+        else:  # one changeover or calibration, however large: all but the last part staged on the server first
+            token = uuid.uuid4().hex
+            for c in chunks[:-1]:
+                self._infer(line, "stage", c, token)
+            parts = [self._infer(line, action, chunks[-1], token)]
         scores = np.concatenate([p[SCORES].ravel() for p in parts])
         maps = np.concatenate([p[MAPS] for p in parts])
         labels = np.concatenate([p[LABELS].ravel() for p in parts])
@@ -77,7 +85,7 @@ class TritonDetector:
             return Result(scores, maps, None)
         return Result(scores, maps, threshold, labels)
 
-    def _infer(self, line: str, action: str, frames: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer(self, line: str, action: str, frames: np.ndarray, token: str | None = None) -> dict[str, np.ndarray]:
         m, n = self._module, len(frames)
         names = np.full((n, 1), line.encode(), dtype=object)
         actions = np.full((n, 1), action.encode(), dtype=object)
@@ -88,7 +96,7 @@ class TritonDetector:
         outputs = [m.InferRequestedOutput(o) for o in LINE_OUTPUTS]
         try:
             result = self._client.infer(self.model, inputs, outputs=outputs,
-                                        parameters={FINGERPRINT: self.fingerprint})
+                                        parameters={FINGERPRINT: self.fingerprint, **({STAGE: token} if token else {})})
         except Exception as e:  # the server's error, one line
             message = e.message() if callable(getattr(e, "message", None)) else str(e)
             raise PackdError(f"{action} on line {line!r}: {message}") from None

@@ -7,9 +7,12 @@ are scored with that line's prototypes. Requests carry per item a line name, an 
   to the bundle's; the supports' own scores come back;
 - `calibrate`: the frames are normal; the line's threshold becomes mean + 3 std of their scores;
 - `detect`: the frames are scored with the line's prototypes and threshold.
+- `stage`: the frames are kept for the same line's next `changeover` or `calibrate` that carries the same
+  `stage` request parameter, so a changeover or calibration larger than the server's batch is one operation
+  (the client sends all but the last part as `stage`).
 Requests of one line that Triton's dynamic batcher hands over together are scored in one call. A
-bad request (unknown line, unknown action, a line or action that changes within one request, another
-bundle's fingerprint) gets its own error and nothing else changes.
+bad request (unknown line, unknown action, a line name that is not UTF-8, a line or action that changes
+within one request, another bundle's fingerprint) gets its own error and nothing else changes.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from packd_runtime.detector import Detector, Prototypes, Result
 from packd_runtime.errors import PackdError
 from packd_runtime.threshold import threshold_from_normal_scores
 
-ACTIONS = ("detect", "changeover", "calibrate")
+ACTIONS = ("detect", "changeover", "calibrate", "stage")
+STAGE = "stage"  # request parameter: the token that ties staged frames to their changeover or calibration
+STAGE_LIMIT = 4096  # frames one staged operation may hold
 LINE, ACTION, FRAMES = "line", "action", "frames"  # the line model's inputs, per item
 LABELS, THRESHOLD, FINGERPRINT = "labels", "threshold", "fingerprint"  # its outputs besides the query graph's
 LINE_OUTPUTS = (SCORES, MAPS, LABELS, THRESHOLD, FINGERPRINT)
@@ -47,7 +52,24 @@ class LineServer:
     def __init__(self, detector: Detector):
         self.detector = detector
         self.lines: dict[str, Line] = {}
+        self.staged: dict[tuple[str, str], list[np.ndarray]] = {}
         self._lock = threading.Lock()
+
+    def stage(self, name: str, token: str, frames: np.ndarray) -> None:
+        """Keep frames for the line's next changeover or calibration with the same token."""
+        with self._lock:
+            parts = self.staged.setdefault((name, token), [])
+            if sum(len(p) for p in parts) + len(frames) > STAGE_LIMIT:
+                del self.staged[(name, token)]
+                raise PackdError(f"more than {STAGE_LIMIT} frames staged for one operation on line {name!r}: dropped")
+            parts.append(frames)
+
+    def take_staged(self, name: str, token: str | None) -> list[np.ndarray]:
+        """The frames staged under `token` for the line, removed (none without a token)."""
+        if not token:
+            return []
+        with self._lock:
+            return self.staged.pop((name, token), [])
 
     def _line(self, name: str) -> Line:
         with self._lock:
@@ -82,11 +104,26 @@ class LineServer:
 
 
 def _text(values: np.ndarray, what: str) -> str:
-    """The one line name or action of a request (Triton sends one per item)."""
-    items = {v.decode() if isinstance(v, bytes) else str(v) for v in values.ravel()}
+    """The one line name or action of a request (Triton sends one per item), UTF-8."""
+    try:
+        items = {v.decode() if isinstance(v, bytes) else str(v) for v in values.ravel()}
+    except UnicodeDecodeError:
+        raise PackdError(f"the {what} is not UTF-8 text") from None
     if len(items) != 1:
         raise PackdError(f"one request, one {what}: got {sorted(items)}")
     return items.pop()
+
+
+def _staged(n: int, size: int) -> Result:
+    """What a `stage` request gets back: nothing scored yet, no threshold."""
+    return Result(np.zeros(n, np.float32), np.zeros((n, size, size), np.float32), None)
+
+
+def _last(result: Result, n: int) -> Result:
+    """The last n frames' part of a result (staged frames came first)."""
+    cut = slice(len(result.scores) - n, None)
+    return Result(result.scores[cut], result.maps[cut], result.threshold,
+                  None if result.flagged is None else result.flagged[cut])
 
 
 class TritonPythonModel:
@@ -106,18 +143,21 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb
 
-        parsed = []
+        parsed, tokens = [], []
         for request in requests:
             try:
-                expected = json.loads(request.parameters() or "{}").get(FINGERPRINT, self.fingerprint)
+                params = json.loads(request.parameters() or "{}")
+                expected = params.get(FINGERPRINT, self.fingerprint)
                 if expected != self.fingerprint:
                     raise PackdError(f"the client expects model {expected}, this server runs {self.fingerprint}: "
                                      "its prototypes and thresholds do not apply here")
                 line = _text(pb.get_input_tensor_by_name(request, LINE).as_numpy(), LINE)
                 action = _text(pb.get_input_tensor_by_name(request, ACTION).as_numpy(), ACTION)
                 parsed.append((line, action, pb.get_input_tensor_by_name(request, FRAMES).as_numpy()))
-            except PackdError as e:
-                parsed.append(e)
+                tokens.append(str(params.get(STAGE) or ""))
+            except Exception as e:  # a bad request is answered alone, whatever went wrong with it
+                parsed.append(e if isinstance(e, PackdError) else PackdError(f"bad request: {type(e).__name__}"))
+                tokens.append("")
         responses: list = [None] * len(requests)
         # consecutive detect requests of one line: one call; anything else alone, in arrival order
         def batch_key(i: int) -> tuple[str, str]:
@@ -132,10 +172,17 @@ class TritonPythonModel:
             line, action = parsed[group[0]][:2]
             frames = [parsed[i][2] for i in group]
             try:
-                result = self.server.run(line, action, np.concatenate(frames))
-            except PackdError as e:
+                if action == "stage":
+                    self.server.stage(line, tokens[group[0]], frames[0])
+                    result = _staged(len(frames[0]), self.server.detector.manifest["image_size"])
+                else:
+                    staged = self.server.take_staged(line, tokens[group[0]]) if action != "detect" else []
+                    result = self.server.run(line, action, np.concatenate([*staged, *frames]))
+                    result = _last(result, sum(len(f) for f in frames))  # the replies cover this request's frames
+            except Exception as e:  # this group's requests get the error; the other groups are served
+                message = str(e) if isinstance(e, PackdError) else f"{action} failed: {type(e).__name__}: {e}"
                 for i in group:
-                    responses[i] = pb.InferenceResponse(error=pb.TritonError(str(e)))
+                    responses[i] = pb.InferenceResponse(error=pb.TritonError(message))
                 continue
             start = 0
             for i, f in zip(group, frames):
