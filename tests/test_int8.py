@@ -176,6 +176,6 @@ def test_report_never_overwrites_a_file_packd_did_not_write(checkpoints, tmp_pat
 
 
 def test_report_needs_int8(checkpoints, tmp_path):
-    with pytest.raises(PackdError, match="--report describes an int8 export"):
+    with pytest.raises(PackdError, match="--report, --calibration and --fp16-fallback describe an int8 export"):
         export_bundle(checkpoints["rd"], tmp_path / "b", precision="fp16", report=tmp_path / "r.json", engines="never")
     assert not (tmp_path / "b").exists()
