@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from packd.errors import PackdError
-from packd_runtime.atomic import atomic_dir, json_marker, recover_if_unlocked
-from packd_runtime.files import read_json, sha256
+from packd_runtime.atomic import atomic_dir, json_marker, read_output
+from packd_runtime.files import sha256
 
 FORMAT_VERSION = 4
 MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.safetensors", "config.json", "trainer.pt"
@@ -39,12 +39,7 @@ def save_checkpoint(out: str | Path, model: nn.Module, config: dict[str, Any],
 
 def read_config(ckpt: str | Path) -> dict[str, Any]:
     """The checkpoint's config, checked for presence and format version."""
-    ckpt = Path(ckpt)
-    recover_if_unlocked(ckpt)
-    path = ckpt / CONFIG_FILE
-    if not ckpt.is_dir():
-        raise PackdError(f"checkpoint folder not found: {ckpt}")
-    config = read_json(path, f"{ckpt} is not a packd checkpoint: {CONFIG_FILE} missing")
+    path, config = read_output(ckpt, CHECKPOINT)
     if not isinstance(config, dict) or config.get("format") != FORMAT_VERSION:
         found = config.get("format") if isinstance(config, dict) else None
         raise PackdError(f"{path} has format {found!r}; this packd reads format {FORMAT_VERSION}")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from packd_runtime.errors import PackdError
+from packd_runtime.files import read_json
 from packd_runtime.locks import output_lock
 
 
@@ -109,6 +110,17 @@ def text_marker(name: str, what: str, prefix: str) -> Marker:
             return False
 
     return Marker(name, what, ours)
+
+
+def read_output(folder: str | Path, marker: Marker) -> tuple[Path, Any]:
+    """The JSON marker of a folder packd wrote (a checkpoint's config, a bundle's manifest) and its path, after
+    putting back a write killed between its renames; one line when the folder or the file is missing."""
+    folder = Path(folder)
+    recover_if_unlocked(folder)
+    path = folder / marker.name
+    if not folder.is_dir():
+        raise PackdError(f"{marker.what} folder not found: {folder}")
+    return path, read_json(path, f"{folder} is not a packd {marker.what}: {marker.name} missing")
 
 
 def check_replaceable(final: str | Path, marker: Marker) -> None:

@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from packd_runtime.atomic import json_marker, recover_if_unlocked
+from packd_runtime.atomic import json_marker, read_output
 from packd_runtime.errors import PackdError
-from packd_runtime.files import read_json, sha256
+from packd_runtime.files import sha256
 from packd_runtime.onnx_scan import external_data_locations, local_functions
 
 BUNDLE_FORMAT = 2
@@ -209,12 +209,8 @@ def bundle_path(bundle: str | Path, name: str) -> Path:
 
 def read_manifest(bundle: str | Path) -> dict[str, Any]:
     """Parse a bundle's manifest and check its version and schema."""
-    bundle = Path(bundle)
-    recover_if_unlocked(bundle)
-    path = bundle / MANIFEST
-    if not bundle.is_dir():
-        raise PackdError(f"bundle folder not found: {bundle}")
-    return check_manifest(read_json(path, f"{bundle} is not a packd bundle: {MANIFEST} missing"), str(path))
+    path, manifest = read_output(bundle, BUNDLE)
+    return check_manifest(manifest, str(path))
 
 
 def verify_files(bundle: str | Path, manifest: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from packd_runtime.atomic import atomic_file, write_json
+from packd_runtime.bundle_format import read_manifest, verify_files
 from packd_runtime.errors import PackdError
 from packd_runtime.files import read_json
 
@@ -94,8 +95,6 @@ def _load(path: str | Path, private: bool) -> Any:
 
 def sign_bundle(bundle: str | Path, private_key: str | Path) -> dict[str, Any]:
     """Sign a verified bundle's manifest and the engines it holds now; writes `manifest.sig`, returns it."""
-    from packd_runtime.bundle_format import read_manifest, verify_files
-
     bundle = Path(bundle)
     key = _load(private_key, private=True)
     manifest = read_manifest(bundle)
