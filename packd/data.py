@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from packd.errors import PackdError
 from packd.preprocess import InputSpec, Preprocess, load_image, load_mask, resize_mask
+from packd_runtime.atomic import check_writable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".JPG", ".PNG")
 VISA_SPLIT = Path("split_csv") / "1cls.csv"
@@ -160,6 +161,7 @@ def convert_visa(root: str | Path, out: str | Path) -> list[str]:
         raise PackdError(f"{root} is not a VisA tree: {VISA_SPLIT} not found")
     if out.exists() and any(out.iterdir()):
         raise PackdError(f"output folder {out} exists and is not empty")
+    check_writable(out)
     categories = list_categories(root)
     for cat in categories:
         for split in ("train", "test"):

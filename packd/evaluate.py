@@ -20,6 +20,7 @@ from packd.preprocess import InputSpec
 from packd.progress import LogProgress
 from packd.progress import progress as progress_bars
 from packd.scoring import Scorer
+from packd_runtime.atomic import check_writable
 from packd_runtime.reports import check_report_path, write_report
 from packd_runtime.threshold import threshold_from_normal_scores
 
@@ -107,6 +108,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[st
     `scoring` overrides the checkpoint's scoring settings (see `load_scorer`)."""
     if json_path:
         check_report_path(json_path)
+    if overlays:
+        check_writable(overlays)
     scorer, config = load_scorer(checkpoint, scoring)
     if scorer.few_shot:
         raise PackdError(f"{checkpoint} is a few-shot {config['kind']} model: evaluate it with --shots K")

@@ -19,7 +19,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from packd.errors import PackdError
-from packd_runtime.atomic import atomic_dir, text_marker
+from packd_runtime.atomic import atomic_dir, check_replaceable, text_marker
 
 Array = np.ndarray
 
@@ -465,6 +465,8 @@ def synthesize(out: str | Path, seed: int = 0, size: int = 256, categories: list
     unknown = [n for n in names if n not in CATEGORIES]
     if unknown:
         raise PackdError(f"unknown synthetic categories {unknown}; available: {', '.join(CATEGORIES)}")
+    for name in names:  # every output checked before the first is written
+        check_replaceable(Path(out) / name, SYNTHETIC_CATEGORY)
     for name in names:
         gen, defects = CATEGORIES[name]
         _write_category(Path(out), name, lambda rng, split, g=gen: g(rng, size), defects, counts, seed)
@@ -498,10 +500,12 @@ def synthesize_photos(out: str | Path, seed: int = 0, size: int = 256, textures:
         import skimage.data
     except ImportError:
         raise PackdError("photo categories need scikit-image: pip install 'packd[photos]'") from None
-    names = []
     for tex in textures:
         if tex not in PHOTO_TEXTURES:
             raise PackdError(f"unknown texture photo {tex!r}; available: {', '.join(PHOTO_TEXTURES)}")
+        check_replaceable(Path(out) / f"photo_{tex}", SYNTHETIC_CATEGORY)
+    names = []
+    for tex in textures:
         photo = np.asarray(getattr(skimage.data, tex)(), dtype=np.uint8)
         if photo.ndim == 2:
             photo = np.repeat(photo[..., None], 3, axis=2)

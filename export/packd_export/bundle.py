@@ -25,6 +25,7 @@ from packd_export.calibration import (
     VALIDATION_IMAGES,
     bundle_threshold,
     calibration_frames,
+    check_threshold_images,
     normal_feeds,
     torch_prototype_feeds,
     validation_sets,
@@ -129,12 +130,13 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
         raise PackdError(f"--frame-size must be 1 to {MAX_SIDE} pixels a side, got {frame_size[0]}x{frame_size[1]}")
     if engines == "require" and (reason := why_no_tensorrt()):
         raise PackdError(f"engines were required but cannot be built here: {reason}")
-    scorer, config = _checked_scorer(checkpoint, scoring)
     check_replaceable(out, BUNDLE)
+    scorer, config = _checked_scorer(checkpoint, scoring)
     frame_hw = tuple(frame_size or (scorer.spec.image_size, scorer.spec.image_size))
     limits = _limits(scorer, max_batch, max_shots)
     per_category = CALIBRATION_IMAGES + (VALIDATION_IMAGES if precision == "int8" else 0)
     loaded = calibration_frames(config, frame_hw, per_category, calibration_data and Path(calibration_data))
+    check_threshold_images(loaded, scorer.few_shot)
     frames = {c: f[:CALIBRATION_IMAGES] for c, f in loaded.items()}
     protos = {g.name: export_onnx(g, _example(scorer, g, frame_hw), limits, opset) for g in graph_specs(scorer)}
     protos, int8_report = _with_precision(protos, precision, scorer=scorer, loaded=loaded, frames=frames,

@@ -123,12 +123,29 @@ def read_output(folder: str | Path, marker: Marker) -> tuple[Path, Any]:
     return path, read_json(path, f"{folder} is not a packd {marker.what}: {marker.name} missing")
 
 
+def check_writable(target: str | Path) -> None:
+    """Before any work: one line when `target` (a file or folder packd is about to write) could not be written,
+    because the nearest folder on its path that exists, or `target` itself when it is a folder to replace, does
+    not take changes (read-only permissions, a read-only file system, the immutable attribute)."""
+    target = Path(target).absolute()
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise PackdError(f"{folder} is not a folder: cannot write {target}")
+    for place in (folder, target) if target.is_dir() and not target.is_symlink() else (folder,):
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise PackdError(f"cannot write {target}: {place} is read-only; choose another output folder or make "
+                             "it writable")
+
+
 def check_replaceable(final: str | Path, marker: Marker) -> None:
-    """Refuse to replace anything packd did not provably write: `final` may be absent, an empty folder, or a
-    folder holding `marker` as packd writes it."""
+    """Refuse to replace anything packd did not provably write, and a place that cannot be written: `final` may
+    be absent, an empty folder, or a folder holding `marker` as packd writes it."""
     final, what = Path(final), marker.what
     if final.is_symlink():
         raise PackdError(f"{final} is a symbolic link: refusing to write a {what} through it")
+    check_writable(final)
     if not final.exists():
         return
     if not final.is_dir():
@@ -149,6 +166,7 @@ def atomic_dir(final: str | Path, marker: Marker) -> Iterator[Path]:
     An existing `final` is first renamed aside, then the new one renamed in, then the old one
     deleted: at every moment one complete version exists on disk (see `recover`)."""
     final = Path(final)
+    check_writable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(final):
         recover(final)
@@ -178,6 +196,7 @@ def atomic_dir(final: str | Path, marker: Marker) -> Iterator[Path]:
 def atomic_file(path: str | Path) -> Iterator[Any]:
     """Yield a binary file object; on success it replaces `path`, on error nothing changes."""
     path = Path(path)
+    check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.chmod(tmp, 0o666 & ~_umask())

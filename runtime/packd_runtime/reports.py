@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from packd_runtime.atomic import write_json
+from packd_runtime.atomic import check_writable, write_json
 from packd_runtime.errors import PackdError
 
 REPORT_PRODUCER = "packd"  # reports carry {"producer": "packd"}, so only our own are overwritten
@@ -27,6 +27,7 @@ def check_report_path(path: str | Path) -> None:
             raise PackdError(f"{path} exists and is not a report written by packd: refusing to overwrite it")
     if path.parent.exists() and not path.parent.is_dir():
         raise PackdError(f"{path.parent} is not a folder")
+    check_writable(path)
 
 
 def write_report(path: str | Path, report: dict[str, Any]) -> None:
