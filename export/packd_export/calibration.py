@@ -40,6 +40,18 @@ def calibration_frames(config: dict[str, Any], frame_hw: tuple[int, int], per_ca
     return frames
 
 
+def check_threshold_images(frames: dict[str, np.ndarray], few_shot: bool) -> None:
+    """Before the long work: the default threshold needs normal images to score, which few-shot kinds do not
+    take as supports; one line when the categories have none left."""
+    spare = sum(max(0, len(f) - THRESHOLD_SHOTS) if few_shot else len(f) for f in frames.values())
+    if spare == 0:
+        counts = ", ".join(f"{c}: {len(f)}" for c, f in frames.items())
+        need = f"{THRESHOLD_SHOTS + 1} (a few-shot kind takes {THRESHOLD_SHOTS} as supports)" if few_shot else "1"
+        raise PackdError(f"the bundle's default threshold needs normal images to score and the training categories "
+                         f"have too few ({counts}); at least {need} in one category are needed: pass "
+                         "--calibration-data DIR with more normal images of them")
+
+
 def normal_feeds(frames: dict[str, np.ndarray], few_shot: bool,
                  prototypes) -> dict[str, list[dict[str, np.ndarray]]]:
     """Per graph the feeds of normal images: few-shot kinds take THRESHOLD_SHOTS supports per category

@@ -154,3 +154,17 @@ def test_a_checkpoint_config_never_sends_loading_to_a_model_hub(synth_root, tmp_
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
     with pytest.raises(PackdError, match="not one of timm's built-in architectures"):
         load_model(out)
+
+
+def test_a_knn_checkpoint_with_two_training_images_is_one_line_before_export_work(tmp_path, monkeypatch):
+    """Few-shot kinds take 2 normal images per category as supports for the default threshold: a category of 2
+    leaves nothing to score. Said before the ONNX export, not as a numpy error after it."""
+    import packd_export.bundle as bundle
+    from packd.synth import Counts, synthesize
+
+    synthesize(tmp_path / "data", size=64, categories=["grid"], counts=Counts(train=2, test_good=1, test_defect=1))
+    ck = train_small("knn", tmp_path / "data", "grid", tmp_path / "knn", rotations=1, max_bank=50)
+    monkeypatch.setattr(bundle, "export_onnx", lambda *a, **k: pytest.fail("the graphs were exported"))
+    with pytest.raises(PackdError, match=r"have too few \(grid: 2\); at least 3 .a few-shot kind takes 2"):
+        export_bundle(ck, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
