@@ -188,3 +188,23 @@ def test_external_data_through_an_onnx_functions_default_attribute_is_found(bund
     data = (b / "query.onnx").read_bytes()
     assert "../secret.bin" in external_data_locations(data) and local_functions(data) == ["Weights"]
     _refused(b, "defines ONNX functions")
+
+
+def test_a_bundle_folder_name_that_is_not_utf8_opens_or_says_why(bundles, tmp_path):
+    """A name with a byte that is not UTF-8 (Python keeps it as a surrogate) opens like any other; a graph with
+    external data, which ONNX Runtime must open by path, is refused in one line naming the folder."""
+    import os
+
+    from packd_runtime.files import native_path
+
+    name = tmp_path / os.fsdecode(b"line\xff")
+    shutil.copytree(bundles["rd"][1], name)
+    frames = np.random.default_rng(0).integers(0, 256, (2, *FRAME, 3), dtype=np.uint8)
+    check_bundle(name)
+    with Detector.open(name) as det, Detector.open(bundles["rd"][1]) as ref:
+        np.testing.assert_array_equal(det.detect(frames).scores, ref.detect(frames).scores)
+    external = forge(bundles["rd"][1], tmp_path / os.fsdecode(b"ext\xfe"), graph=_externalise("weights.bin"),
+                     manifest=lambda m, d: m["files"].update({"weights.bin": "0" * 64}))
+    with pytest.raises(PackdError, match=r"ext\\xfe/query.onnx: a folder or file name in this path is not UTF-8"):
+        Detector.open(external)
+    assert native_path(tmp_path / "plain") == str(tmp_path / "plain")

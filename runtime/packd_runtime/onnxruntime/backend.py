@@ -18,6 +18,14 @@ import numpy as np
 
 from packd_runtime.cuda_arrays import producer_stream
 from packd_runtime.errors import PackdError
+from packd_runtime.files import native_path
+from packd_runtime.onnx_scan import external_data_locations
+
+
+def _model_source(path: Path) -> bytes | str:
+    """A graph's bytes (any folder name works), or its path where tensors live in external files beside it."""
+    data = path.read_bytes()
+    return native_path(path) if external_data_locations(data) else data
 
 
 class OnnxRuntimeBackend:
@@ -36,7 +44,8 @@ class OnnxRuntimeBackend:
                      else ["CPUExecutionProvider"])
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        self._sessions = {g: ort.InferenceSession(str(bundle / spec["file"]), sess_options=opts, providers=providers)
+        self._sessions = {g: ort.InferenceSession(_model_source(bundle / spec["file"]), sess_options=opts,
+                                                  providers=providers)
                           for g, spec in manifest["graphs"].items()}
         self._outputs = {g: [o["name"] for o in spec["outputs"]] for g, spec in manifest["graphs"].items()}
         for g, spec in manifest["graphs"].items():  # the runtime reads outputs by name: the names must be right

@@ -23,7 +23,7 @@ from typing import Any
 from packd_runtime.atomic import atomic_dir, write_json
 from packd_runtime.bundle_format import BUNDLE, MANIFEST, PROTOTYPES, SHOTS, read_manifest, verify_files
 from packd_runtime.errors import PackdError
-from packd_runtime.files import sha256
+from packd_runtime.files import native_path, sha256
 
 WORKSPACE_BYTES = 4 << 30
 OPT_BATCH, OPT_SHOTS = 8, 4
@@ -108,7 +108,7 @@ def build_engine(onnx_path: Path, shapes: dict[str, tuple], out: Path, timing_ca
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(native_path(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise PackdError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
