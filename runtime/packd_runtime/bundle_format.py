@@ -27,7 +27,7 @@ from typing import Any
 from packd_runtime.atomic import json_marker, read_output
 from packd_runtime.errors import PackdError
 from packd_runtime.files import sha256
-from packd_runtime.onnx_scan import external_data_locations, local_functions
+from packd_runtime.onnx_scan import external_data_locations, graph_inputs_outputs, local_functions
 
 BUNDLE_FORMAT = 2
 MANIFEST = "manifest.json"
@@ -214,8 +214,9 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
 
 
 def verify_files(bundle: str | Path, manifest: dict[str, Any]) -> None:
-    """Every listed file is inside the bundle and has its recorded sha256; every external-data file a
-    graph refers to is inside the bundle and listed (so hashed too)."""
+    """Every listed file is inside the bundle and has its recorded sha256; every graph has the manifest's inputs
+    and outputs (names, dtypes, shapes) and defines no function; every external-data file a graph refers to is
+    inside the bundle and listed (so hashed too)."""
     bundle = Path(bundle)
     for name, digest in manifest["files"].items():
         path = bundle_path(bundle, name)
@@ -226,6 +227,11 @@ def verify_files(bundle: str | Path, manifest: dict[str, Any]) -> None:
     for spec in manifest["graphs"].values():
         graph = bundle_path(bundle, spec["file"])
         data = graph.read_bytes()
+        real = graph_inputs_outputs(data)
+        if real != tuple([(i["name"], i["dtype"], i["shape"]) for i in spec[k]] for k in ("inputs", "outputs")):
+            raise PackdError(f"{graph.name} has inputs {real[0]} and outputs {real[1]}, not the manifest's "
+                             f"{spec['inputs']} and {spec['outputs']} (a frame size or prototype width the graph "
+                             "does not take): refused")
         functions = local_functions(data)
         if functions:
             raise PackdError(f"{graph.name} defines ONNX functions ({', '.join(functions[:3])}), which packd never "

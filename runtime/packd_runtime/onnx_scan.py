@@ -1,4 +1,5 @@
-"""External-data references of an ONNX file, found without the `onnx` package (the runtime stays lean).
+"""What the runtime must know of an ONNX file before a loader sees it, read without the `onnx` package (the runtime
+stays lean): its external-data references, the functions it defines, and its inputs and outputs.
 
 An ONNX tensor may keep its values in another file (`data_location = EXTERNAL`, `external_data`
 entry "location"); ONNX Runtime before 1.24 follows such a location anywhere, `../` and absolute
@@ -26,6 +27,10 @@ SPARSE_VALUES, SPARSE_INDICES = 1, 2
 TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 13, 14
 ENTRY_KEY, ENTRY_VALUE = 1, 2
 EXTERNAL = 1
+GRAPH_INPUT, GRAPH_OUTPUT = 11, 12
+VALUE_NAME, VALUE_TYPE = 1, 2
+TYPE_TENSOR, TENSOR_ELEM_TYPE, TENSOR_SHAPE, SHAPE_DIM, DIM_VALUE, DIM_PARAM = 1, 1, 2, 1, 1, 2
+ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16"}
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -131,3 +136,28 @@ def local_functions(model: bytes) -> list[str]:
                 for number, value in _fields(model) if number == MODEL_FUNCTIONS]
     except (ValueError, TypeError, AttributeError) as e:
         raise PackdError(f"not a readable ONNX file ({e})") from None
+
+
+def _value_info(buf: bytes) -> tuple[str, str, list[int | str]]:
+    fields = dict(_fields(buf))
+    tensor = dict(_fields(dict(_fields(fields.get(VALUE_TYPE, b""))).get(TYPE_TENSOR, b"")))
+    shape = []
+    for number, dim in _fields(tensor.get(TENSOR_SHAPE, b"")):
+        if number == SHAPE_DIM:
+            d = dict(_fields(dim))
+            shape.append(d[DIM_VALUE] if DIM_VALUE in d else d.get(DIM_PARAM, b"?").decode("utf-8", "replace"))
+    elem = tensor.get(TENSOR_ELEM_TYPE, 0)
+    return fields.get(VALUE_NAME, b"").decode("utf-8", "replace"), ELEM_TYPES.get(elem, f"elem_type {elem}"), shape
+
+
+def graph_inputs_outputs(model: bytes) -> tuple[list[tuple[str, str, list]], list[tuple[str, str, list]]]:
+    """The main graph's inputs and outputs as (name, dtype, shape); a dynamic dimension is its name."""
+    try:
+        graph = dict(_fields(model)).get(MODEL_GRAPH, b"")
+        io: dict[int, list] = {GRAPH_INPUT: [], GRAPH_OUTPUT: []}
+        for number, value in _fields(graph):
+            if number in io:
+                io[number].append(_value_info(value))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise PackdError(f"not a readable ONNX file ({e})") from None
+    return io[GRAPH_INPUT], io[GRAPH_OUTPUT]

@@ -208,3 +208,45 @@ def test_a_bundle_folder_name_that_is_not_utf8_opens_or_says_why(bundles, tmp_pa
     with pytest.raises(PackdError, match=r"ext\\xfe/query.onnx: a folder or file name in this path is not UTF-8"):
         Detector.open(external)
     assert native_path(tmp_path / "plain") == str(tmp_path / "plain")
+
+
+def test_a_manifest_frame_size_the_graphs_do_not_take_is_refused_at_open(bundles, tmp_path):
+    """The manifest consistent with itself (contract and both graphs' image inputs say 96x96) but the graphs
+    take FRAME: refused when opened, not at the first frame."""
+
+    def resize(m, d):
+        m["input"].update(height=96, width=96)
+        for spec in m["graphs"].values():
+            spec["inputs"][0]["shape"][1:3] = [96, 96]
+
+    b = forge(bundles["packd"][1], tmp_path / "frame", manifest=resize)
+    _refused(b, r"has inputs \[\('images', 'uint8', \['shots', 72, 88, 3\]\)\].*not the manifest's")
+
+
+def test_the_runtimes_onnx_reader_uses_onnxs_own_field_numbers():
+    from onnx import AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, TensorShapeProto
+    from onnx import TypeProto, ValueInfoProto
+
+    from packd_runtime import onnx_scan as s
+
+    def number(message, field):
+        return message.DESCRIPTOR.fields_by_name[field].number
+
+    assert (s.MODEL_GRAPH, s.MODEL_TRAINING_INFO, s.MODEL_FUNCTIONS) == tuple(
+        number(ModelProto, f) for f in ("graph", "training_info", "functions"))
+    assert (s.GRAPH_NODE, s.GRAPH_INITIALIZER, s.GRAPH_SPARSE_INITIALIZER, s.GRAPH_INPUT, s.GRAPH_OUTPUT) == tuple(
+        number(GraphProto, f) for f in ("node", "initializer", "sparse_initializer", "input", "output"))
+    assert (s.FUNCTION_NAME, s.FUNCTION_NODE, s.FUNCTION_ATTRIBUTE_PROTO) == tuple(
+        number(FunctionProto, f) for f in ("name", "node", "attribute_proto"))
+    assert s.NODE_ATTRIBUTE == number(NodeProto, "attribute")
+    assert (s.ATTR_T, s.ATTR_G, s.ATTR_TENSORS, s.ATTR_GRAPHS, s.ATTR_SPARSE, s.ATTR_SPARSES) == tuple(
+        number(AttributeProto, f) for f in ("t", "g", "tensors", "graphs", "sparse_tensor", "sparse_tensors"))
+    assert (s.TENSOR_EXTERNAL_DATA, s.TENSOR_DATA_LOCATION) == tuple(
+        number(TensorProto, f) for f in ("external_data", "data_location"))
+    assert (s.VALUE_NAME, s.VALUE_TYPE) == (number(ValueInfoProto, "name"), number(ValueInfoProto, "type"))
+    assert (s.TYPE_TENSOR, s.TENSOR_ELEM_TYPE, s.TENSOR_SHAPE) == (
+        number(TypeProto, "tensor_type"), number(TypeProto.Tensor, "elem_type"), number(TypeProto.Tensor, "shape"))
+    assert (s.SHAPE_DIM, s.DIM_VALUE, s.DIM_PARAM) == (number(TensorShapeProto, "dim"), number(
+        TensorShapeProto.Dimension, "dim_value"), number(TensorShapeProto.Dimension, "dim_param"))
+    assert all(TensorProto.DataType.Name(k).lower().replace("float", "float32").replace("float3216", "float16")
+               == v for k, v in s.ELEM_TYPES.items())
