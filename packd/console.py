@@ -12,6 +12,11 @@ from rich.text import Text
 from packd.errors import PackdError
 
 
+INTERRUPTED = ("interrupted: packd writes each output whole or not at all, so nothing half-written was left and what "
+               "was there before is unchanged (data synth keeps the categories it finished, train the last finished "
+               "epoch); run the same command again")
+
+
 def _fail(message: str, code: int) -> None:
     Console(stderr=True).print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     sys.exit(code)
@@ -27,5 +32,7 @@ def run_app(typer_app: typer.Typer, args: list[str] | None = None, prog_name: st
     except typer.TyperException as e:  # bad option values, unknown options: the parser's own message
         _fail(f"{e.format_message()} (see --help)", getattr(e, "exit_code", 2))
     except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted", 130)
+        _fail(INTERRUPTED, 130)
+    if code == 130:  # typer turns Ctrl-C inside a command into a bare exit code 130; commands never return it
+        _fail(INTERRUPTED, 130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -250,3 +250,12 @@ def test_the_runtimes_onnx_reader_uses_onnxs_own_field_numbers():
         TensorShapeProto.Dimension, "dim_value"), number(TensorShapeProto.Dimension, "dim_param"))
     assert all(TensorProto.DataType.Name(k).lower().replace("float", "float32").replace("float3216", "float16")
                == v for k, v in s.ELEM_TYPES.items())
+
+
+def test_a_manifest_batch_of_two_to_the_40_never_reaches_a_triton_config(bundles, tmp_path):
+    from packd_export.triton import write_repository
+
+    b = forge(bundles["rd"][1], tmp_path / "huge", manifest=lambda m, d: m["dynamic"].update(batch=[1, 2**40]))
+    with pytest.raises(PackdError, match=r"dynamic range batch must be \[1, max\] with max at most \d+, got \[1, "):
+        write_repository(b, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()

@@ -148,3 +148,38 @@ def test_bad_triton_repository_options_are_one_line(capsys, tmp_path, bundles, e
 def test_a_missing_bundle_for_triton_is_one_line(capsys, tmp_path):
     code, err = _export(capsys, ["triton", str(tmp_path / "nothing"), "--out", str(tmp_path / "repo")])
     assert code == 2 and "nothing" in err, err
+
+
+def test_ctrl_c_in_any_command_says_what_was_kept(capsys):
+    """typer turns a KeyboardInterrupt inside a command into a silent exit code 130: packd says what was kept."""
+    import typer
+
+    app = typer.Typer()
+
+    @app.command()
+    def work() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        run_app(app, [], prog_name="x")
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "interrupted: packd writes each output whole or not at all" in err
+    assert "run the same command again" in err and err.strip().count("\n") == 0
+
+
+def test_ctrl_c_during_an_export_keeps_the_old_bundle_and_says_so(tmp_path, bundles, checkpoints):
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundles["rd"][1], bundle)
+    before = (bundle / "manifest.json").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "packd_export.cli", str(checkpoints["rd"]), "--out", str(bundle)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(6)  # inside the export's work (imports alone take a few seconds)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted: packd writes each output whole" in err, err
+    assert (bundle / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporaries left
