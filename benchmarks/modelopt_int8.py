@@ -54,8 +54,8 @@ def main(checkpoint: Path = Path("runs/fewshot/packd_best"), bundles: Path = Pat
                      "int8": {"calibration": f"modelopt {calibration_method}, high precision {high_precision}",
                               "seconds": round(time.perf_counter() - t0, 1)},
                      "files": {spec["file"]: sha256(tmp / spec["file"]) for spec in manifest["graphs"].values()}}
-        manifest["threshold"] = bundle_threshold(tmp, manifest["graphs"], frames,
-                                                 manifest.get("prototypes", {}).get("max_count", 0))
+        max_count = manifest.get("prototypes", {}).get("max_count", 0)
+        manifest |= bundle_threshold(tmp, manifest["graphs"], frames, max_count)
         write_json(tmp / MANIFEST, manifest)
     print(f"wrote {out} in {manifest['int8']['seconds']} s")
 

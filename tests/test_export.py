@@ -39,7 +39,7 @@ def test_bundle_layout_and_check(bundles, kind):
     manifest, path = bundles[kind]
     files = {"query.onnx"} | ({"support.onnx"} if kind == "packd" else set())
     assert set(manifest["files"]) == files and set(p.name for p in path.iterdir()) == files | {"manifest.json"}
-    assert manifest["kind"] == kind and manifest["format"] == 2 and manifest["precision"] == "fp32"
+    assert manifest["kind"] == kind and manifest["format"] == 3 and manifest["precision"] == "fp32"
     assert manifest["input"] == {"dtype": "uint8", "layout": "NHWC", "color": "RGB", "range": [0, 255],
                                  "height": FRAME[0], "width": FRAME[1]}
     q = manifest["graphs"]["query"]
@@ -47,6 +47,8 @@ def test_bundle_layout_and_check(bundles, kind):
     assert q["outputs"] == [{"name": "scores", "dtype": "float32", "shape": ["batch"]},
                             {"name": "maps", "dtype": "float32", "shape": ["batch", 64, 64]}]
     assert manifest["dynamic"]["batch"] == [1, 4] and manifest["threshold"] > 0
+    normal = manifest["normal_scores"]  # 8 training images of grid (and of disc for packd, 2 of each supports)
+    assert normal["images"] == (12 if kind == "packd" else 8) and 0 < normal["min"] <= normal["max"]
     assert manifest["checkpoint"]["name"] == kind and "path" not in manifest["checkpoint"]
     assert set(manifest["versions"]) >= {"packd", "torch", "onnx"} and 17 <= manifest["opset"] <= 19
     if kind == "packd":

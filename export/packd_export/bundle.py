@@ -147,7 +147,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
             kind=config["kind"], teacher=config["teacher"], image_size=scorer.spec.image_size, frame_hw=frame_hw,
             mean=scorer.spec.mean, std=scorer.spec.std, settings=config["settings"], precision=precision,
             opset=opset, graphs=graphs, limits=limits,
-            threshold=bundle_threshold(tmp, graphs, frames, scorer.max_prototypes),
+            **bundle_threshold(tmp, graphs, frames, scorer.max_prototypes),
             versions={"packd": packd.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                       "onnxruntime": onnxruntime.__version__},
             checkpoint={"name": Path(checkpoint).resolve().name,

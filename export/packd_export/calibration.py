@@ -18,7 +18,7 @@ from packd_export.int8 import Validation
 from packd_runtime.bundle_format import IMAGES, QUERY, SCORES, SUPPORT, read_manifest
 from packd_runtime.coreset import bound_prototypes
 from packd_runtime.onnxruntime.backend import OnnxRuntimeBackend
-from packd_runtime.threshold import threshold_from_normal_scores
+from packd_runtime.threshold import score_range, threshold_from_normal_scores
 
 CALIBRATION_IMAGES = 32  # normal training images per training category: int8 calibration and the default threshold
 VALIDATION_IMAGES = 16  # the next ones per category: int8's sensitivity analysis and checks (never calibrated on)
@@ -113,13 +113,15 @@ def bundle_feeds(bundle: str | Path, frames: dict[str, np.ndarray]) -> dict[str,
 
 
 def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.ndarray],
-                     max_prototypes: int = 0) -> float:
+                     max_prototypes: int = 0) -> dict[str, Any]:
     """The default threshold of a bundle from its OWN graphs (so fp16 / int8 bundles get theirs): mean +
-    3 std of the scores of normal training images, few-shot kinds with prototypes from 2 of them."""
+    3 std of the scores of normal training images, few-shot kinds with prototypes from 2 of them; with the range
+    of those scores, which the manifest records so that a threshold far outside it is refused.
+    Returns the manifest's {"threshold", "normal_scores"}."""
     backend = OnnxRuntimeBackend(bundle, {"graphs": graphs})
     try:
         feeds = graph_feeds(backend, graphs, frames, max_prototypes)
         scores = np.concatenate([backend.run(QUERY, f)[SCORES] for f in feeds[QUERY]])
     finally:
         backend.close()
-    return threshold_from_normal_scores(scores)
+    return {"threshold": threshold_from_normal_scores(scores), "normal_scores": score_range(scores)}

@@ -29,7 +29,8 @@ from packd_runtime.errors import PackdError
 from packd_runtime.files import sha256
 from packd_runtime.onnx_scan import external_data_locations, graph_inputs_outputs, local_functions
 
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3  # 3: the manifest records its threshold's normal-score range
+THRESHOLD_SLACK = 10.0  # a manifest threshold more than 10x outside its normal scores' range is refused
 MANIFEST = "manifest.json"
 SUPPORT, QUERY = "support", "query"  # the graphs
 IMAGES = "images"  # both graphs' image input
@@ -63,12 +64,14 @@ def graph_axes(prototype_count: int) -> dict[str, dict[str, dict[int, str]]]:
 def make_manifest(*, kind: str, teacher: Mapping[str, Any], image_size: int, frame_hw: tuple[int, int],
                   mean: tuple[float, ...], std: tuple[float, ...], settings: Mapping[str, Any], precision: str,
                   opset: int, graphs: Mapping[str, Any], limits: Mapping[str, int], threshold: float,
+                  normal_scores: Mapping[str, float | int],
                   versions: Mapping[str, str], checkpoint: Mapping[str, Any], created: str,
                   files: Mapping[str, str], prototypes: Mapping[str, Any] | None = None,
                   int8: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The manifest of a bundle, checked by `check_manifest` before it is returned (so export never writes one
     the runtime would refuse). `graphs`: per graph {"file", "inputs", "outputs"}; `limits`: the largest batch,
-    shot count and prototype count the graphs are exported for; `files`: name -> sha256."""
+    shot count and prototype count the graphs are exported for; `normal_scores`: how many normal images the
+    threshold came from and their score range (`score_range`); `files`: name -> sha256."""
     few_shot = SUPPORT in graphs
     manifest = {
         "format": BUNDLE_FORMAT,
@@ -83,6 +86,7 @@ def make_manifest(*, kind: str, teacher: Mapping[str, Any], image_size: int, fra
         "graphs": dict(graphs),
         "dynamic": {k: [1, v] for k, v in limits.items() if k == BATCH or few_shot},
         "threshold": threshold,
+        "normal_scores": dict(normal_scores),
         "versions": dict(versions),
         "checkpoint": dict(checkpoint),
         "created": created,
@@ -105,6 +109,13 @@ def _need(d: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise _fail(where, f"{key!r} has the wrong type ({type(value).__name__})")
     return value
+
+
+def _number(d: Any, key: str, where: str) -> float:
+    try:
+        return float(_need(d, key, (int, float), where))
+    except OverflowError:
+        raise _fail(where, f"{key!r} is not a usable number (too many digits)") from None
 
 
 def _io_list(spec: dict, key: str, where: str) -> list[dict[str, Any]]:
@@ -132,13 +143,18 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
         raise _fail(where, f"image size {size} and frame size {h}x{w} must be 1 to {MAX_SIDE} pixels")
     if any(contract.get(k) != INPUT_CONTRACT[k] for k in ("dtype", "layout", "color")):
         raise _fail(where, "the input contract must be uint8 NHWC RGB")
-    threshold = _need(m, "threshold", (int, float), where)
-    if isinstance(threshold, int) and abs(threshold) > 1e300:
-        raise _fail(where, "the threshold is not a usable number (too many digits)")
+    threshold = _number(m, "threshold", where)
     if not math.isfinite(threshold):
         raise _fail(where, f"the threshold is {threshold}: the model it was computed with is broken")
     if threshold < 0:
         raise _fail(where, f"the threshold is {threshold}: scores are distances, never negative")
+    basis = _need(m, "normal_scores", dict, where)
+    low, high = (_number(basis, k, where) for k in ("min", "max"))
+    if _need(basis, "images", int, where) < 1 or not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
+        raise _fail(where, f"normal_scores must count at least one image and range over finite scores, got {basis}")
+    if not low / THRESHOLD_SLACK <= threshold <= high * THRESHOLD_SLACK:
+        raise _fail(where, f"the threshold {threshold} is more than {THRESHOLD_SLACK}x outside the scores of the "
+                           f"normal images it was computed from ({low:.4g} to {high:.4g}): edited by hand?")
     files = _need(m, "files", dict, where)
     if not all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in files.items()):
         raise _fail(where, "'files' must map file names to sha256 digests")

@@ -16,3 +16,9 @@ def threshold_from_normal_scores(scores: np.ndarray) -> float:
     if not np.isfinite(scores).all():
         raise PackdError("the model gives non-finite scores on normal images: it is broken (diverged training?)")
     return float(scores.mean() + 3.0 * scores.std())
+
+
+def score_range(scores: np.ndarray) -> dict[str, float | int]:
+    """How many normal images a threshold came from and their lowest and highest score (a bundle records it)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    return {"images": int(scores.size), "min": float(scores.min()), "max": float(scores.max())}

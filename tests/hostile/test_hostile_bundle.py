@@ -148,6 +148,12 @@ def test_manifest_paths_and_symbolic_links_stay_inside(bundles, tmp_path):
     (lambda m, d: m["dynamic"].update(batch=[1, 2 ** 40]), "max at most 4096"),
     (lambda m, d: m["dynamic"].update(batch=[1, True]), "dynamic range batch"),
     (lambda m, d: m["input"].update(height=20000), "must be 1 to 8192 pixels"),
+    (lambda m, d: m.update(threshold=m["threshold"] * 1000), r"more than 10.0x outside the scores of the normal"),
+    (lambda m, d: m.update(threshold=m["normal_scores"]["min"] / 1000), r"more than 10.0x outside the scores"),
+    (lambda m, d: m.update(threshold=1e30), r"more than 10.0x outside the scores"),
+    (lambda m, d: m.pop("normal_scores"), "missing 'normal_scores'"),
+    (lambda m, d: m["normal_scores"].update(max=10 ** 400), "'max' is not a usable number"),
+    (lambda m, d: m["normal_scores"].update(images=0), "normal_scores must count at least one image"),
 ])
 def test_manifests_with_missing_or_mistyped_keys_are_one_line_errors(bundles, tmp_path, edit, match):
     _refused(forge(bundles["rd"][1], tmp_path / "b", manifest=edit), match)
@@ -224,8 +230,17 @@ def test_a_manifest_frame_size_the_graphs_do_not_take_is_refused_at_open(bundles
 
 
 def test_the_runtimes_onnx_reader_uses_onnxs_own_field_numbers():
-    from onnx import AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, TensorShapeProto
-    from onnx import TypeProto, ValueInfoProto
+    from onnx import (
+        AttributeProto,
+        FunctionProto,
+        GraphProto,
+        ModelProto,
+        NodeProto,
+        TensorProto,
+        TensorShapeProto,
+        TypeProto,
+        ValueInfoProto,
+    )
 
     from packd_runtime import onnx_scan as s
 
