@@ -11,7 +11,6 @@ from rich.text import Text
 
 from packd.errors import PackdError
 
-
 INTERRUPTED = ("interrupted: packd writes each output whole or not at all, so nothing half-written was left and what "
                "was there before is unchanged (data synth keeps the categories it finished, train the last finished "
                "epoch); run the same command again")

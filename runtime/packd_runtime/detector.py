@@ -34,6 +34,7 @@ from packd_runtime.bundle_format import (
     verify_files,
 )
 from packd_runtime.coreset import bound_prototypes
+from packd_runtime.cuda_arrays import array_interface
 from packd_runtime.errors import PackdError
 from packd_runtime.gate import CallGate
 from packd_runtime.signing import verify_signature
@@ -176,11 +177,13 @@ class Detector:
     def _frames(self, images: Any, what: str) -> Any:
         """(H,W,3) or (B,H,W,3) uint8 in the bundle's frame size; device arrays pass unchanged."""
         cai = getattr(images, "__cuda_array_interface__", None)
-        shape = tuple(cai["shape"]) if cai is not None else np.shape(images)
-        dtype = np.dtype(cai["typestr"]) if cai is not None else getattr(images, "dtype", None)
         if cai is None:
-            images = np.asarray(images)
-            dtype = images.dtype
+            try:
+                images = np.asarray(images)
+            except (ValueError, TypeError) as e:  # ragged nested lists, objects numpy cannot take
+                raise PackdError(f"{what} must be a uint8 RGB array, got {type(images).__name__} numpy cannot "
+                                 f"convert ({str(e).splitlines()[0][:120]})") from None
+        shape, dtype = array_interface(images, what) if cai is not None else (images.shape, images.dtype)
         if len(shape) == 3:
             if cai is not None:
                 raise PackdError(f"{what}: device arrays must be batched (B,H,W,3), got shape {shape}")
