@@ -22,6 +22,7 @@ from packd.loading import load_scorer
 from packd.scoring import Scorer
 from packd_export.calibration import (
     CALIBRATION_IMAGES,
+    THRESHOLD_SHOTS,
     VALIDATION_IMAGES,
     bundle_threshold,
     calibration_frames,
@@ -49,6 +50,7 @@ from packd_runtime.bundle_format import (
 )
 from packd_runtime.files import sha256
 from packd_runtime.reports import check_report_path, write_report
+from packd_runtime.tiling import Tiling
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -109,11 +111,14 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
                   max_shots: int = 8, frame_size: tuple[int, int] | None = None, opset: int = 18,
                   calibration_data: str | Path | None = None, engines: str = "auto",
                   scoring: dict[str, Any] | None = None, int8: Int8Settings | None = None,
-                  report: str | Path | None = None, progress=lambda _: None) -> dict[str, Any]:
+                  report: str | Path | None = None, progress=lambda _: None, tile: int | None = None,
+                  overlap: int = 0, rois: tuple[tuple[int, int, int, int], ...] = ()) -> dict[str, Any]:
     """Export a checkpoint to a bundle. engines: 'auto' (build when TensorRT and a GPU are here),
     'never', or 'require' (fail without them); `scoring` overrides the checkpoint's scoring settings
     (the manifest records the ones the graphs compute); `int8` says how int8 is calibrated and mixed, and
-    `report` where its per-layer report goes. Returns the manifest."""
+    `report` where its per-layer report goes. With `tile`, the graphs take `tile`-pixel tiles of `frame_size`
+    frames overlapping by `overlap` over the regions of interest `rois` (see `packd_runtime.tiling`), and the
+    manifest records the tiling. Returns the manifest."""
     from packd_runtime.tensorrt.build import build_bundle_engines, why_no_tensorrt
 
     if precision not in PRECISIONS:
@@ -128,17 +133,30 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
         check_report_path(report)
     if frame_size is not None and not all(1 <= side <= MAX_SIDE for side in frame_size):
         raise PackdError(f"--frame-size must be 1 to {MAX_SIDE} pixels a side, got {frame_size[0]}x{frame_size[1]}")
+    if tile is None and (overlap or rois):
+        raise PackdError("--overlap and --roi describe a tiled export: add --tile S")
+    if tile is not None:
+        if frame_size is None:
+            raise PackdError("--tile needs --frame-size HxW, the camera's full frame")
+        if precision == "int8":
+            raise PackdError("int8 calibration on tiles is not built yet: export a tiled bundle as fp32 or fp16")
+        Tiling(tuple(frame_size), tile=tile, overlap=overlap, rois=tuple(rois))  # one line, before any work
     if engines == "require" and (reason := why_no_tensorrt()):
         raise PackdError(f"engines were required but cannot be built here: {reason}")
     check_replaceable(out, BUNDLE)
     scorer, config = _checked_scorer(checkpoint, scoring)
     frame_hw = tuple(frame_size or (scorer.spec.image_size, scorer.spec.image_size))
+    tiling = (Tiling(frame_hw, tile=tile, overlap=overlap, rois=tuple(rois), map_side=scorer.spec.image_size)
+              if tile else None)
+    graph_hw = (tile, tile) if tiling else frame_hw  # a tiled bundle's graphs take tiles
     limits = _limits(scorer, max_batch, max_shots)
     per_category = CALIBRATION_IMAGES + (VALIDATION_IMAGES if precision == "int8" else 0)
+    if tiling:  # whole camera frames in memory: at most about 256 MB of them per category
+        per_category = max(THRESHOLD_SHOTS + 1, min(per_category, (1 << 28) // (3 * frame_hw[0] * frame_hw[1])))
     loaded = calibration_frames(config, frame_hw, per_category, calibration_data and Path(calibration_data))
     check_threshold_images(loaded, scorer.few_shot)
     frames = {c: f[:CALIBRATION_IMAGES] for c, f in loaded.items()}
-    protos = {g.name: export_onnx(g, _example(scorer, g, frame_hw), limits, opset) for g in graph_specs(scorer)}
+    protos = {g.name: export_onnx(g, _example(scorer, g, graph_hw), limits, opset) for g in graph_specs(scorer)}
     protos, int8_report = _with_precision(protos, precision, scorer=scorer, loaded=loaded, frames=frames,
                                           int8=int8 or Int8Settings(), progress=progress)
     with atomic_dir(out, BUNDLE) as tmp:
@@ -147,7 +165,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
             kind=config["kind"], teacher=config["teacher"], image_size=scorer.spec.image_size, frame_hw=frame_hw,
             mean=scorer.spec.mean, std=scorer.spec.std, settings=config["settings"], precision=precision,
             opset=opset, graphs=graphs, limits=limits,
-            **bundle_threshold(tmp, graphs, frames, scorer.max_prototypes),
+            **bundle_threshold(tmp, graphs, frames, scorer.max_prototypes, tiling=tiling, limits=limits),
             versions={"packd": packd.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                       "onnxruntime": onnxruntime.__version__},
             checkpoint={"name": Path(checkpoint).resolve().name,
@@ -156,7 +174,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             files={spec["file"]: sha256(tmp / spec["file"]) for spec in graphs.values()},
             prototypes=_prototypes_info(scorer) if SUPPORT in graphs else None,
-            int8=_int8_summary(int8_report) if int8_report else None)
+            int8=_int8_summary(int8_report) if int8_report else None,
+            tiling={"tile": tile, "overlap": overlap, "rois": [list(r) for r in rois]} if tiling else None)
         write_json(tmp / MANIFEST, manifest)
     if int8_report and report is not None:
         write_report(report, {"bundle": str(out), "kind": config["kind"], **int8_report})

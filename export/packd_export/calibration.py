@@ -15,10 +15,11 @@ from packd.preprocess import Preprocess, load_frames
 from packd.scoring import Scorer
 from packd.synth import paint_defects
 from packd_export.int8 import Validation
-from packd_runtime.bundle_format import IMAGES, QUERY, SCORES, SUPPORT, read_manifest
+from packd_runtime.bundle_format import BATCH, IMAGES, MAPS, PROTOTYPES, QUERY, SCORES, SHOTS, SUPPORT, read_manifest
 from packd_runtime.coreset import bound_prototypes
 from packd_runtime.onnxruntime.backend import OnnxRuntimeBackend
 from packd_runtime.threshold import score_range, threshold_from_normal_scores
+from packd_runtime.tiling import Tiling, tiled_query, tiled_support
 
 CALIBRATION_IMAGES = 32  # normal training images per training category: int8 calibration and the default threshold
 VALIDATION_IMAGES = 16  # the next ones per category: int8's sensitivity analysis and checks (never calibrated on)
@@ -112,16 +113,45 @@ def bundle_feeds(bundle: str | Path, frames: dict[str, np.ndarray]) -> dict[str,
         backend.close()
 
 
+def tiled_normal_scores(backend: OnnxRuntimeBackend, graphs: dict[str, Any], frames: dict[str, np.ndarray],
+                        tiling: Tiling, limits: dict[str, int], bound: int) -> np.ndarray:
+    """Scores of whole normal frames through graphs that take tiles, as the runtime computes them (tiled_support
+    pooled and bounded to `bound`, tiled_query): few-shot kinds' supports are THRESHOLD_SHOTS frames per category."""
+    names = [o["name"] for o in graphs.get(SUPPORT, {}).get("outputs", [])]
+    scores = []
+    for images in frames.values():
+        feeds, queries = {}, images
+        if SUPPORT in graphs:
+            supports, queries = images[:THRESHOLD_SHOTS], images[THRESHOLD_SHOTS:]
+            arrays = tiled_support(tiling, lambda t: [backend.run(SUPPORT, {IMAGES: t})[n] for n in names], supports,
+                                   limits[SHOTS])
+            feeds = dict(zip(names, bound_prototypes(arrays, bound) if bound else arrays))
+
+        def run(tiles: np.ndarray, feeds=feeds) -> tuple[np.ndarray, np.ndarray]:
+            out = backend.run(QUERY, {IMAGES: tiles, **feeds})
+            return out[SCORES], out[MAPS]
+
+        if len(queries):
+            scores.append(tiled_query(tiling, run, queries, limits[BATCH])[0])
+    return np.concatenate(scores)
+
+
 def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.ndarray],
-                     max_prototypes: int = 0) -> dict[str, Any]:
+                     max_prototypes: int = 0, tiling: Tiling | None = None,
+                     limits: dict[str, int] | None = None) -> dict[str, Any]:
     """The default threshold of a bundle from its OWN graphs (so fp16 / int8 bundles get theirs): mean +
-    3 std of the scores of normal training images, few-shot kinds with prototypes from 2 of them; with the range
+    3 std of the scores of normal training images (whole frames through a `tiling`'s tiles when given, the graphs'
+    batch and shot `limits` respected), few-shot kinds with prototypes from 2 of them; with the range
     of those scores, which the manifest records so that a threshold far outside it is refused.
     Returns the manifest's {"threshold", "normal_scores"}."""
     backend = OnnxRuntimeBackend(bundle, {"graphs": graphs})
     try:
-        feeds = graph_feeds(backend, graphs, frames, max_prototypes)
-        scores = np.concatenate([backend.run(QUERY, f)[SCORES] for f in feeds[QUERY]])
+        if tiling is not None:
+            bound = max_prototypes or (limits[PROTOTYPES] if SUPPORT in graphs else 0)
+            scores = tiled_normal_scores(backend, graphs, frames, tiling, limits, bound)
+        else:
+            feeds = graph_feeds(backend, graphs, frames, max_prototypes)
+            scores = np.concatenate([backend.run(QUERY, f)[SCORES] for f in feeds[QUERY]])
     finally:
         backend.close()
     return {"threshold": threshold_from_normal_scores(scores), "normal_scores": score_range(scores)}

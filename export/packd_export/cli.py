@@ -45,6 +45,16 @@ def _size(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def _roi(text: str) -> tuple[int, int, int, int]:
+    try:
+        if not text.isascii():
+            raise ValueError
+        y, x, h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise PackdError(f"--roi must look like Y,X,H,W (four whole numbers of frame pixels), got {text!r}") from None
+    return y, x, h, w
+
+
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder written by `packd train`.")],
@@ -76,6 +86,14 @@ def export(
              "keep the FP32 decisions), none (every trunk convolution int8), or a number of layers.")] = "auto",
     report: Annotated[Path | None, typer.Option(
         help="int8: write the per-layer report (precision, sensitivity, why FP16) to this JSON file.")] = None,
+    tile: Annotated[int | None, typer.Option(
+        help="Line-resolution frames: cut each --frame-size frame into tiles of this many pixels (the model "
+             "sees each tile at its input size) and stitch their maps into one map per frame.",
+        show_default="no tiling: the whole frame resized")] = None,
+    overlap: Annotated[int, typer.Option(help="Pixels by which neighbouring tiles overlap (less than --tile).")] = 0,
+    roi: Annotated[list[str] | None, typer.Option(
+        help="Region of interest Y,X,H,W in frame pixels (repeat for several): only these are inspected, nothing "
+             "outside is ever flagged.", show_default="the whole frame")] = None,
 ) -> None:
     """Export a checkpoint to a bundle: ONNX graphs, manifest, and TensorRT engines where possible."""
     from packd_export.bundle import export_bundle
@@ -89,7 +107,8 @@ def export(
                              engines=engines, scoring=scoring_overrides(stage_weights=stage_weights, border=border,
                                                                         prototype_score=prototype_score),
                              int8=Int8Settings(calibration=calibration, fallback=fp16_fallback), report=report,
-                             progress=lambda text: console.print(text, markup=False))
+                             progress=lambda text: console.print(text, markup=False), tile=tile, overlap=overlap,
+                             rois=tuple(_roi(r) for r in roi or ()))
     console.print(f"bundle written to {out}: {', '.join(manifest['files'])}")
     if "int8" in manifest:
         v, fp16 = manifest["int8"]["validation"], manifest["int8"]["fp16_layers"]

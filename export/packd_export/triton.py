@@ -30,6 +30,7 @@ from packd_runtime.bundle_format import (
     verify_files,
 )
 from packd_runtime.signing import SIGNATURE, verify_signature
+from packd_runtime.tiling import map_hw
 from packd_runtime.triton.line_model import ACTION, FINGERPRINT, FRAMES, LABELS, LINE, THRESHOLD, TRUSTED_KEYS
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64",
@@ -79,9 +80,8 @@ def line_model_config(manifest: dict[str, Any], backend: str, trusted_keys: list
     changeover, calibrate) and a frame; per item back its score, map, label, the line's threshold and
     the bundle's fingerprint. One instance: the lines' state lives in its process."""
     h, w = manifest["input"]["height"], manifest["input"]["width"]
-    s = manifest["image_size"]
     inputs = [(LINE, "TYPE_STRING", [1]), (ACTION, "TYPE_STRING", [1]), (FRAMES, "TYPE_UINT8", [h, w, 3])]
-    outputs = [(SCORES, "TYPE_FP32", [1]), (MAPS, "TYPE_FP32", [s, s]), (LABELS, "TYPE_BOOL", [1]),
+    outputs = [(SCORES, "TYPE_FP32", [1]), (MAPS, "TYPE_FP32", list(map_hw(manifest))), (LABELS, "TYPE_BOOL", [1]),
                (THRESHOLD, "TYPE_FP32", [1]), (FINGERPRINT, "TYPE_STRING", [1])]
     return "\n".join([
         f'name: "{LINE_MODEL}"', 'backend: "python"', f"max_batch_size: {manifest['dynamic'][BATCH][1]}",

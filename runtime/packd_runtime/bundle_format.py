@@ -28,6 +28,7 @@ from packd_runtime.atomic import json_marker, read_output
 from packd_runtime.errors import PackdError
 from packd_runtime.files import sha256
 from packd_runtime.onnx_scan import external_data_locations, graph_inputs_outputs, local_functions
+from packd_runtime.tiling import tiling_from_manifest
 
 BUNDLE_FORMAT = 3  # 3: the manifest records its threshold's normal-score range
 THRESHOLD_SLACK = 10.0  # a manifest threshold more than 10x outside its normal scores' range is refused
@@ -67,11 +68,12 @@ def make_manifest(*, kind: str, teacher: Mapping[str, Any], image_size: int, fra
                   normal_scores: Mapping[str, float | int],
                   versions: Mapping[str, str], checkpoint: Mapping[str, Any], created: str,
                   files: Mapping[str, str], prototypes: Mapping[str, Any] | None = None,
-                  int8: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  int8: Mapping[str, Any] | None = None, tiling: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The manifest of a bundle, checked by `check_manifest` before it is returned (so export never writes one
     the runtime would refuse). `graphs`: per graph {"file", "inputs", "outputs"}; `limits`: the largest batch,
     shot count and prototype count the graphs are exported for; `normal_scores`: how many normal images the
-    threshold came from and their score range (`score_range`); `files`: name -> sha256."""
+    threshold came from and their score range (`score_range`); `files`: name -> sha256; `tiling`: {"tile",
+    "overlap", "rois"} when the graphs take tiles of `frame_hw` frames (see `packd_runtime.tiling`)."""
     few_shot = SUPPORT in graphs
     manifest = {
         "format": BUNDLE_FORMAT,
@@ -93,6 +95,7 @@ def make_manifest(*, kind: str, teacher: Mapping[str, Any], image_size: int, fra
         "engines": [],
         **({"prototypes": dict(prototypes)} if prototypes is not None else {}),
         **({"int8": dict(int8)} if int8 is not None else {}),
+        **({"tiling": dict(tiling)} if tiling is not None else {}),
         "files": dict(files),
     }
     return check_manifest(manifest, "being written")
@@ -176,6 +179,8 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
             raise _fail(where, f"dynamic range {axis} must be [1, max] with max at most {MAX_DYNAMIC[axis]}, "
                                f"got {lo_hi}")
     inputs, outputs = io[QUERY]
+    if "tiling" in m:  # the graphs take tiles of the frame; the contract's height and width are the camera's
+        h = w = tiling_from_manifest(m, where).tile
     expected_images = {"name": IMAGES, "dtype": "uint8", "shape": [BATCH, h, w, 3]}
     if not inputs or inputs[0] != expected_images:
         raise _fail(where, f"the query graph's first input must be {expected_images}")

@@ -39,6 +39,7 @@ from packd_runtime.errors import PackdError
 from packd_runtime.gate import CallGate
 from packd_runtime.signing import verify_signature
 from packd_runtime.threshold import threshold_from_normal_scores
+from packd_runtime.tiling import tiled_query, tiled_support, tiling_from_manifest
 
 PROTOTYPES_FILE_LIMIT = 1 << 28  # 256 MiB of arrays: a full bank of 8 shots x 4 rotations at 448 px is far below
 
@@ -137,10 +138,14 @@ class Detector:
         self.fingerprint = fingerprint(manifest)
         self.few_shot = SUPPORT in manifest["graphs"]
         self.frame_hw = (manifest["input"]["height"], manifest["input"]["width"])
+        self.tiling = tiling_from_manifest(manifest)  # None: the graphs take whole frames
         self.max_batch = manifest["dynamic"][BATCH][1]
         self.max_shots = manifest["dynamic"][SHOTS][1] if self.few_shot else 0
         self.max_prototypes = manifest["dynamic"][PROTOTYPES][1] if self.few_shot else 0
         self.max_count = manifest["prototypes"]["max_count"] if self.few_shot else 0
+        # the bank bound; a tiled bundle's shared memory (every tile of every support frame) is always bounded, by
+        # the most prototypes its query graph takes, so changeover and query time stay bounded whatever the frame
+        self.memory_bound = self.max_count or (self.max_prototypes if self.tiling and self.few_shot else 0)
         proto_inputs = manifest["graphs"][QUERY]["inputs"][1:]
         self.prototype_names = [i["name"] for i in proto_inputs]
         self._proto_channels = [i["shape"][1] for i in proto_inputs]
@@ -199,6 +204,8 @@ class Detector:
             raise PackdError(f"{what} must be uint8 RGB 0-255, got dtype {dtype}")
         if shape[0] == 0:
             raise PackdError(f"{what} is an empty batch")
+        if cai is not None and self.tiling is not None:
+            raise PackdError(f"{what}: this bundle tiles its frames on the host: pass numpy arrays")
         if cai is not None and self.backend.device == "cpu":
             raise PackdError(f"{what}: device arrays need a GPU backend (TensorRT, or onnxruntime-gpu's CUDA "
                              f"provider); this detector runs {self.backend.name} on the CPU: pass numpy arrays")
@@ -216,16 +223,23 @@ class Detector:
             raise PackdError(f"this {self.manifest['kind']} bundle has no support graph: it needs no prototypes")
         images = self._frames(images, "support images")
         k = images.shape[0]
-        if k > self.max_shots:
+        if self.tiling is None and k > self.max_shots:
             raise PackdError(f"{k} support images, but this bundle was built for at most {self.max_shots}")
         with self._gate.call():
-            out = self.backend.run(SUPPORT, {IMAGES: images})
-        arrays = [out[name] for name in self.prototype_names]
-        if self.max_count:
-            arrays = bound_prototypes(arrays, self.max_count)  # the bank bound (greedy coreset), as in training
+            if self.tiling is None:
+                out = self.backend.run(SUPPORT, {IMAGES: images})
+                arrays = [out[name] for name in self.prototype_names]
+            else:
+                arrays = tiled_support(self.tiling, self._support_tiles, images, self.max_shots)
+        if self.memory_bound:
+            arrays = bound_prototypes(arrays, self.memory_bound)  # the bank bound (greedy coreset), as in training
         protos = Prototypes(tuple(arrays), self.fingerprint, k)
         self.use(protos)
         return protos
+
+    def _support_tiles(self, tiles: np.ndarray) -> list[np.ndarray]:
+        out = self.backend.run(SUPPORT, {IMAGES: tiles})
+        return [out[name] for name in self.prototype_names]
 
     @property
     def threshold(self) -> float | None:
@@ -296,15 +310,18 @@ class Detector:
         t = float(threshold) if threshold is not None else t
         if masks and t is None:
             raise PackdError(NO_THRESHOLD)
-        scores, maps = [], []
+        def run(chunk: Any) -> tuple[np.ndarray, np.ndarray]:
+            out = self.backend.run(QUERY, {IMAGES: chunk, **feeds})
+            return out[SCORES], out[MAPS]
+
         with self._gate.call():
-            n = _batch_size(images)
-            for i in range(0, n, self.max_batch):
-                chunk = images if n <= self.max_batch else images[i:i + self.max_batch]
-                out = self.backend.run(QUERY, {IMAGES: chunk, **feeds})
-                scores.append(out[SCORES])
-                maps.append(out[MAPS])
-        scores, maps = np.concatenate(scores), np.concatenate(maps)
+            if self.tiling is not None:
+                scores, maps = tiled_query(self.tiling, run, images, self.max_batch)
+            else:
+                n = _batch_size(images)
+                parts = [run(images if n <= self.max_batch else images[i:i + self.max_batch])
+                         for i in range(0, n, self.max_batch)]
+                scores, maps = (np.concatenate(x) for x in zip(*parts))
         if not np.isfinite(scores).all():
             raise PackdError("the model gave non-finite scores: this bundle or these prototypes are broken")
         if t is None:

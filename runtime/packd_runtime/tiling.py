@@ -13,6 +13,7 @@ interest the stitched map is 0: nothing there is ever flagged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,3 +143,48 @@ class Tiling:
         summed = np.bincount((self._index[None] + offsets).ravel(), minlength=b * size,
                              weights=(maps.reshape(b, n, m, m) * self._weights).ravel())
         return (summed.reshape(b, size) * self._norm).reshape(b, *self.map_hw).astype(np.float32)
+
+
+def tiling_from_manifest(manifest: dict, where: str = "") -> Tiling | None:
+    """The Tiling a manifest records (None when it records none), its map side the query graph's map side."""
+    spec = manifest.get("tiling")
+    if spec is None:
+        return None
+    try:
+        rois = tuple(tuple(r) for r in spec.get("rois", ()))
+        if not all(len(r) == 4 and all(isinstance(v, int) and not isinstance(v, bool) for v in r) for r in rois):
+            raise PackdError("every region of interest must be four whole numbers Y,X,H,W")
+        return Tiling((manifest["input"]["height"], manifest["input"]["width"]), tile=spec["tile"],
+                      overlap=spec.get("overlap", 0), rois=rois, map_side=manifest["image_size"])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise PackdError(f"invalid manifest {where}: its tiling is malformed ({type(e).__name__}: {e})") from None
+    except PackdError as e:
+        raise PackdError(f"invalid manifest {where}: its tiling is unusable: {e}") from None
+
+
+
+def map_hw(manifest: dict) -> tuple[int, int]:
+    """The size of the anomaly map the runtime returns per frame: a tiled bundle's stitched map, else the model's
+    input size."""
+    tiling = tiling_from_manifest(manifest)
+    return tiling.map_hw if tiling is not None else (manifest["image_size"], manifest["image_size"])
+
+
+def tiled_query(tiling: Tiling, run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], frames: np.ndarray,
+                limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Score whole frames with a query graph that takes tiles: `run(tiles) -> (scores, maps)` over every frame's
+    tiles in batches of at most `limit`; maps stitched; a frame's score is the max of its stitched map (so the
+    score rule sees the frame, and nothing outside the regions of interest counts)."""
+    tiles = tiling.cut(frames)
+    maps = np.concatenate([run(tiles[i:i + limit])[1] for i in range(0, len(tiles), limit)])
+    stitched = tiling.stitch(maps)
+    return stitched.reshape(len(stitched), -1).max(axis=1), stitched
+
+
+def tiled_support(tiling: Tiling, run: Callable[[np.ndarray], list[np.ndarray]], frames: np.ndarray,
+                  limit: int) -> list[np.ndarray]:
+    """The shared memory of k normal frames: `run(tiles) -> prototype arrays` over every frame's tiles in batches
+    of at most `limit`, pooled (the caller bounds the bank)."""
+    tiles = tiling.cut(frames)
+    parts = [run(tiles[i:i + limit]) for i in range(0, len(tiles), limit)]
+    return [np.concatenate(arrays) for arrays in zip(*parts)]

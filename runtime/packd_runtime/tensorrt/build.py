@@ -24,6 +24,7 @@ from packd_runtime.atomic import atomic_dir, write_json
 from packd_runtime.bundle_format import BUNDLE, MANIFEST, PROTOTYPES, SHOTS, read_manifest, verify_files
 from packd_runtime.errors import PackdError
 from packd_runtime.files import native_path, sha256
+from packd_runtime.tiling import tiling_from_manifest
 
 WORKSPACE_BYTES = 4 << 30
 OPT_BATCH, OPT_SHOTS = 8, 4
@@ -81,12 +82,15 @@ def engine_name(graph: str, trt_version: str, cc: str) -> str:
 
 
 def profile_shapes(manifest: dict[str, Any], graph: str) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """(min, opt, max) shape of every input of `graph` from the manifest's dynamic ranges."""
+    """(min, opt, max) shape of every input of `graph` from the manifest's dynamic ranges; a tiled bundle's
+    query batch is tuned for one frame's tiles."""
     dyn = manifest["dynamic"]
+    tiling = tiling_from_manifest(manifest)
+    batch = OPT_BATCH if tiling is None else tiling.count  # a tiled bundle's batch is one frame's tiles
     shapes = {}
     for spec in manifest["graphs"][graph]["inputs"]:
         lo, hi = dyn[spec["shape"][0]]
-        opt = min(hi, OPT_SHOTS if spec["shape"][0] == SHOTS else OPT_BATCH)
+        opt = min(hi, OPT_SHOTS if spec["shape"][0] == SHOTS else batch)
         if spec["shape"][0] == PROTOTYPES:
             opt = min(hi, OPT_SHOTS * manifest["prototypes"]["per_shot"])
         rest = tuple(spec["shape"][1:])

@@ -30,6 +30,7 @@ from packd_runtime.bundle_format import MAPS, SCORES
 from packd_runtime.detector import Detector, Prototypes, Result
 from packd_runtime.errors import PackdError
 from packd_runtime.threshold import threshold_from_normal_scores
+from packd_runtime.tiling import map_hw
 
 ACTIONS = ("detect", "changeover", "calibrate", "stage")
 STAGE = "stage"  # request parameter: the token that ties staged frames to their changeover or calibration
@@ -114,9 +115,9 @@ def _text(values: np.ndarray, what: str) -> str:
     return items.pop()
 
 
-def _staged(n: int, size: int) -> Result:
+def _staged(n: int, hw: tuple[int, int]) -> Result:
     """What a `stage` request gets back: nothing scored yet, no threshold."""
-    return Result(np.zeros(n, np.float32), np.zeros((n, size, size), np.float32), None)
+    return Result(np.zeros(n, np.float32), np.zeros((n, *hw), np.float32), None)
 
 
 def _last(result: Result, n: int) -> Result:
@@ -174,7 +175,7 @@ class TritonPythonModel:
             try:
                 if action == "stage":
                     self.server.stage(line, tokens[group[0]], frames[0])
-                    result = _staged(len(frames[0]), self.server.detector.manifest["image_size"])
+                    result = _staged(len(frames[0]), map_hw(self.server.detector.manifest))
                 else:
                     staged = self.server.take_staged(line, tokens[group[0]]) if action != "detect" else []
                     result = self.server.run(line, action, np.concatenate([*staged, *frames]))

@@ -1,0 +1,116 @@
+"""Tiled bundles (line-resolution frames): export with --tile, the runtime cuts and stitches, results equal the
+same graphs run on the tiles by hand and stitched with the tiling's own geometry."""
+
+import json
+
+import numpy as np
+import pytest
+
+from packd_export.bundle import export_bundle
+from packd_export.check import check_bundle
+from packd_runtime import Detector
+from packd_runtime.errors import PackdError
+from packd_runtime.tiling import Tiling
+
+FRAME_HW = (160, 200)
+
+
+@pytest.fixture(scope="module")
+def tiled(checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiled")
+    return {
+        "rd": export_bundle(checkpoints["rd"], root / "rd", frame_size=FRAME_HW, tile=64, overlap=16, max_batch=8),
+        "rd_tiles": export_bundle(checkpoints["rd"], root / "rd_tiles", frame_size=(64, 64), max_batch=8),
+        "knn": export_bundle(checkpoints["knn"], root / "knn", frame_size=FRAME_HW, tile=64, overlap=0, max_batch=8,
+                             max_shots=4, rois=((10, 20, 90, 100),)),
+    }, root
+
+
+def _frames(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *FRAME_HW, 3), dtype=np.uint8)
+
+
+def test_a_tiled_bundle_records_its_tiling_and_takes_camera_frames(tiled):
+    manifests, root = tiled
+    m = check_bundle(root / "rd")
+    assert m["tiling"] == {"tile": 64, "overlap": 16, "rois": []}
+    assert (m["input"]["height"], m["input"]["width"]) == FRAME_HW
+    assert m["graphs"]["query"]["inputs"][0]["shape"] == ["batch", 64, 64, 3]
+    assert json.loads((root / "knn" / "manifest.json").read_text())["tiling"]["rois"] == [[10, 20, 90, 100]]
+
+
+def test_tiled_detection_equals_the_graph_on_hand_cut_tiles_stitched(tiled):
+    _, root = tiled
+    frames = _frames(2)
+    tiling = Tiling(FRAME_HW, tile=64, overlap=16, map_side=64)
+    with Detector.open(root / "rd") as det, Detector.open(root / "rd_tiles") as plain:
+        got = det.detect(frames)
+        by_hand = tiling.stitch(plain.detect(tiling.cut(frames)).maps)  # 2 x 12 tiles, batches of 8
+    assert got.maps.shape == (2, *FRAME_HW) and tiling.count == 12
+    np.testing.assert_allclose(got.maps, by_hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.scores, by_hand.reshape(2, -1).max(axis=1), rtol=1e-6)
+    assert got.labels.shape == (2,)  # a per-category kind keeps its threshold, computed on tiled frames
+
+
+def test_a_tiled_bundle_refuses_frames_of_another_size_and_device_arrays(tiled):
+    _, root = tiled
+
+    class Device:
+        __cuda_array_interface__ = {"shape": (1, *FRAME_HW, 3), "typestr": "|u1", "data": (0, False), "version": 2}
+
+    with Detector.open(root / "rd") as det:
+        with pytest.raises(PackdError, match="must be 160x200 frames"):
+            det.detect(np.zeros((1, 64, 64, 3), np.uint8))
+        with pytest.raises(PackdError, match="tiles its frames on the host: pass numpy arrays"):
+            det.detect(Device())
+
+
+def test_a_tiled_few_shot_bundle_changes_over_on_every_tile_and_ignores_outside_its_roi(tiled):
+    _, root = tiled
+    with Detector.open(root / "knn") as det:
+        protos = det.prototypes(_frames(3, seed=1))  # 3 frames x 4 tiles: more tiles than max_shots (4)
+        assert protos.shots == 3 and protos.arrays[0].shape[0] <= det.max_prototypes
+        result = det.detect(_frames(2, seed=2))
+        outside = np.ones(FRAME_HW, bool)
+        outside[10:100, 20:120] = False
+        assert (result.maps[:, outside] == 0).all() and (result.maps[:, ~outside] > 0).all()
+        assert result.threshold is None  # a new product: no threshold until calibrate
+        t = det.calibrate(_frames(4, seed=3))
+        assert np.isfinite(t) and det.detect(_frames(1, seed=4)).labels.shape == (1,)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(overlap=8), "--overlap and --roi describe a tiled export: add --tile S"),
+    (dict(tile=64), "--tile needs --frame-size HxW"),
+    (dict(tile=256, frame_size=FRAME_HW), "--tile 256 must be at least 1 and fit in the 160x200 frame"),
+    (dict(tile=64, overlap=64, frame_size=FRAME_HW), "--overlap 64 must be at least 0 and less than the tile"),
+    (dict(tile=64, frame_size=FRAME_HW, rois=((150, 0, 20, 20),)), "--roi 150,0,20,20 must lie inside"),
+    (dict(tile=64, frame_size=FRAME_HW, precision="int8"), "int8 calibration on tiles is not built yet"),
+])
+def test_bad_tiled_exports_are_one_line_before_any_work(tmp_path, options, message):
+    with pytest.raises(PackdError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        export_bundle(tmp_path / "no-checkpoint", tmp_path / "b", **options)
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_triton_line_model_serves_a_tiled_bundle_whole_frames(tiled, tmp_path):
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from packd_export.triton import LINE_MODEL, write_repository
+    from packd_runtime.triton.line_model import TritonPythonModel
+
+    _, root = tiled
+    write_repository(root / "rd", tmp_path / "repo", backend="onnxruntime")
+    line = tmp_path / "repo" / LINE_MODEL
+    config = text_format.Parse((line / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    frames = next(i for i in config.input if i.name == "frames")
+    assert list(frames.dims)[-3:] == [*FRAME_HW, 3]  # the camera's frame, not the tile
+    model = TritonPythonModel()
+    model.initialize({"model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
+                      "model_repository": str(line), "model_version": "1"})
+    assert model.server.detector.tiling is not None and model.server.detector.tiling.count == 12
+    result = model.server.run("line-1", "detect", _frames(2))
+    assert result.maps.shape == (2, *FRAME_HW) and result.scores.shape == (2,)
+    maps_out = next(o for o in config.output if o.name == "maps")
+    assert list(maps_out.dims)[-2:] == list(FRAME_HW)
