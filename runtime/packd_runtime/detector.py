@@ -310,6 +310,7 @@ class Detector:
         t = float(threshold) if threshold is not None else t
         if masks and t is None:
             raise PackdError(NO_THRESHOLD)
+
         def run(chunk: Any) -> tuple[np.ndarray, np.ndarray]:
             out = self.backend.run(QUERY, {IMAGES: chunk, **feeds})
             return out[SCORES], out[MAPS]
