@@ -114,3 +114,12 @@ def test_the_triton_line_model_serves_a_tiled_bundle_whole_frames(tiled, tmp_pat
     assert result.maps.shape == (2, *FRAME_HW) and result.scores.shape == (2,)
     maps_out = next(o for o in config.output if o.name == "maps")
     assert list(maps_out.dims)[-2:] == list(FRAME_HW)
+
+
+def test_tensorrt_profiles_of_a_tiled_bundle_are_tuned_for_one_frames_tiles(tiled):
+    from packd_runtime.tensorrt.build import OPT_BATCH, profile_shapes
+
+    manifests, _ = tiled
+    lo, opt, hi = profile_shapes(manifests["knn"], "query")["images"]
+    assert (lo, opt, hi) == ((1, 64, 64, 3), (4, 64, 64, 3), (8, 64, 64, 3)) and OPT_BATCH != 4  # 4 tiles
+    assert profile_shapes(manifests["rd_tiles"], "query")["images"][1][0] == OPT_BATCH
