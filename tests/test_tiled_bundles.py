@@ -21,6 +21,8 @@ def tiled(checkpoints, tmp_path_factory):
     return {
         "rd": export_bundle(checkpoints["rd"], root / "rd", frame_size=FRAME_HW, tile=64, overlap=16, max_batch=8),
         "rd_tiles": export_bundle(checkpoints["rd"], root / "rd_tiles", frame_size=(64, 64), max_batch=8),
+        "rd_coarse": export_bundle(checkpoints["rd"], root / "rd_coarse", frame_size=FRAME_HW, tile=64, overlap=16,
+                                   max_batch=8, map_scale=0.5),
         "knn": export_bundle(checkpoints["knn"], root / "knn", frame_size=FRAME_HW, tile=64, overlap=0, max_batch=8,
                              max_shots=4, rois=((10, 20, 90, 100),)),
     }, root
@@ -33,7 +35,7 @@ def _frames(n, seed=0):
 def test_a_tiled_bundle_records_its_tiling_and_takes_camera_frames(tiled):
     manifests, root = tiled
     m = check_bundle(root / "rd")
-    assert m["tiling"] == {"tile": 64, "overlap": 16, "rois": []}
+    assert m["tiling"] == {"tile": 64, "overlap": 16, "rois": [], "map_side": 64}
     assert (m["input"]["height"], m["input"]["width"]) == FRAME_HW
     assert m["graphs"]["query"]["inputs"][0]["shape"] == ["batch", 64, 64, 3]
     assert json.loads((root / "knn" / "manifest.json").read_text())["tiling"]["rois"] == [[10, 20, 90, 100]]
@@ -80,7 +82,8 @@ def test_a_tiled_few_shot_bundle_changes_over_on_every_tile_and_ignores_outside_
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(overlap=8), "--overlap and --roi describe a tiled export: add --tile S"),
+    (dict(overlap=8), "--overlap, --roi and --map-scale describe a tiled export: add --tile S"),
+    (dict(map_scale=0.5), "--overlap, --roi and --map-scale describe a tiled export: add --tile S"),
     (dict(tile=64), "--tile needs --frame-size HxW"),
     (dict(tile=256, frame_size=FRAME_HW), "--tile 256 must be at least 1 and fit in the 160x200 frame"),
     (dict(tile=64, overlap=64, frame_size=FRAME_HW), "--overlap 64 must be at least 0 and less than the tile"),
@@ -123,3 +126,27 @@ def test_tensorrt_profiles_of_a_tiled_bundle_are_tuned_for_one_frames_tiles(tile
     lo, opt, hi = profile_shapes(manifests["knn"], "query")["images"]
     assert (lo, opt, hi) == ((1, 64, 64, 3), (4, 64, 64, 3), (8, 64, 64, 3)) and OPT_BATCH != 4  # 4 tiles
     assert profile_shapes(manifests["rd_tiles"], "query")["images"][1][0] == OPT_BATCH
+
+
+def test_a_coarser_map_max_pools_the_tile_maps_before_stitching(tiled):
+    from packd_runtime.tiling import max_pool
+
+    manifests, root = tiled
+    assert manifests["rd_coarse"]["tiling"]["map_side"] == 32
+    frames = _frames(2, seed=5)
+    tiling = Tiling(FRAME_HW, tile=64, overlap=16, map_side=32)
+    with Detector.open(root / "rd_coarse") as det, Detector.open(root / "rd_tiles") as plain, \
+            Detector.open(root / "rd") as full:
+        got = det.detect(frames)
+        tile_maps = plain.detect(tiling.cut(frames)).maps
+        full_scores = full.detect(frames).scores
+    assert got.maps.shape == (2, 80, 100)
+    np.testing.assert_allclose(got.maps, tiling.stitch(max_pool(tile_maps, 32)), rtol=1e-5, atol=1e-6)
+    assert (max_pool(tile_maps, 32).max(axis=(1, 2)) == tile_maps.max(axis=(1, 2))).all()  # no peak lost
+    np.testing.assert_allclose(got.scores, full_scores, rtol=0.05)  # the blend differs a little, not the peak
+
+
+def test_a_map_scale_that_gives_no_whole_map_side_is_one_line(checkpoints, tmp_path):
+    with pytest.raises(PackdError, match=r"--map-scale 0.3 must give a whole map side per 64-px tile .* one of "):
+        export_bundle(checkpoints["rd"], tmp_path / "b", frame_size=FRAME_HW, tile=64, map_scale=0.3)
+    assert not (tmp_path / "b").exists()

@@ -73,6 +73,19 @@ def _checked_scorer(checkpoint: str | Path, scoring: dict[str, Any] | None) -> t
     return scorer, config
 
 
+def _map_side(tile: int, map_scale: float | None, image_size: int) -> int:
+    """The side at which a tile's map is stitched: `map_scale` of the tile, a divisor of the model's input size
+    (tile maps are max-pooled to it); default the model's input size."""
+    if map_scale is None:
+        return image_size
+    side = round(tile * map_scale)
+    if not 0 < map_scale <= 1 or abs(tile * map_scale - side) > 1e-6 or side < 1 or image_size % side:
+        valid = sorted({f"{d / tile:g}" for d in range(1, image_size + 1) if image_size % d == 0 and d <= tile})
+        raise PackdError(f"--map-scale {map_scale:g} must give a whole map side per {tile}-px tile that divides the "
+                         f"model's input size {image_size}: one of {', '.join(valid)}")
+    return side
+
+
 def _limits(scorer: Scorer, max_batch: int, max_shots: int) -> dict[str, int]:
     """The largest batch, shot count and prototype count the graphs are exported (and engines built) for."""
     per_shot = scorer.model.prototypes_per_shot(scorer.spec.image_size) if scorer.few_shot else 0
@@ -112,12 +125,14 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
                   calibration_data: str | Path | None = None, engines: str = "auto",
                   scoring: dict[str, Any] | None = None, int8: Int8Settings | None = None,
                   report: str | Path | None = None, progress=lambda _: None, tile: int | None = None,
-                  overlap: int = 0, rois: tuple[tuple[int, int, int, int], ...] = ()) -> dict[str, Any]:
+                  overlap: int = 0, rois: tuple[tuple[int, int, int, int], ...] = (),
+                  map_scale: float | None = None) -> dict[str, Any]:
     """Export a checkpoint to a bundle. engines: 'auto' (build when TensorRT and a GPU are here),
     'never', or 'require' (fail without them); `scoring` overrides the checkpoint's scoring settings
     (the manifest records the ones the graphs compute); `int8` says how int8 is calibrated and mixed, and
     `report` where its per-layer report goes. With `tile`, the graphs take `tile`-pixel tiles of `frame_size`
-    frames overlapping by `overlap` over the regions of interest `rois` (see `packd_runtime.tiling`), and the
+    frames overlapping by `overlap` over the regions of interest `rois` (see `packd_runtime.tiling`), maps
+    stitched at `map_scale` of the frame's resolution (default: the model's input size over the tile), and the
     manifest records the tiling. Returns the manifest."""
     from packd_runtime.tensorrt.build import build_bundle_engines, why_no_tensorrt
 
@@ -133,8 +148,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
         check_report_path(report)
     if frame_size is not None and not all(1 <= side <= MAX_SIDE for side in frame_size):
         raise PackdError(f"--frame-size must be 1 to {MAX_SIDE} pixels a side, got {frame_size[0]}x{frame_size[1]}")
-    if tile is None and (overlap or rois):
-        raise PackdError("--overlap and --roi describe a tiled export: add --tile S")
+    if tile is None and (overlap or rois or map_scale is not None):
+        raise PackdError("--overlap, --roi and --map-scale describe a tiled export: add --tile S")
     if tile is not None:
         if frame_size is None:
             raise PackdError("--tile needs --frame-size HxW, the camera's full frame")
@@ -146,8 +161,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
     check_replaceable(out, BUNDLE)
     scorer, config = _checked_scorer(checkpoint, scoring)
     frame_hw = tuple(frame_size or (scorer.spec.image_size, scorer.spec.image_size))
-    tiling = (Tiling(frame_hw, tile=tile, overlap=overlap, rois=tuple(rois), map_side=scorer.spec.image_size)
-              if tile else None)
+    map_side = _map_side(tile, map_scale, scorer.spec.image_size) if tile else None
+    tiling = Tiling(frame_hw, tile=tile, overlap=overlap, rois=tuple(rois), map_side=map_side) if tile else None
     graph_hw = (tile, tile) if tiling else frame_hw  # a tiled bundle's graphs take tiles
     limits = _limits(scorer, max_batch, max_shots)
     per_category = CALIBRATION_IMAGES + (VALIDATION_IMAGES if precision == "int8" else 0)
@@ -175,7 +190,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
             files={spec["file"]: sha256(tmp / spec["file"]) for spec in graphs.values()},
             prototypes=_prototypes_info(scorer) if SUPPORT in graphs else None,
             int8=_int8_summary(int8_report) if int8_report else None,
-            tiling={"tile": tile, "overlap": overlap, "rois": [list(r) for r in rois]} if tiling else None)
+            tiling={"tile": tile, "overlap": overlap, "rois": [list(r) for r in rois], "map_side": map_side}
+            if tiling else None)
         write_json(tmp / MANIFEST, manifest)
     if int8_report and report is not None:
         write_report(report, {"bundle": str(out), "kind": config["kind"], **int8_report})

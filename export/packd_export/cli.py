@@ -94,6 +94,9 @@ def export(
     roi: Annotated[list[str] | None, typer.Option(
         help="Region of interest Y,X,H,W in frame pixels (repeat for several): only these are inspected, nothing "
              "outside is ever flagged.", show_default="the whole frame")] = None,
+    map_scale: Annotated[float | None, typer.Option(
+        help="Stitched maps at this fraction of the frame's resolution (tile maps max-pooled, so no defect's peak "
+             "is lost): less to copy back per frame.", show_default="the model's input size over --tile")] = None,
 ) -> None:
     """Export a checkpoint to a bundle: ONNX graphs, manifest, and TensorRT engines where possible."""
     from packd_export.bundle import export_bundle
@@ -108,7 +111,7 @@ def export(
                                                                         prototype_score=prototype_score),
                              int8=Int8Settings(calibration=calibration, fallback=fp16_fallback), report=report,
                              progress=lambda text: console.print(text, markup=False), tile=tile, overlap=overlap,
-                             rois=tuple(_roi(r) for r in roi or ()))
+                             rois=tuple(_roi(r) for r in roi or ()), map_scale=map_scale)
     console.print(f"bundle written to {out}: {', '.join(manifest['files'])}")
     if "int8" in manifest:
         v, fp16 = manifest["int8"]["validation"], manifest["int8"]["fp16_layers"]

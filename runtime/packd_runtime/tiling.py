@@ -146,7 +146,8 @@ class Tiling:
 
 
 def tiling_from_manifest(manifest: dict, where: str = "") -> Tiling | None:
-    """The Tiling a manifest records (None when it records none), its map side the query graph's map side."""
+    """The Tiling a manifest records (None when it records none); tile maps are stitched at its `map_side` (default:
+    the query graph's own map side, the model's input size), which must divide the graph's."""
     spec = manifest.get("tiling")
     if spec is None:
         return None
@@ -154,8 +155,11 @@ def tiling_from_manifest(manifest: dict, where: str = "") -> Tiling | None:
         rois = tuple(tuple(r) for r in spec.get("rois", ()))
         if not all(len(r) == 4 and all(isinstance(v, int) and not isinstance(v, bool) for v in r) for r in rois):
             raise PackdError("every region of interest must be four whole numbers Y,X,H,W")
+        side, size = spec.get("map_side", manifest["image_size"]), manifest["image_size"]
+        if not isinstance(side, int) or isinstance(side, bool) or not 1 <= side <= size or size % side:
+            raise PackdError(f"the map side {side!r} must divide the model's input size {size}")
         return Tiling((manifest["input"]["height"], manifest["input"]["width"]), tile=spec["tile"],
-                      overlap=spec.get("overlap", 0), rois=rois, map_side=manifest["image_size"])
+                      overlap=spec.get("overlap", 0), rois=rois, map_side=side)
     except (KeyError, TypeError, AttributeError) as e:
         raise PackdError(f"invalid manifest {where}: its tiling is malformed ({type(e).__name__}: {e})") from None
     except PackdError as e:
@@ -170,14 +174,24 @@ def map_hw(manifest: dict) -> tuple[int, int]:
     return tiling.map_hw if tiling is not None else (manifest["image_size"], manifest["image_size"])
 
 
+def max_pool(maps: np.ndarray, side: int) -> np.ndarray:
+    """(n, s, s) maps -> (n, side, side) by the max over s/side x s/side blocks (side divides s)."""
+    n, s = maps.shape[0], maps.shape[1]
+    if s == side:
+        return maps
+    f = s // side
+    return maps.reshape(n, side, f, side, f).max(axis=(2, 4))
+
+
 def tiled_query(tiling: Tiling, run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], frames: np.ndarray,
                 limit: int) -> tuple[np.ndarray, np.ndarray]:
     """Score whole frames with a query graph that takes tiles: `run(tiles) -> (scores, maps)` over every frame's
     tiles in batches of at most `limit`; maps stitched; a frame's score is the max of its stitched map (so the
-    score rule sees the frame, and nothing outside the regions of interest counts)."""
+    score rule sees the frame, and nothing outside the regions of interest counts). Tile maps larger than the
+    tiling's map side are max-pooled to it first: a coarser map never loses a defect's peak."""
     tiles = tiling.cut(frames)
     maps = np.concatenate([run(tiles[i:i + limit])[1] for i in range(0, len(tiles), limit)])
-    stitched = tiling.stitch(maps)
+    stitched = tiling.stitch(max_pool(maps, tiling.map_side or tiling.tile))
     return stitched.reshape(len(stitched), -1).max(axis=1), stitched
 
 
