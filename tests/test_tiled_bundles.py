@@ -88,7 +88,6 @@ def test_a_tiled_few_shot_bundle_changes_over_on_every_tile_and_ignores_outside_
     (dict(tile=256, frame_size=FRAME_HW), "--tile 256 must be at least 1 and fit in the 160x200 frame"),
     (dict(tile=64, overlap=64, frame_size=FRAME_HW), "--overlap 64 must be at least 0 and less than the tile"),
     (dict(tile=64, frame_size=FRAME_HW, rois=((150, 0, 20, 20),)), "--roi 150,0,20,20 must lie inside"),
-    (dict(tile=64, frame_size=FRAME_HW, precision="int8"), "int8 calibration on tiles is not built yet"),
 ])
 def test_bad_tiled_exports_are_one_line_before_any_work(tmp_path, options, message):
     with pytest.raises(PackdError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -150,3 +149,22 @@ def test_a_map_scale_that_gives_no_whole_map_side_is_one_line(checkpoints, tmp_p
     with pytest.raises(PackdError, match=r"--map-scale 0.3 must give a whole map side per 64-px tile .* one of "):
         export_bundle(checkpoints["rd"], tmp_path / "b", frame_size=FRAME_HW, tile=64, map_scale=0.3)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_tiled_int8_bundle_is_calibrated_on_tiles_and_keeps_the_fp32_maps(checkpoints, tiled, tmp_path):
+    from packd_export.calibration import sample_tiles
+
+    _, root = tiled
+    tiling = Tiling(FRAME_HW, tile=64, overlap=16)
+    frames = _frames(3, seed=6)
+    picked = sample_tiles(tiling, frames, 5)  # spread over every (frame, position): first and last included
+    assert picked.shape == (5, 64, 64, 3)
+    np.testing.assert_array_equal(picked[0], frames[0, :64, :64])
+    np.testing.assert_array_equal(picked[-1], frames[2, 96:, 136:])
+    manifest = export_bundle(checkpoints["rd"], tmp_path / "int8", frame_size=FRAME_HW, tile=64, overlap=16,
+                             max_batch=8, precision="int8")
+    assert manifest["precision"] == "int8" and manifest["tiling"]["tile"] == 64
+    with Detector.open(tmp_path / "int8") as det, Detector.open(root / "rd") as fp32:
+        a, b = det.detect(frames).maps, fp32.detect(frames).maps
+    assert a.shape == b.shape == (3, *FRAME_HW)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95

@@ -28,6 +28,7 @@ from packd_export.calibration import (
     calibration_frames,
     check_threshold_images,
     normal_feeds,
+    sample_tiles,
     torch_prototype_feeds,
     validation_sets,
 )
@@ -153,8 +154,6 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
     if tile is not None:
         if frame_size is None:
             raise PackdError("--tile needs --frame-size HxW, the camera's full frame")
-        if precision == "int8":
-            raise PackdError("int8 calibration on tiles is not built yet: export a tiled bundle as fp32 or fp16")
         Tiling(tuple(frame_size), tile=tile, overlap=overlap, rois=tuple(rois))  # one line, before any work
     if engines == "require" and (reason := why_no_tensorrt()):
         raise PackdError(f"engines were required but cannot be built here: {reason}")
@@ -172,7 +171,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
     check_threshold_images(loaded, scorer.few_shot)
     frames = {c: f[:CALIBRATION_IMAGES] for c, f in loaded.items()}
     protos = {g.name: export_onnx(g, _example(scorer, g, graph_hw), limits, opset) for g in graph_specs(scorer)}
-    protos, int8_report = _with_precision(protos, precision, scorer=scorer, loaded=loaded, frames=frames,
+    graph_loaded = loaded  # what int8 calibrates and validates on: the graphs' inputs, so tiles when tiled
+    if tiling and precision == "int8":
+        graph_loaded = {c: sample_tiles(tiling, f, CALIBRATION_IMAGES + VALIDATION_IMAGES) for c, f in loaded.items()}
+    protos, int8_report = _with_precision(protos, precision, scorer=scorer, loaded=graph_loaded,
+                                          frames={c: f[:CALIBRATION_IMAGES] for c, f in graph_loaded.items()},
                                           int8=int8 or Int8Settings(), progress=progress)
     with atomic_dir(out, BUNDLE) as tmp:
         graphs = _write_graphs(tmp, protos)

@@ -41,6 +41,16 @@ def calibration_frames(config: dict[str, Any], frame_hw: tuple[int, int], per_ca
     return frames
 
 
+def sample_tiles(tiling: Tiling, frames: np.ndarray, count: int) -> np.ndarray:
+    """`count` tiles spread evenly over every (frame, tile position) of `frames`, frame-major: what a tiled
+    bundle's int8 calibration and validation run on (its graphs take tiles)."""
+    n = len(frames) * tiling.count
+    picks = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64))
+    s = tiling.tile
+    return np.stack([frames[i // tiling.count, y:y + s, x:x + s]
+                     for i, (y, x) in zip(picks, tiling.origins[picks % tiling.count])])
+
+
 def check_threshold_images(frames: dict[str, np.ndarray], few_shot: bool) -> None:
     """Before the long work: the default threshold needs normal images to score, which few-shot kinds do not
     take as supports; one line when the categories have none left."""
