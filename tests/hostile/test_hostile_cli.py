@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import TEACHER
@@ -181,7 +182,10 @@ def test_ctrl_c_during_an_export_keeps_the_old_bundle_and_says_so(tmp_path, bund
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(6)  # inside the export's work (imports alone take a few seconds)
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 120
+    while time.time() < deadline and "libtorch" not in maps.read_text():  # torch loads inside the command only
+        time.sleep(0.2)
+    time.sleep(1)  # into the export's work, whatever the machine's load
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted: packd writes each output whole" in err, err
