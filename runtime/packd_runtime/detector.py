@@ -139,6 +139,8 @@ class Detector:
         self.few_shot = SUPPORT in manifest["graphs"]
         self.frame_hw = (manifest["input"]["height"], manifest["input"]["width"])
         self.tiling = tiling_from_manifest(manifest)  # None: the graphs take whole frames
+        if self.tiling is not None:
+            self.tiling.stitch_plan  # noqa: B018  built now, not on the first frame
         self.max_batch = manifest["dynamic"][BATCH][1]
         self.max_shots = manifest["dynamic"][SHOTS][1] if self.few_shot else 0
         self.max_prototypes = manifest["dynamic"][PROTOTYPES][1] if self.few_shot else 0

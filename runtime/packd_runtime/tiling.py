@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -53,9 +54,6 @@ class Tiling:
     rois: tuple[Box, ...] = ()
     map_side: int | None = None
     origins: np.ndarray = field(init=False, repr=False, compare=False)  # (N, 2) tile origins (y, x)
-    _index: np.ndarray = field(init=False, repr=False, compare=False)
-    _weights: np.ndarray = field(init=False, repr=False, compare=False)
-    _norm: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         (h, w), s, p = self.frame_hw, self.tile, self.overlap
@@ -85,11 +83,12 @@ class Tiling:
         origins = np.array([(ty, tx) for y, x, rh, rw in rois for ty in _starts(y, rh, s, stride, h)
                             for tx in _starts(x, rw, s, stride, w)], dtype=np.int64)
         object.__setattr__(self, "origins", origins)
-        self._stitching(rois)
 
-    def _stitching(self, rois: tuple[Box, ...]) -> None:
+    @cached_property
+    def stitch_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The flat map index of every tile-map pixel, its blending weight, and 1 / the weight each map pixel
-        gathers (0 outside the regions of interest, so nothing there is ever flagged)."""
+        gathers (0 outside the regions of interest, so nothing there is ever flagged). Built once, on first use
+        (a Detector builds it when it opens; checking a manifest never needs it)."""
         m = self.map_side or self.tile
         scale = m / self.tile
         mh, mw = self.map_hw
@@ -102,12 +101,10 @@ class Tiling:
         gathered = np.bincount(index.ravel(), weights=np.broadcast_to(weights, index.shape).ravel(),
                                minlength=mh * mw)
         inside = np.zeros((mh, mw), bool)
-        for y, x, rh, rw in rois or ((0, 0, *self.frame_hw),):
+        for y, x, rh, rw in self.rois or ((0, 0, *self.frame_hw),):
             inside[round(y * scale):round((y + rh) * scale), round(x * scale):round((x + rw) * scale)] = True
         norm = np.where(inside.ravel() & (gathered > 0), 1.0 / np.maximum(gathered, 1e-12), 0.0)
-        object.__setattr__(self, "_index", index)
-        object.__setattr__(self, "_weights", weights)
-        object.__setattr__(self, "_norm", norm)
+        return index, weights, norm
 
     @property
     def count(self) -> int:
@@ -138,11 +135,12 @@ class Tiling:
         n, m = self.count, self.map_side or self.tile
         if maps.ndim != 3 or maps.shape[1:] != (m, m) or maps.shape[0] % n:
             raise PackdError(f"tile maps must be (B*{n}, {m}, {m}), got {maps.shape}")
-        b, size = maps.shape[0] // n, self._norm.size
+        index, weights, norm = self.stitch_plan
+        b, size = maps.shape[0] // n, norm.size
         offsets = np.arange(b, dtype=np.int64)[:, None, None, None] * size
-        summed = np.bincount((self._index[None] + offsets).ravel(), minlength=b * size,
-                             weights=(maps.reshape(b, n, m, m) * self._weights).ravel())
-        return (summed.reshape(b, size) * self._norm).reshape(b, *self.map_hw).astype(np.float32)
+        summed = np.bincount((index[None] + offsets).ravel(), minlength=b * size,
+                             weights=(maps.reshape(b, n, m, m) * weights).ravel())
+        return (summed.reshape(b, size) * norm).reshape(b, *self.map_hw).astype(np.float32)
 
 
 def tiling_from_manifest(manifest: dict, where: str = "") -> Tiling | None:
