@@ -48,7 +48,22 @@ def test_coreset_sizes_and_bank_bounds():
     with pytest.raises(ValueError, match="at least one"):
         greedy_coreset(bank, 0)
     assert [a.shape for a in bound_prototypes([bank], 4)] == [(4, 8)]
-    with pytest.raises(ValueError, match="single memory bank"):
-        bound_prototypes([bank, bank], 4)
-    with pytest.raises(ValueError, match="single memory bank"):
+    with pytest.raises(ValueError, match="one row count"):
+        bound_prototypes([bank, bank[:5]], 4)
+    with pytest.raises(ValueError, match="one row count"):
         bound_prototypes([], 4)
+
+
+def test_several_stages_keep_the_same_rows_chosen_on_their_normalised_rows_side_by_side():
+    """PACKD's prototypes: one tensor per stage, row i of each from the same support; a stage of large values
+    must not decide alone (rows are normalised per stage before the joint coreset)."""
+    rng = np.random.default_rng(3)
+    small = rng.normal(size=(200, 16)).astype(np.float32)
+    large = (rng.normal(size=(200, 32)) * 1000).astype(np.float32)
+    bounded = bound_prototypes([small, large], 10)
+    assert [a.shape for a in bounded] == [(10, 16), (10, 32)] and all(a.dtype == np.float32 for a in bounded)
+    joint = np.concatenate([small / np.linalg.norm(small, axis=1, keepdims=True),
+                            large / np.linalg.norm(large, axis=1, keepdims=True)], axis=1)
+    rows = _reference(joint, 10)
+    assert np.array_equal(bounded[0], small[rows]) and np.array_equal(bounded[1], large[rows])
+    assert not np.array_equal(rows, _reference(np.concatenate([small, large], axis=1), 10))

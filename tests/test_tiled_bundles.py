@@ -25,6 +25,10 @@ def tiled(checkpoints, tmp_path_factory):
                                    max_batch=8, map_scale=0.5),
         "knn": export_bundle(checkpoints["knn"], root / "knn", frame_size=FRAME_HW, tile=64, overlap=0, max_batch=8,
                              max_shots=4, rois=((10, 20, 90, 100),)),
+        **{kind: export_bundle(checkpoints[kind], root / kind, frame_size=FRAME_HW, tile=64, overlap=16, max_batch=8,
+                               max_shots=2) for kind in ("memkd", "packd")},
+        **{f"{kind}_tiles": export_bundle(checkpoints[kind], root / f"{kind}_tiles", frame_size=(64, 64), max_batch=8,
+                                          max_shots=2) for kind in ("memkd", "packd")},
     }, root
 
 
@@ -52,6 +56,36 @@ def test_tiled_detection_equals_the_graph_on_hand_cut_tiles_stitched(tiled):
     np.testing.assert_allclose(got.maps, by_hand, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.scores, by_hand.reshape(2, -1).max(axis=1), rtol=1e-6)
     assert got.labels.shape == (2,)  # a per-category kind keeps its threshold, computed on tiled frames
+
+
+@pytest.mark.parametrize("kind", ["memkd", "packd"])
+def test_every_kind_runs_tiled_equal_to_its_graphs_on_hand_cut_tiles(tiled, kind):
+    """MemKD (a per-category kind) and PACKD (one prototype tensor per stage: a tiled changeover pools 2 frames x
+    12 tiles of them, more than the query graph takes, and keeps the same coreset rows in every stage)."""
+    from packd_runtime.coreset import bound_prototypes
+    from packd_runtime.detector import Prototypes
+
+    _, root = tiled
+    tiling = Tiling(FRAME_HW, tile=64, overlap=16, map_side=64)
+    supports, frames = _frames(2, seed=7), _frames(2, seed=8)
+    with Detector.open(root / kind) as det, Detector.open(root / f"{kind}_tiles") as plain:
+        protos = None
+        if det.few_shot:
+            protos = det.prototypes(supports)
+            pooled = plain.prototypes(tiling.cut(supports)[:2]).arrays  # 2 tiles: within the plain bundle's shots
+            assert len(protos.arrays) == 3 and [a.shape[1] for a in protos.arrays] == [a.shape[1] for a in pooled]
+            assert all(len(a) == det.max_prototypes for a in protos.arrays)  # bounded: 24 tiles' worth pooled
+            tiles = tiling.cut(supports)  # the support graph takes them 2 at a time (max_shots)
+            by_pair = [plain.prototypes(tiles[i:i + 2]).arrays for i in range(0, len(tiles), 2)]
+            expected = bound_prototypes([np.concatenate(a) for a in zip(*by_pair)], det.max_prototypes)
+            for a, b in zip(protos.arrays, expected):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            protos = Prototypes(protos.arrays, plain.fingerprint, 2)
+        got = det.detect(frames)
+        by_hand = tiling.stitch(plain.detect(tiling.cut(frames), prototypes=protos).maps)
+    assert got.maps.shape == (2, *FRAME_HW) and np.isfinite(got.maps).all()
+    np.testing.assert_allclose(got.maps, by_hand, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.scores, by_hand.reshape(2, -1).max(axis=1), rtol=1e-5)
 
 
 def test_a_tiled_bundle_refuses_frames_of_another_size_and_device_arrays(tiled):

@@ -19,7 +19,7 @@ from packd_runtime.bundle_format import BATCH, IMAGES, MAPS, PROTOTYPES, QUERY, 
 from packd_runtime.coreset import bound_prototypes
 from packd_runtime.onnxruntime.backend import OnnxRuntimeBackend
 from packd_runtime.threshold import score_range, threshold_from_normal_scores
-from packd_runtime.tiling import Tiling, tiled_query, tiled_support
+from packd_runtime.tiling import Tiling, shared_memory_bound, tiled_query, tiled_support
 
 CALIBRATION_IMAGES = 32  # normal training images per training category: int8 calibration and the default threshold
 VALIDATION_IMAGES = 16  # the next ones per category: int8's sensitivity analysis and checks (never calibrated on)
@@ -134,8 +134,8 @@ def tiled_normal_scores(backend: OnnxRuntimeBackend, graphs: dict[str, Any], fra
         if SUPPORT in graphs:
             supports, queries = images[:THRESHOLD_SHOTS], images[THRESHOLD_SHOTS:]
             arrays = tiled_support(tiling, lambda t: [backend.run(SUPPORT, {IMAGES: t})[n] for n in names], supports,
-                                   limits[SHOTS])
-            feeds = dict(zip(names, bound_prototypes(arrays, bound) if bound else arrays))
+                                   limits[SHOTS], bound=bound)
+            feeds = dict(zip(names, arrays))
 
         def run(tiles: np.ndarray, feeds=feeds) -> tuple[np.ndarray, np.ndarray]:
             out = backend.run(QUERY, {IMAGES: tiles, **feeds})
@@ -157,8 +157,8 @@ def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.
     backend = OnnxRuntimeBackend(bundle, {"graphs": graphs})
     try:
         if tiling is not None:
-            bound = max_prototypes or (limits[PROTOTYPES] if SUPPORT in graphs else 0)
-            scores = tiled_normal_scores(backend, graphs, frames, tiling, limits, bound)
+            scores = tiled_normal_scores(backend, graphs, frames, tiling, limits,
+                                         shared_memory_bound(max_prototypes, limits[PROTOTYPES]))
         else:
             feeds = graph_feeds(backend, graphs, frames, max_prototypes)
             scores = np.concatenate([backend.run(QUERY, f)[SCORES] for f in feeds[QUERY]])

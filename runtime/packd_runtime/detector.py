@@ -39,7 +39,7 @@ from packd_runtime.errors import PackdError
 from packd_runtime.gate import CallGate
 from packd_runtime.signing import verify_signature
 from packd_runtime.threshold import threshold_from_normal_scores
-from packd_runtime.tiling import tiled_query, tiled_support, tiling_from_manifest
+from packd_runtime.tiling import shared_memory_bound, tiled_query, tiled_support, tiling_from_manifest
 
 PROTOTYPES_FILE_LIMIT = 1 << 28  # 256 MiB of arrays: a full bank of 8 shots x 4 rotations at 448 px is far below
 
@@ -145,9 +145,6 @@ class Detector:
         self.max_shots = manifest["dynamic"][SHOTS][1] if self.few_shot else 0
         self.max_prototypes = manifest["dynamic"][PROTOTYPES][1] if self.few_shot else 0
         self.max_count = manifest["prototypes"]["max_count"] if self.few_shot else 0
-        # the bank bound; a tiled bundle's shared memory (every tile of every support frame) is always bounded, by
-        # the most prototypes its query graph takes, so changeover and query time stay bounded whatever the frame
-        self.memory_bound = self.max_count or (self.max_prototypes if self.tiling and self.few_shot else 0)
         proto_inputs = manifest["graphs"][QUERY]["inputs"][1:]
         self.prototype_names = [i["name"] for i in proto_inputs]
         self._proto_channels = [i["shape"][1] for i in proto_inputs]
@@ -231,10 +228,11 @@ class Detector:
             if self.tiling is None:
                 out = self.backend.run(SUPPORT, {IMAGES: images})
                 arrays = [out[name] for name in self.prototype_names]
+                if self.max_count:
+                    arrays = bound_prototypes(arrays, self.max_count)  # the bank bound (greedy coreset), as in training
             else:
-                arrays = tiled_support(self.tiling, self._support_tiles, images, self.max_shots)
-        if self.memory_bound:
-            arrays = bound_prototypes(arrays, self.memory_bound)  # the bank bound (greedy coreset), as in training
+                arrays = tiled_support(self.tiling, self._support_tiles, images, self.max_shots,
+                                       bound=shared_memory_bound(self.max_count, self.max_prototypes))
         protos = Prototypes(tuple(arrays), self.fingerprint, k)
         self.use(protos)
         return protos

@@ -19,6 +19,7 @@ from functools import cached_property
 
 import numpy as np
 
+from packd_runtime.coreset import bound_prototypes
 from packd_runtime.errors import PackdError
 
 MAX_TILES = 4096  # tiles of one frame: a bound on the batch a frame needs, checked before any work
@@ -193,10 +194,17 @@ def tiled_query(tiling: Tiling, run: Callable[[np.ndarray], tuple[np.ndarray, np
     return stitched.reshape(len(stitched), -1).max(axis=1), stitched
 
 
+def shared_memory_bound(max_count: int, prototype_limit: int) -> int:
+    """The most prototypes a tiled changeover keeps: the kind's own bank bound, else the most its query graph takes
+    (every tile of every support frame pooled would grow with the frame: bounded, changeover and query time stay
+    bounded whatever the frame size). One rule for the runtime, export's threshold and `packd eval --tile`."""
+    return max_count or prototype_limit
+
+
 def tiled_support(tiling: Tiling, run: Callable[[np.ndarray], list[np.ndarray]], frames: np.ndarray,
-                  limit: int) -> list[np.ndarray]:
+                  limit: int, bound: int) -> list[np.ndarray]:
     """The shared memory of k normal frames: `run(tiles) -> prototype arrays` over every frame's tiles in batches
-    of at most `limit`, pooled (the caller bounds the bank)."""
+    of at most `limit`, pooled and bounded to `bound` rows by greedy coreset (see `shared_memory_bound`)."""
     tiles = tiling.cut(frames)
     parts = [run(tiles[i:i + limit]) for i in range(0, len(tiles), limit)]
-    return [np.concatenate(arrays) for arrays in zip(*parts)]
+    return bound_prototypes([np.concatenate(arrays) for arrays in zip(*parts)], bound)
