@@ -42,15 +42,19 @@ def data_synth(
     train: Annotated[int, typer.Option(help="train/good images per category.")] = 60,
     test_good: Annotated[int, typer.Option(help="test/good images per category.")] = 20,
     test_defect: Annotated[int, typer.Option(help="test images per defect type.")] = 10,
+    defect_window: Annotated[int, typer.Option(
+        help="Size each defect to a random square of this many pixels instead of the whole image: small defects "
+             "on large frames, as on a line camera (e.g. --size 512 --defect-window 128).",
+        show_default="0: sized to the image")] = 0,
 ) -> None:
     """Write a synthetic anomaly-detection dataset in the MVTec AD layout."""
     from packd.synth import Counts, synthesize, synthesize_photos
 
     counts = Counts(train=train, test_good=test_good, test_defect=test_defect)
     cats = synthesize(out, seed=seed, size=size, categories=categories.split(",") if categories else None,
-                      counts=counts)
+                      counts=counts, defect_window=defect_window)
     if photos:
-        cats += synthesize_photos(out, seed=seed, size=size, counts=counts)
+        cats += synthesize_photos(out, seed=seed, size=size, counts=counts, defect_window=defect_window)
     console.print(f"wrote {len(cats)} categories to {out}: {', '.join(cats)}")
 
 

@@ -420,18 +420,32 @@ def _finish(rng, img: Array) -> Array:
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _defective(rng, draw, defect: str) -> tuple[Array, Array]:
-    """Draw an image and paint one defect on it; retry until the defect covers enough pixels."""
+def _defective(rng, draw, defect: str, window: int = 0) -> tuple[Array, Array]:
+    """Draw an image and paint one defect on it, sized to the image or, with `window`, to a random window x window
+    square of it (a small defect on a large frame); retry until the defect covers enough pixels."""
     for _ in range(20):
         img, region = draw(rng, "test")
         bg = img[0, 0].copy()
-        out, mask = DEFECTS[defect](rng, img.copy(), region, bg)
-        if mask.sum() >= max(8, img.shape[0] ** 2 // 2000):
+        side = window or img.shape[0]
+        y, x = rng.integers(0, img.shape[0] - side + 1, 2) if window else (0, 0)  # 0: the stream of old datasets
+        out, mask = img.copy(), np.zeros(img.shape[:2], bool)
+        sub = None if region is None else region[y:y + side, x:x + side]
+        if sub is not None and not sub.any():
+            continue
+        painted, small = DEFECTS[defect](rng, img[y:y + side, x:x + side].copy(), sub, bg)
+        out[y:y + side, x:x + side], mask[y:y + side, x:x + side] = painted, small
+        if mask.sum() >= max(8, side ** 2 // 2000):
             return out, mask
     raise RuntimeError(f"could not place a visible {defect} defect")
 
 
-def _write_category(out: Path, name: str, draw, defects, counts: Counts, seed: int) -> None:
+def _check_window(window: int, size: int) -> None:
+    if window and not 32 <= window <= size:
+        raise PackdError(f"--defect-window must be 0 (defects sized to the image) or 32 to --size {size} px, "
+                         f"got {window}")
+
+
+def _write_category(out: Path, name: str, draw, defects, counts: Counts, seed: int, window: int = 0) -> None:
     """Write one category atomically: into a temporary folder next to it, then rename."""
     key = sum(map(ord, name))
     jobs = [("train", "good", i) for i in range(counts.train)]
@@ -447,7 +461,7 @@ def _write_category(out: Path, name: str, draw, defects, counts: Counts, seed: i
                 img, _ = draw(rng, split)
                 Image.fromarray(_finish(rng, img)).save(folder / f"{i:03d}.png", compress_level=1)
                 continue
-            img, mask = _defective(rng, draw, kind)
+            img, mask = _defective(rng, draw, kind, window)
             Image.fromarray(_finish(rng, img)).save(folder / f"{i:03d}.png", compress_level=1)
             mdir = tmp / "ground_truth" / kind
             mdir.mkdir(parents=True, exist_ok=True)
@@ -455,10 +469,12 @@ def _write_category(out: Path, name: str, draw, defects, counts: Counts, seed: i
 
 
 def synthesize(out: str | Path, seed: int = 0, size: int = 256, categories: list[str] | None = None,
-               counts: Counts = Counts()) -> list[str]:
-    """Write the synthetic dataset under `out` (MVTec layout); returns the categories written."""
+               counts: Counts = Counts(), defect_window: int = 0) -> list[str]:
+    """Write the synthetic dataset under `out` (MVTec layout); returns the categories written. With
+    `defect_window`, each defect is sized to a random window of that side (line-resolution frames)."""
     if not 32 <= size <= MAX_SIZE:
         raise PackdError(f"--size must be between 32 and {MAX_SIZE} px, got {size}")
+    _check_window(defect_window, size)
     if categories is not None and not [c for c in categories if c.strip()]:
         raise PackdError("--categories names no category")
     names = list(CATEGORIES) if categories is None else [c.strip() for c in categories if c.strip()]
@@ -469,7 +485,8 @@ def synthesize(out: str | Path, seed: int = 0, size: int = 256, categories: list
         check_replaceable(Path(out) / name, SYNTHETIC_CATEGORY)
     for name in names:
         gen, defects = CATEGORIES[name]
-        _write_category(Path(out), name, lambda rng, split, g=gen: g(rng, size), defects, counts, seed)
+        _write_category(Path(out), name, lambda rng, split, g=gen: g(rng, size), defects, counts, seed,
+                        defect_window)
     return names
 
 
@@ -488,14 +505,16 @@ def _photo_drawer(photo: Array, size: int, rows: tuple[float, float]):
 
 
 def synthesize_photos(out: str | Path, seed: int = 0, size: int = 256, textures: tuple[str, ...] = PHOTO_TEXTURES,
-                      counts: Counts = Counts()) -> list[str]:
-    """Categories `photo_<texture>` from scikit-image's texture photographs with painted defects.
+                      counts: Counts = Counts(), defect_window: int = 0) -> list[str]:
+    """Categories `photo_<texture>` from scikit-image's texture photographs with painted defects (sized to a random
+    `defect_window` square when given).
 
     Training crops come from the top 60 % of the photo, test crops from the bottom 40 %, so test
     images are parts of the photograph never seen in training.
     """
     if not 32 <= size <= MAX_SIZE:
         raise PackdError(f"--size must be between 32 and {MAX_SIZE} px, got {size}")
+    _check_window(defect_window, size)
     try:
         import skimage.data
     except ImportError:
@@ -515,6 +534,6 @@ def synthesize_photos(out: str | Path, seed: int = 0, size: int = 256, textures:
             return (test if split == "test" else train)(rng)
 
         name = f"photo_{tex}"
-        _write_category(Path(out), name, draw, PHOTO_DEFECTS, counts, seed)
+        _write_category(Path(out), name, draw, PHOTO_DEFECTS, counts, seed, defect_window)
         names.append(name)
     return names

@@ -150,6 +150,23 @@ def test_synth_rejects_bad_arguments(tmp_path):
         synthesize(tmp_path, categories=["nope"])
     with pytest.raises(PackdError, match="between 32 and 2048"):
         synthesize(tmp_path, size=8)
+    with pytest.raises(PackdError, match="--defect-window must be 0 .* or 32 to --size 64 px, got 100"):
+        synthesize(tmp_path, size=64, defect_window=100)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("category", ["grid", "disc"])  # a texture, and an object (defects stay on the object)
+def test_a_defect_window_paints_small_defects_on_large_frames(tmp_path, category):
+    counts = Counts(train=1, test_good=1, test_defect=4)
+    synthesize(tmp_path / "w", seed=0, size=256, categories=[category], counts=counts, defect_window=48)
+    synthesize(tmp_path / "f", seed=0, size=256, categories=[category], counts=counts)
+    masks = [np.asarray(Image.open(s.mask)) > 0 for s in list_split(tmp_path / "w", category, "test") if s.label]
+    whole = [np.asarray(Image.open(s.mask)) > 0 for s in list_split(tmp_path / "f", category, "test") if s.label]
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        assert m.shape == (256, 256) and m.sum() >= 8 and np.ptp(ys) < 48 and np.ptp(xs) < 48  # inside one window
+    assert np.mean([m.mean() for m in masks]) < np.mean([m.mean() for m in whole]) / 4
+    assert len({tuple(np.argwhere(m).min(0)) for m in masks}) > 1  # windows at random places
 
 
 def test_new_objects_vary_in_pose_and_lighting():
