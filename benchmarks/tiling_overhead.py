@@ -19,20 +19,12 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from packd_bench.timing import median_ms
 from packd_runtime import Detector
 from packd_runtime.reports import check_report_path, write_report
 from packd_runtime.tiling import Tiling
 
 CASES = [((512, 512), 0), ((512, 512), 32), ((2048, 2448), 0), ((2048, 2448), 32)]
-
-
-def _median_ms(call, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
 
 
 def main(bundle: Path = Path("runs/demo/bundle_knn"), repeats: int = 7, graph_repeats: int = 2,
@@ -54,9 +46,9 @@ def main(bundle: Path = Path("runs/demo/bundle_knn"), repeats: int = 7, graph_re
             tiling.stitch(maps)  # warm: the first call pages in the output buffers
             row = {"frame": f"{frame_hw[0]}x{frame_hw[1]}", "tile": tile, "overlap": overlap, "tiles": tiling.count,
                    "setup_ms": round(made, 1),
-                   "cut_ms": round(_median_ms(lambda t=tiling, f=frame: t.cut(f), repeats), 2),
-                   "stitch_ms": round(_median_ms(lambda t=tiling, m=maps: t.stitch(m), repeats), 2),
-                   "graph_ms": round(_median_ms(lambda t=tiles: det.detect(t), graph_repeats), 1)}
+                   "cut_ms": round(median_ms(lambda t=tiling, f=frame: t.cut(f), repeats), 2),
+                   "stitch_ms": round(median_ms(lambda t=tiling, m=maps: t.stitch(m), repeats), 2),
+                   "graph_ms": round(median_ms(lambda t=tiles: det.detect(t), graph_repeats), 1)}
             row["overhead_pct"] = round(100 * (row["cut_ms"] + row["stitch_ms"]) / row["graph_ms"], 2)
             rows.append(row)
             print(row, flush=True)

@@ -20,6 +20,17 @@ from packd.errors import PackdError
 from packd.methods import METHODS
 from packd.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
 from packd.settings import DEVICE_HELP, RunConfig, cli_fields, default_of
+from packd.tiling_options import (
+    MAP_SCALE_HELP,
+    MEMORY_HELP,
+    OVERLAP_HELP,
+    ROI_HELP,
+    TILE_HELP,
+    TileOptions,
+    check_tiling_options,
+    parse_frame_size,
+    parse_roi,
+)
 
 app = typer.Typer(help="Few-shot industrial anomaly detection: data, training, evaluation.", no_args_is_help=True,
                   pretty_exceptions_enable=False, rich_markup_mode=None, add_completion=False)
@@ -106,8 +117,10 @@ def train(**options: Any) -> None:
 
     kind, data, out = options.pop("model"), options.pop("data"), options.pop("out")
     categories, preset, resume = options.pop("categories"), options.pop("preset"), options.pop("resume")
+    tile = options.pop("tile")
     run, settings = configure(kind, preset, **options)
-    run_training(kind, data=data, out=out, categories=categories, run=run, settings=settings, resume=resume)
+    run_training(kind, data=data, out=out, categories=categories, run=run, settings=settings, resume=resume,
+                 tile=tile or 0)
     console.print(f"checkpoint written to {out}")
 
 
@@ -128,6 +141,10 @@ def _train_signature() -> inspect.Signature:
             help="'paper': the paper's settings (WRN50, 256 px, the paper's epochs); explicit options win.")]),
         inspect.Parameter("resume", kw, default=True, annotation=Annotated[bool, typer.Option(
             help="Continue an interrupted run found in OUT.")]),
+        inspect.Parameter("tile", kw, default=None, annotation=Annotated[int | None, typer.Option(
+            help="Line-resolution frames: train on random crops of this many pixels of the training images (new "
+                 "each epoch), each resized to --image-size, as a tiled bundle sees its tiles; export and evaluate "
+                 "with the same --tile.", show_default="the whole image", min=1)]),
     ]
     for name, (tp, help_text, default) in setting_options().items():
         params.append(inspect.Parameter(name, kw, default=None, annotation=Annotated[tp | None, typer.Option(
@@ -191,6 +208,17 @@ def eval_(
     prototypes: Annotated[str, typer.Option(
         help="Few-shot diagnostic: score each category with its own prototypes, the next category's (other) "
              "or zeros (zero). If the prototypes matter, other and zero score worse.")] = "own",
+    tile: Annotated[int | None, typer.Option(
+        help=TILE_HELP + " As a bundle exported with the same options computes (few-shot kinds: every tile's "
+             "prototypes pooled, bounded as a default bundle bounds them); metrics on the stitched maps.",
+        show_default="no tiling: the whole image resized")] = None,
+    frame_size: Annotated[str | None, typer.Option(
+        help="With --tile: the frame size HxW images are resized to first.", show_default="each image's own")] = None,
+    overlap: Annotated[int, typer.Option(help=OVERLAP_HELP)] = 0,
+    roi: Annotated[list[str] | None, typer.Option(help=ROI_HELP, show_default="the whole frame")] = None,
+    map_scale: Annotated[float | None, typer.Option(
+        help=MAP_SCALE_HELP, show_default="the model's input size over --tile")] = None,
+    memory: Annotated[str, typer.Option(help=MEMORY_HELP + " (Bundles offer shared only, so far.)")] = "shared",
 ) -> None:
     """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO (and F1-max), per category and mean."""
     from packd.evaluate import evaluate, evaluation_categories
@@ -199,12 +227,21 @@ def eval_(
     from packd.settings import check_device
 
     check_device(device)
+    if tile is None and frame_size:
+        raise PackdError("--frame-size describes a tiled evaluation: add --tile S")
+    rois = tuple(parse_roi(r) for r in roi or ())
+    tiling = (TileOptions(tile, overlap, rois, map_scale, parse_frame_size(frame_size), memory) if tile is not None
+              else None)
+    if tiling is None:
+        check_tiling_options(tile, overlap, rois, map_scale, None)
+        if memory != "shared":
+            raise PackdError("--memory describes a tiled evaluation: add --tile S")
     scoring = scoring_overrides(stage_weights=stage_weights, border=border, prototype_score=prototype_score)
     if shots is None and supports_from is None:
         if prototypes != "own":
             raise PackdError("--prototypes other/zero is a few-shot diagnostic: give --shots K")
         _print_report(evaluate(checkpoint, data, categories, json_path=json_out, overlays=overlays,
-                               batch_size=batch_size, device=device, scoring=scoring))
+                               batch_size=batch_size, device=device, scoring=scoring, tile=tiling))
         return
     scorer, config = load_scorer(checkpoint, scoring)
     cats = evaluation_categories(config, data, categories, scorer.few_shot)
@@ -212,7 +249,7 @@ def eval_(
             "image_size": scorer.spec.image_size}
     report = evaluate_fewshot(scorer, data, cats, shots=shots, runs=runs, seed=seed, json_path=json_out,
                               supports_from=supports_from, batch_size=batch_size, device=device, meta=meta,
-                              swap=prototypes)
+                              swap=prototypes, tile=tiling)
     _print_fewshot(report)
 
 

@@ -180,17 +180,31 @@ def convert_visa(root: str | Path, out: str | Path) -> list[str]:
 
 
 class AnomalyDataset(Dataset):
-    """Samples -> (image float (3,S,S), mask float (1,S,S), label) through the shared `Preprocess`."""
+    """Samples -> (image float (3,S,S), mask float (1,S,S), label) through the shared `Preprocess`. With `tile`
+    (training on line-resolution frames): a random tile x tile crop of each image instead, where a tiled bundle's
+    tiles would lie; the crop depends only on (seed, epoch, index), so a resumed run sees the crops an uninterrupted
+    one would (`set_epoch`, as PyTorch's DistributedSampler)."""
 
-    def __init__(self, samples: list[Sample], spec: InputSpec):
+    def __init__(self, samples: list[Sample], spec: InputSpec, tile: int = 0, seed: int = 0):
         if not samples:
             raise PackdError("empty dataset: no images given")
         self.samples = list(samples)
-        self.spec = spec
+        self.spec, self.tile, self.seed, self.epoch = spec, tile, seed, 0
         self.preprocess = Preprocess(spec)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Which epoch's crops `tile` draws."""
+        self.epoch = epoch
+
+    def _crop(self, i: int, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t, (h, w) = self.tile, image.shape[:2]
+        if t > min(h, w):
+            raise PackdError(f"--tile {t} does not fit in the {h}x{w} image {self.samples[i].path}")
+        y, x = np.random.default_rng([self.seed, self.epoch, i]).integers(0, (h - t + 1, w - t + 1))
+        return image[y:y + t, x:x + t], mask[y:y + t, x:x + t]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         s = self.samples[i]
@@ -199,6 +213,8 @@ class AnomalyDataset(Dataset):
             mask = load_mask(s.mask, image.shape[:2])
         else:
             mask = np.zeros(image.shape[:2], dtype=bool)
+        if self.tile:
+            image, mask = self._crop(i, image, mask)
         with torch.no_grad():
             x = self.preprocess(torch.from_numpy(image)[None])[0]
         return x, resize_mask(mask, self.spec.image_size), s.label

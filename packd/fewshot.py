@@ -18,10 +18,12 @@ import torch
 
 from packd.data import AnomalyDataset, Sample, list_split, resolve_categories
 from packd.errors import PackdError
-from packd.evaluate import category_metrics, predict
+from packd.evaluate import category_metrics, predict_split
 from packd.preprocess import InputSpec
 from packd.progress import progress as progress_bars
 from packd.scoring import Scorer
+from packd.tiled import TiledScorer, tiled_for
+from packd.tiling_options import TileOptions
 from packd_runtime.reports import check_report_path, write_report
 
 FEWSHOT_KEYS = ("image_auroc", "pixel_auroc", "aupro")
@@ -78,21 +80,30 @@ def _support_sets(data: Path, category: str, shots: int | None, runs: int, seed:
     return sets
 
 
-def _swapped(scorer: Scorer, protos: list[torch.Tensor], swap: str, donor: list[Sample]) -> list[torch.Tensor]:
+def support_prototypes(scorer: Scorer, support: list[Sample], tiled: TiledScorer | None = None) -> list[torch.Tensor]:
+    """A support set's prototypes: of its images, or with `tiled` the shared memory of its frames' tiles."""
+    return tiled.prototypes(support) if tiled else scorer.prototypes(load_supports(support, scorer.spec))
+
+
+def _swapped(scorer: Scorer, protos: list[torch.Tensor], swap: str, donor: list[Sample],
+             tiled: TiledScorer | None) -> list[torch.Tensor]:
     if swap == "zero":
         return [torch.zeros_like(p) for p in protos]
-    return scorer.prototypes(load_supports(donor, scorer.spec)) if swap == "other" else protos
+    return support_prototypes(scorer, donor, tiled) if swap == "other" else protos
 
 
 def evaluate_fewshot(scorer: Scorer, data: str | Path, categories: list[str], *, shots: int | None = None,
                      runs: int = 10, seed: int = 0, json_path: str | Path | None = None,
                      supports_from: str | Path | None = None, batch_size: int = 16, device: str = "auto",
-                     progress: bool = True, meta: dict[str, Any] | None = None, swap: str = "own") -> dict[str, Any]:
+                     progress: bool = True, meta: dict[str, Any] | None = None, swap: str = "own",
+                     tile: TileOptions | None = None) -> dict[str, Any]:
     """k-shot evaluation of one model on `categories`; models without a support path are scored once
     per category. With `supports_from`, the support sets (and so k and the run count) come from that report.
 
     `swap` is the prototype diagnostic: "other" scores each category with the prototypes of the next
-    category's support set (same k and run), "zero" with zeros. If the prototypes matter, both hurt."""
+    category's support set (same k and run), "zero" with zeros. If the prototypes matter, both hurt.
+
+    With `tile`, support and test frames go through their tiles (shared memory), metrics on the stitched maps."""
     data = Path(data)
     if json_path:
         check_report_path(json_path)
@@ -106,29 +117,33 @@ def evaluate_fewshot(scorer: Scorer, data: str | Path, categories: list[str], *,
     if swap == "other" and len(cats) < 2:
         raise PackdError("swapping in another category's prototypes needs at least two categories")
     per_cat: dict[str, Any] = {}
+    tests = {cat: list_split(data, cat, "test") for cat in cats}
+    tilings = {cat: tiled_for(scorer, tile, s, batch_size=batch_size, device=device) for cat, s in tests.items()}
     with progress_bars(disable=not progress) as bar:
         for ci, cat in enumerate(cats):
             sets = _support_sets(data, cat, shots, runs, seed, supports_from)
             donors = (_support_sets(data, cats[(ci + 1) % len(cats)], shots, runs, seed, supports_from)
                       if swap == "other" else sets)
-            test = AnomalyDataset(list_split(data, cat, "test"), scorer.spec)
+            test, tiled = tests[cat], tilings[cat]  # every category's tiling checked before the first is scored
             results, shared = [], None
             for support, donor in zip(sets, donors):
                 if scorer.few_shot or shared is None:
-                    protos = scorer.prototypes(load_supports(support, scorer.spec))
-                    protos = _swapped(scorer, protos, swap, donor)
-                    pred = predict(scorer, test, protos, batch_size=batch_size, device=device, progress=bar)
+                    protos = _swapped(scorer, support_prototypes(scorer, support, tiled), swap, donor, tiled)
+                    pred = predict_split(scorer, test, protos, tiled=tiled, batch_size=batch_size, device=device,
+                                         progress=bar)
                     shared = category_metrics(pred)
                 results.append({k: shared[k] for k in FEWSHOT_KEYS})
             mean, std = _summary(results)
             per_cat[cat] = {"runs": results, "mean": mean, "std": std,
-                            "support_sets": [[str(s.path.relative_to(data)) for s in support] for support in sets]}
+                            "support_sets": [[str(s.path.relative_to(data)) for s in support] for support in sets],
+                            **({"tiling": tiled.describe()} if tiled else {})}
     first = next(iter(per_cat.values()))
     per_run = [{k: float(np.mean([per_cat[c]["runs"][r][k] for c in cats])) for k in FEWSHOT_KEYS}
                for r in range(len(first["runs"]))]
     mean, std = _summary(per_run)
     report = {**(meta or {}), "data": str(data), "shots": len(first["support_sets"][0]), "runs": len(per_run),
-              "seed": seed, "prototypes": swap, "categories": per_cat, "mean": mean, "std": std}
+              "seed": seed, "prototypes": swap, **({"tiling": tile.to_dict()} if tile else {}), "categories": per_cat,
+              "mean": mean, "std": std}
     if json_path:
         write_report(json_path, report)
     return report

@@ -46,6 +46,8 @@ def image_batches(dataset: Dataset, run: RunConfig) -> tuple[Callable[[int], Ite
     drop = len(dataset) > batch
 
     def batches(epoch: int) -> Iterable:
+        if hasattr(dataset, "set_epoch"):  # tile crops drawn per epoch
+            dataset.set_epoch(epoch)
         order = torch.Generator().manual_seed(run.seed * 100_003 + epoch)
         return DataLoader(dataset, batch_size=batch, shuffle=True, generator=order, drop_last=drop)
 

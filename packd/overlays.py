@@ -19,6 +19,7 @@ _RAMP = np.array([[0, 0, 0.5], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 1, 0], [1, 0
 THRESHOLD_AT = 4 / 6  # where the threshold falls on the colour scale (yellow)
 MIN_SIDE = 256  # panels are enlarged to at least this many pixels a side
 OK_COLOUR, DEFECT_COLOUR = (40, 160, 70), (210, 40, 40)
+ROI_COLOUR = (0, 230, 230)  # regions of interest of a tiled evaluation
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
@@ -29,8 +30,20 @@ def colorize(values: np.ndarray) -> np.ndarray:
     return ((_RAMP[lo] * (1 - t) + _RAMP[lo + 1] * t) * 255).astype(np.uint8)
 
 
-def _panels(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, threshold: float) -> np.ndarray:
-    """image | map blended at 50 % | image with the mask outlined in white, all at the image's size."""
+def _box_edges(hw: tuple[int, int], rois: tuple[tuple[int, int, int, int], ...]) -> np.ndarray:
+    """The outlines (2 px, inside each box) of (y, x, h, w) boxes on an (H, W) picture."""
+    edge = np.zeros(hw, bool)
+    for y, x, h, w in rois:
+        box = np.zeros(hw, bool)
+        box[y:y + h, x:x + w] = True
+        edge |= box & ~ndimage.binary_erosion(box, iterations=2, border_value=0)
+    return edge
+
+
+def _panels(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, threshold: float,
+            rois: tuple[tuple[int, int, int, int], ...] = ()) -> np.ndarray:
+    """image | map blended at 50 % | image with the mask outlined in white, all at the image's size; regions of
+    interest outlined in cyan on every panel."""
     heat = colorize(amap / (threshold / THRESHOLD_AT))
     blend = (0.5 * image + 0.5 * heat).astype(np.uint8)
     outlined = image.copy()
@@ -38,15 +51,21 @@ def _panels(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, thresh
         edge = ndimage.binary_dilation(mask & ~ndimage.binary_erosion(mask))
         outlined[edge] = 255
         blend[edge] = 255
-    return np.concatenate([image, blend, outlined], axis=1)
+    panels = [image.copy(), blend, outlined]
+    if rois:
+        edge = _box_edges(image.shape[:2], rois)
+        for panel in panels:
+            panel[edge] = ROI_COLOUR
+    return np.concatenate(panels, axis=1)
 
 
 def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, *, score: float,
-            threshold: float) -> np.ndarray:
-    """The overlay as uint8 RGB: header (verdict, score, threshold), the three panels, the colour bar."""
+            threshold: float, rois: tuple[tuple[int, int, int, int], ...] = ()) -> np.ndarray:
+    """The overlay as uint8 RGB: header (verdict, score, threshold), the three panels, the colour bar; `rois`
+    (y, x, h, w in the image's pixels) outlined."""
     if not threshold > 0:
         raise ValueError(f"an overlay needs a positive threshold, got {threshold}")
-    panels = Image.fromarray(_panels(image, amap, mask, threshold))
+    panels = Image.fromarray(_panels(image, amap, mask, threshold, tuple(rois)))
     scale = max(1, -(-MIN_SIDE // image.shape[0]))
     panels = panels.resize((panels.width * scale, panels.height * scale), Image.Resampling.BILINEAR)
     font = ImageFont.load_default(size=max(12, panels.height // 14))
@@ -76,8 +95,8 @@ def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, *, sco
 
 
 def save_overlay(path: str | Path, image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, *, score: float,
-                 threshold: float) -> None:
+                 threshold: float, rois: tuple[tuple[int, int, int, int], ...] = ()) -> None:
     """Write `overlay(...)` as a PNG (folders made as needed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, amap, mask, score=score, threshold=threshold)).save(path)
+    Image.fromarray(overlay(image, amap, mask, score=score, threshold=threshold, rois=rois)).save(path)

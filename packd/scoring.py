@@ -106,6 +106,13 @@ class Scorer(nn.Module):
         """Graph names of the prototype tensors (the bundle format's `prototype_names`)."""
         return prototype_names(len(self.model.prototype_channels)) if self.few_shot else []
 
+    def prototype_limit(self, max_shots: int) -> int:
+        """The most prototypes a query graph exported for `max_shots` support images takes (the bank bound caps
+        it): the bundle's limit, and the bound of a tiled changeover's shared memory."""
+        per_shot = self.model.prototypes_per_shot(self.spec.image_size) if self.few_shot else 0
+        most = max_shots * per_shot if not self.max_prototypes else min(max_shots * per_shot, self.max_prototypes)
+        return max(most, 1)
+
     @torch.no_grad()
     def prototypes(self, supports: torch.Tensor) -> list[torch.Tensor]:
         if not self.few_shot:

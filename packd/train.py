@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from packd.checkpoint import CHECKPOINT, save_checkpoint
-from packd.data import resolve_categories
+from packd.data import list_split, resolve_categories
 from packd.errors import PackdError
 from packd.fit import fit
 from packd.loading import model_config
@@ -20,7 +20,19 @@ from packd.preprocess import InputSpec
 from packd.score_settings import ScoreSettings, check_border
 from packd.settings import RunConfig, option_name, to_dict
 from packd.teachers import create_teacher
+from packd.tiled import native_frame_hw
 from packd_runtime.atomic import check_replaceable
+
+
+def check_tile(data: Path, categories: list[str], tile: int) -> None:
+    """Before training on tiles: every category's training images hold a tile (each image's header read)."""
+    if tile < 1:
+        raise PackdError(f"--tile must be at least 1 pixel, got {tile}")
+    for cat in categories:
+        for sample in list_split(data, cat, "train"):
+            h, w = native_frame_hw(sample)
+            if tile > min(h, w):
+                raise PackdError(f"--tile {tile} does not fit in the {h}x{w} training image {sample.path}")
 
 
 def presets(kind: str) -> list[str]:
@@ -49,9 +61,11 @@ def configure(kind: str, preset: str | None = None, **options: Any) -> tuple[Run
 
 
 def train(kind: str, *, data: str | Path, out: str | Path, categories: str | list[str] | None = None,
-          run: RunConfig | None = None, settings: Any = None, resume: bool = True, progress: bool = True) -> Path:
+          run: RunConfig | None = None, settings: Any = None, resume: bool = True, progress: bool = True,
+          tile: int = 0) -> Path:
     """Train a model of `kind` on the normal images of `categories` (few-shot kinds: the meta-training
-    categories, never the targets); returns the checkpoint folder. Missing configs come from `configure`."""
+    categories, never the targets); returns the checkpoint folder. Missing configs come from `configure`.
+    With `tile`, on random tile x tile crops of the images (line-resolution frames, for tiled bundles)."""
     m = method(kind)
     default_run, default_settings = configure(kind)
     run, settings = run or default_run, settings or default_settings
@@ -60,6 +74,11 @@ def train(kind: str, *, data: str | Path, out: str | Path, categories: str | lis
         raise PackdError(f"--out {out} would hold the dataset --data {data}: choose another output folder")
     check_replaceable(out, CHECKPOINT)
     cats = resolve_categories(data, categories)
+    if tile and m.training is None:
+        raise PackdError(f"--tile trains on tiles, but a {kind} model is training-free: export or evaluate it with "
+                         "--tile")
+    if tile:
+        check_tile(data, cats, tile)
     torch.manual_seed(run.seed)
     teacher = create_teacher(run.teacher, run.teacher_weights, random_init=run.random_teacher,
                              image_size=run.image_size)
@@ -69,9 +88,9 @@ def train(kind: str, *, data: str | Path, out: str | Path, categories: str | lis
     model, settings = m.build(teacher, settings)
     spec = InputSpec(run.image_size, teacher.mean, teacher.std)
     config = {**model_config(kind, teacher, spec, settings), "run": to_dict(run),
-              "train": {"data": str(data), "categories": cats}}
+              "train": {"data": str(data), "categories": cats, **({"tile": tile} if tile else {})}}
     if m.training is None:
         save_checkpoint(out, model, {**config, "train": {**config["train"], "epochs_done": 0, "history": []}})
         return Path(out)
-    training = m.training(model, settings, run=run, data=data, categories=cats, spec=spec)
+    training = m.training(model, settings, run=run, data=data, categories=cats, spec=spec, tile=tile)
     return fit(model, training, run=run, out=out, config=config, resume=resume, progress=progress)

@@ -73,8 +73,8 @@ def test_fewshot_protocol_report_and_repeat(synth_root, tmp_path):
 def test_models_without_support_path_are_scored_once_per_category(synth_root, tmp_path, monkeypatch):
     ck = train_small("rd", synth_root, "disc", tmp_path / "rd", epochs=1, batch_size=4)
     calls = []
-    real = fewshot.predict
-    monkeypatch.setattr(fewshot, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = fewshot.predict_split
+    monkeypatch.setattr(fewshot, "predict_split", lambda *a, **k: calls.append(1) or real(*a, **k))
     rep = evaluate_fewshot(load_scorer(ck)[0], synth_root, ["disc", "grid"], shots=2, runs=3, progress=False)
     assert len(calls) == 2  # one prediction per category, not per run
     r = rep["categories"]["disc"]["runs"]

@@ -29,6 +29,11 @@ def tiled(checkpoints, tmp_path_factory):
                                max_shots=2) for kind in ("memkd", "packd")},
         **{f"{kind}_tiles": export_bundle(checkpoints[kind], root / f"{kind}_tiles", frame_size=(64, 64), max_batch=8,
                                           max_shots=2) for kind in ("memkd", "packd")},
+        **{f"knn_position{p}": export_bundle(checkpoints["knn"], root / f"knn_position{p}", frame_size=FRAME_HW,
+                                             tile=64, overlap=16, max_batch=8, max_shots=4, memory="position",
+                                             precision=p or "fp32") for p in ("", "fp16")},
+        "knn_tiles": export_bundle(checkpoints["knn"], root / "knn_tiles", frame_size=(64, 64), max_batch=8,
+                                   max_shots=4),
     }, root
 
 
@@ -116,8 +121,8 @@ def test_a_tiled_few_shot_bundle_changes_over_on_every_tile_and_ignores_outside_
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(overlap=8), "--overlap, --roi and --map-scale describe a tiled export: add --tile S"),
-    (dict(map_scale=0.5), "--overlap, --roi and --map-scale describe a tiled export: add --tile S"),
+    (dict(overlap=8), "--overlap, --roi and --map-scale need --tile S"),
+    (dict(map_scale=0.5), "--overlap, --roi and --map-scale need --tile S"),
     (dict(tile=64), "--tile needs --frame-size HxW"),
     (dict(tile=256, frame_size=FRAME_HW), "--tile 256 must be at least 1 and fit in the 160x200 frame"),
     (dict(tile=64, overlap=64, frame_size=FRAME_HW), "--overlap 64 must be at least 0 and less than the tile"),
@@ -226,3 +231,89 @@ def test_a_forged_tiling_in_a_manifest_is_one_line(tiled, tmp_path, edit, messag
     with pytest.raises(PackdError, match=message) as e:
         read_manifest(tmp_path / "b")
     assert "\n" not in str(e.value)
+
+
+def test_a_per_position_bundle_keeps_one_memory_per_tile_position(tiled):
+    """knn: the query graph takes (positions, n, C) prototypes and each tile's position; a changeover runs the
+    support graph on each position's tiles; every tile is scored against its own position's memory only (equal to
+    a plain bundle scoring that position's tiles with that memory alone); fp16 keeps the fp32 maps."""
+    from packd_runtime.bundle_format import TILE_INDEX
+    from packd_runtime.detector import Prototypes
+    from packd_runtime.tensorrt.build import profile_shapes
+    from packd_runtime.tiling import max_pool
+
+    manifests, root = tiled
+    m = manifests["knn_position"]
+    assert m["tiling"]["memory"] == "position"
+    inputs = {i["name"]: i["shape"] for i in m["graphs"]["query"]["inputs"]}
+    assert inputs["prototypes_1"][:2] == [12, "prototypes"] and inputs[TILE_INDEX] == ["batch"]
+    shapes = profile_shapes(m, "query")
+    assert shapes[TILE_INDEX] == ((1,), (8,), (8,)) and [s[0] for s in shapes["prototypes_1"]] == [12, 12, 12]
+    supports, frames = _frames(2, seed=9), _frames(2, seed=10)
+    tiling = Tiling(FRAME_HW, tile=64, overlap=16)
+    s_tiles = tiling.cut(supports).reshape(2, 12, 64, 64, 3)
+    q_tiles = tiling.cut(frames).reshape(2, 12, 64, 64, 3)
+    with Detector.open(root / "knn_position") as det, Detector.open(root / "knn_tiles") as plain, \
+            Detector.open(root / "knn_positionfp16") as half:
+        protos = det.prototypes(supports)
+        n = min(2 * m["prototypes"]["per_shot"], m["prototypes"]["max_count"])  # knn's bank bound: 100
+        assert protos.arrays[0].shape[:2] == (12, n)
+        got = det.detect(frames)
+        maps = np.zeros((2, 12, 64, 64), np.float32)
+        for i in range(12):
+            own = plain.prototypes(s_tiles[:, i])  # position i's memory, made alone from its 2 tiles
+            np.testing.assert_allclose(protos.arrays[0][i], own.arrays[0], rtol=1e-5, atol=1e-6)
+            maps[:, i] = plain.detect(q_tiles[:, i], prototypes=own).maps
+        with pytest.raises(PackdError, match=r"prototype arrays must be \(positions, n, C\) with positions = 12"):
+            det.use(Prototypes(tuple(a[0] for a in protos.arrays), det.fingerprint, 2))
+        half.prototypes(supports)
+        fp16 = half.detect(frames).maps
+    expected = tiling.stitch(max_pool(maps.reshape(-1, 64, 64), 64))
+    np.testing.assert_allclose(got.maps, expected, rtol=1e-4, atol=1e-4)
+    assert np.corrcoef(fp16.ravel(), got.maps.ravel())[0, 1] > 0.97  # random frames: 0.989 measured
+
+
+def test_the_triton_repository_of_a_per_position_bundle_declares_its_inputs(tiled, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from packd_export.triton import write_repository
+
+    _, root = tiled
+    write_repository(root / "knn_position", tmp_path / "repo", backend="onnxruntime")
+    config = text_format.Parse((tmp_path / "repo" / "query" / "config.pbtxt").read_text(),
+                               model_config_pb2.ModelConfig())
+    inputs = {i.name: (model_config_pb2.DataType.Name(i.data_type), list(i.dims)) for i in config.input}
+    assert config.max_batch_size == 0  # the prototypes have no batch axis
+    assert inputs["tile_index"] == ("TYPE_INT64", [-1]) and inputs["prototypes_1"][1][:2] == [12, -1]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(memory="position"), "--memory position describes a tiled export: add --tile S"),
+    (dict(memory="pooled", tile=64, frame_size=FRAME_HW), "--memory must be one of shared, position"),
+    (dict(memory="position", tile=64, frame_size=FRAME_HW, precision="int8"), "not offered in int8 yet"),
+])
+def test_bad_memory_options_are_one_line_before_any_work(tmp_path, options, message):
+    with pytest.raises(PackdError, match=message):
+        export_bundle(tmp_path / "no-checkpoint", tmp_path / "b", **options)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_per_position_memory_needs_a_few_shot_kind_and_its_manifest_says_it_whole(checkpoints, tiled, tmp_path):
+    import shutil
+
+    from packd_runtime.bundle_format import read_manifest
+
+    with pytest.raises(PackdError, match="a rd model keeps none"):
+        export_bundle(checkpoints["rd"], tmp_path / "b", frame_size=FRAME_HW, tile=64, memory="position")
+    _, root = tiled
+    for edit, message in [(lambda m: m["tiling"].update(memory="pooled"), "memory must be shared or"),
+                          (lambda m: m["tiling"].update(memory="shared"), "prototype inputs must be float32"),
+                          (lambda m: m["graphs"]["query"]["inputs"].pop(), "last input must be tile_index")]:
+        shutil.rmtree(tmp_path / "f", ignore_errors=True)
+        shutil.copytree(root / "knn_position", tmp_path / "f")
+        manifest = json.loads((tmp_path / "f" / "manifest.json").read_text())
+        edit(manifest)
+        (tmp_path / "f" / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(PackdError, match=message):
+            read_manifest(tmp_path / "f")

@@ -20,6 +20,7 @@ import packd
 from packd.errors import PackdError
 from packd.loading import load_scorer
 from packd.scoring import Scorer
+from packd.tiling_options import DEFAULT_MAX_SHOTS, check_tiling_options, make_tiling
 from packd_export.calibration import (
     CALIBRATION_IMAGES,
     THRESHOLD_SHOTS,
@@ -43,6 +44,7 @@ from packd_runtime.bundle_format import (
     BUNDLE,
     MANIFEST,
     MAX_SIDE,
+    MEMORIES,
     PROTOTYPES,
     SHOTS,
     SUPPORT,
@@ -51,17 +53,20 @@ from packd_runtime.bundle_format import (
 )
 from packd_runtime.files import sha256
 from packd_runtime.reports import check_report_path, write_report
-from packd_runtime.tiling import Tiling
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def _example(scorer: Scorer, gspec: GraphSpec, frame_hw: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-    """Example inputs to trace with: 2 frames (+ 6 random prototypes per tensor for a few-shot query graph)."""
+def _example(scorer: Scorer, gspec: GraphSpec, frame_hw: tuple[int, int],
+             positions: int = 0) -> tuple[torch.Tensor, ...]:
+    """Example inputs to trace with: 2 frames (+ 6 random prototypes per tensor for a few-shot query graph; per
+    position, 6 for each of `positions`, and the 2 tiles' positions)."""
     images = torch.randint(0, 256, (2, *frame_hw, 3), dtype=torch.uint8)
     if gspec.name == SUPPORT or not scorer.few_shot:
         return (images,)
-    return (images, *(torch.randn(6, c) for c in scorer.model.prototype_channels))
+    lead = (positions,) if positions else ()
+    index = (torch.tensor([0, positions - 1], dtype=torch.int64),) if positions else ()
+    return (images, *(torch.randn(*lead, 6, c) for c in scorer.model.prototype_channels), *index)
 
 
 def _checked_scorer(checkpoint: str | Path, scoring: dict[str, Any] | None) -> tuple[Scorer, dict[str, Any]]:
@@ -74,24 +79,9 @@ def _checked_scorer(checkpoint: str | Path, scoring: dict[str, Any] | None) -> t
     return scorer, config
 
 
-def _map_side(tile: int, map_scale: float | None, image_size: int) -> int:
-    """The side at which a tile's map is stitched: `map_scale` of the tile, a divisor of the model's input size
-    (tile maps are max-pooled to it); default the model's input size."""
-    if map_scale is None:
-        return image_size
-    side = round(tile * map_scale)
-    if not 0 < map_scale <= 1 or abs(tile * map_scale - side) > 1e-6 or side < 1 or image_size % side:
-        valid = sorted({f"{d / tile:g}" for d in range(1, image_size + 1) if image_size % d == 0 and d <= tile})
-        raise PackdError(f"--map-scale {map_scale:g} must give a whole map side per {tile}-px tile that divides the "
-                         f"model's input size {image_size}: one of {', '.join(valid)}")
-    return side
-
-
 def _limits(scorer: Scorer, max_batch: int, max_shots: int) -> dict[str, int]:
     """The largest batch, shot count and prototype count the graphs are exported (and engines built) for."""
-    per_shot = scorer.model.prototypes_per_shot(scorer.spec.image_size) if scorer.few_shot else 0
-    most = max_shots * per_shot if not scorer.max_prototypes else min(max_shots * per_shot, scorer.max_prototypes)
-    return {BATCH: max_batch, SHOTS: max_shots, PROTOTYPES: max(most, 1)}
+    return {BATCH: max_batch, SHOTS: max_shots, PROTOTYPES: scorer.prototype_limit(max_shots)}
 
 
 def _prototypes_info(scorer: Scorer) -> dict[str, Any]:
@@ -122,19 +112,20 @@ def _int8_summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "fp32", max_batch: int = 32,
-                  max_shots: int = 8, frame_size: tuple[int, int] | None = None, opset: int = 18,
+                  max_shots: int = DEFAULT_MAX_SHOTS, frame_size: tuple[int, int] | None = None, opset: int = 18,
                   calibration_data: str | Path | None = None, engines: str = "auto",
                   scoring: dict[str, Any] | None = None, int8: Int8Settings | None = None,
                   report: str | Path | None = None, progress=lambda _: None, tile: int | None = None,
                   overlap: int = 0, rois: tuple[tuple[int, int, int, int], ...] = (),
-                  map_scale: float | None = None) -> dict[str, Any]:
+                  map_scale: float | None = None, memory: str = "shared") -> dict[str, Any]:
     """Export a checkpoint to a bundle. engines: 'auto' (build when TensorRT and a GPU are here),
     'never', or 'require' (fail without them); `scoring` overrides the checkpoint's scoring settings
     (the manifest records the ones the graphs compute); `int8` says how int8 is calibrated and mixed, and
     `report` where its per-layer report goes. With `tile`, the graphs take `tile`-pixel tiles of `frame_size`
     frames overlapping by `overlap` over the regions of interest `rois` (see `packd_runtime.tiling`), maps
     stitched at `map_scale` of the frame's resolution (default: the model's input size over the tile), and the
-    manifest records the tiling. Returns the manifest."""
+    manifest records the tiling; a few-shot kind's `memory` of tiled frames is "shared" (every tile pooled) or
+    "position" (one per tile position). Returns the manifest."""
     from packd_runtime.tensorrt.build import build_bundle_engines, why_no_tensorrt
 
     if precision not in PRECISIONS:
@@ -149,19 +140,24 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
         check_report_path(report)
     if frame_size is not None and not all(1 <= side <= MAX_SIDE for side in frame_size):
         raise PackdError(f"--frame-size must be 1 to {MAX_SIDE} pixels a side, got {frame_size[0]}x{frame_size[1]}")
-    if tile is None and (overlap or rois or map_scale is not None):
-        raise PackdError("--overlap, --roi and --map-scale describe a tiled export: add --tile S")
-    if tile is not None:
-        if frame_size is None:
-            raise PackdError("--tile needs --frame-size HxW, the camera's full frame")
-        Tiling(tuple(frame_size), tile=tile, overlap=overlap, rois=tuple(rois))  # one line, before any work
+    if tile is not None and frame_size is None:
+        raise PackdError("--tile needs --frame-size HxW, the camera's full frame")
+    check_tiling_options(tile, overlap, rois, map_scale, frame_size)  # one line, before any work
+    if memory not in MEMORIES:
+        raise PackdError(f"--memory must be one of {', '.join(MEMORIES)}, got {memory!r}")
+    if memory != "shared" and tile is None:
+        raise PackdError("--memory position describes a tiled export: add --tile S")
+    if memory == "position" and precision == "int8":
+        raise PackdError("--memory position is not offered in int8 yet: export it in fp32 or fp16, or int8 with "
+                         "--memory shared")
     if engines == "require" and (reason := why_no_tensorrt()):
         raise PackdError(f"engines were required but cannot be built here: {reason}")
     check_replaceable(out, BUNDLE)
     scorer, config = _checked_scorer(checkpoint, scoring)
+    if memory == "position" and not scorer.few_shot:
+        raise PackdError(f"--memory position is a few-shot kind's memory; a {config['kind']} model keeps none")
     frame_hw = tuple(frame_size or (scorer.spec.image_size, scorer.spec.image_size))
-    map_side = _map_side(tile, map_scale, scorer.spec.image_size) if tile else None
-    tiling = Tiling(frame_hw, tile=tile, overlap=overlap, rois=tuple(rois), map_side=map_side) if tile else None
+    tiling = make_tiling(frame_hw, scorer.spec.image_size, tile, overlap, rois, map_scale) if tile else None
     graph_hw = (tile, tile) if tiling else frame_hw  # a tiled bundle's graphs take tiles
     limits = _limits(scorer, max_batch, max_shots)
     per_category = CALIBRATION_IMAGES + (VALIDATION_IMAGES if precision == "int8" else 0)
@@ -170,7 +166,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
     loaded = calibration_frames(config, frame_hw, per_category, calibration_data and Path(calibration_data))
     check_threshold_images(loaded, scorer.few_shot)
     frames = {c: f[:CALIBRATION_IMAGES] for c, f in loaded.items()}
-    protos = {g.name: export_onnx(g, _example(scorer, g, graph_hw), limits, opset) for g in graph_specs(scorer)}
+    positions = tiling.count if memory == "position" else 0
+    protos = {g.name: export_onnx(g, _example(scorer, g, graph_hw, positions), limits, opset)
+              for g in graph_specs(scorer, per_position=bool(positions))}
     graph_loaded = loaded  # what int8 calibrates and validates on: the graphs' inputs, so tiles when tiled
     if tiling and precision == "int8":
         graph_loaded = {c: sample_tiles(tiling, f, CALIBRATION_IMAGES + VALIDATION_IMAGES) for c, f in loaded.items()}
@@ -183,7 +181,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
             kind=config["kind"], teacher=config["teacher"], image_size=scorer.spec.image_size, frame_hw=frame_hw,
             mean=scorer.spec.mean, std=scorer.spec.std, settings=config["settings"], precision=precision,
             opset=opset, graphs=graphs, limits=limits,
-            **bundle_threshold(tmp, graphs, frames, scorer.max_prototypes, tiling=tiling, limits=limits),
+            **bundle_threshold(tmp, graphs, frames, scorer.max_prototypes, tiling=tiling, limits=limits,
+                               memory=memory),
             versions={"packd": packd.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                       "onnxruntime": onnxruntime.__version__},
             checkpoint={"name": Path(checkpoint).resolve().name,
@@ -193,7 +192,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
             files={spec["file"]: sha256(tmp / spec["file"]) for spec in graphs.values()},
             prototypes=_prototypes_info(scorer) if SUPPORT in graphs else None,
             int8=_int8_summary(int8_report) if int8_report else None,
-            tiling={"tile": tile, "overlap": overlap, "rois": [list(r) for r in rois], "map_side": map_side}
+            tiling={"tile": tile, "overlap": overlap, "rois": [list(r) for r in rois], "map_side": tiling.map_side,
+                    **({"memory": memory} if scorer.few_shot else {})}
             if tiling else None)
         write_json(tmp / MANIFEST, manifest)
     if int8_report and report is not None:

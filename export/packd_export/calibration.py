@@ -15,11 +15,22 @@ from packd.preprocess import Preprocess, load_frames
 from packd.scoring import Scorer
 from packd.synth import paint_defects
 from packd_export.int8 import Validation
-from packd_runtime.bundle_format import BATCH, IMAGES, MAPS, PROTOTYPES, QUERY, SCORES, SHOTS, SUPPORT, read_manifest
+from packd_runtime.bundle_format import (
+    BATCH,
+    IMAGES,
+    MAPS,
+    PROTOTYPES,
+    QUERY,
+    SCORES,
+    SHOTS,
+    SUPPORT,
+    TILE_INDEX,
+    read_manifest,
+)
 from packd_runtime.coreset import bound_prototypes
 from packd_runtime.onnxruntime.backend import OnnxRuntimeBackend
 from packd_runtime.threshold import score_range, threshold_from_normal_scores
-from packd_runtime.tiling import Tiling, shared_memory_bound, tiled_query, tiled_support
+from packd_runtime.tiling import Tiling, position_support, shared_memory_bound, tiled_query, tiled_support
 
 CALIBRATION_IMAGES = 32  # normal training images per training category: int8 calibration and the default threshold
 VALIDATION_IMAGES = 16  # the next ones per category: int8's sensitivity analysis and checks (never calibrated on)
@@ -124,21 +135,24 @@ def bundle_feeds(bundle: str | Path, frames: dict[str, np.ndarray]) -> dict[str,
 
 
 def tiled_normal_scores(backend: OnnxRuntimeBackend, graphs: dict[str, Any], frames: dict[str, np.ndarray],
-                        tiling: Tiling, limits: dict[str, int], bound: int) -> np.ndarray:
-    """Scores of whole normal frames through graphs that take tiles, as the runtime computes them (tiled_support
-    pooled and bounded to `bound`, tiled_query): few-shot kinds' supports are THRESHOLD_SHOTS frames per category."""
+                        tiling: Tiling, limits: dict[str, int], bound: int, memory: str = "shared") -> np.ndarray:
+    """Scores of whole normal frames through graphs that take tiles, as the runtime computes them (a shared memory
+    (tiled_support) or one per position (position_support), bounded to `bound`; tiled_query): few-shot kinds'
+    supports are THRESHOLD_SHOTS frames per category."""
     names = [o["name"] for o in graphs.get(SUPPORT, {}).get("outputs", [])]
+    make = position_support if memory == "position" else tiled_support
     scores = []
     for images in frames.values():
         feeds, queries = {}, images
         if SUPPORT in graphs:
             supports, queries = images[:THRESHOLD_SHOTS], images[THRESHOLD_SHOTS:]
-            arrays = tiled_support(tiling, lambda t: [backend.run(SUPPORT, {IMAGES: t})[n] for n in names], supports,
-                                   limits[SHOTS], bound=bound)
+            arrays = make(tiling, lambda t: [backend.run(SUPPORT, {IMAGES: t})[n] for n in names], supports,
+                          limits[SHOTS], bound=bound)
             feeds = dict(zip(names, arrays))
 
-        def run(tiles: np.ndarray, feeds=feeds) -> tuple[np.ndarray, np.ndarray]:
-            out = backend.run(QUERY, {IMAGES: tiles, **feeds})
+        def run(tiles: np.ndarray, positions: np.ndarray, feeds=feeds) -> tuple[np.ndarray, np.ndarray]:
+            index = {TILE_INDEX: positions.astype(np.int64)} if memory == "position" and feeds else {}
+            out = backend.run(QUERY, {IMAGES: tiles, **feeds, **index})
             return out[SCORES], out[MAPS]
 
         if len(queries):
@@ -148,7 +162,7 @@ def tiled_normal_scores(backend: OnnxRuntimeBackend, graphs: dict[str, Any], fra
 
 def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.ndarray],
                      max_prototypes: int = 0, tiling: Tiling | None = None,
-                     limits: dict[str, int] | None = None) -> dict[str, Any]:
+                     limits: dict[str, int] | None = None, memory: str = "shared") -> dict[str, Any]:
     """The default threshold of a bundle from its OWN graphs (so fp16 / int8 bundles get theirs): mean +
     3 std of the scores of normal training images (whole frames through a `tiling`'s tiles when given, the graphs'
     batch and shot `limits` respected), few-shot kinds with prototypes from 2 of them; with the range
@@ -158,7 +172,7 @@ def bundle_threshold(bundle: Path, graphs: dict[str, Any], frames: dict[str, np.
     try:
         if tiling is not None:
             scores = tiled_normal_scores(backend, graphs, frames, tiling, limits,
-                                         shared_memory_bound(max_prototypes, limits[PROTOTYPES]))
+                                         shared_memory_bound(max_prototypes, limits[PROTOTYPES]), memory)
         else:
             feeds = graph_feeds(backend, graphs, frames, max_prototypes)
             scores = np.concatenate([backend.run(QUERY, f)[SCORES] for f in feeds[QUERY]])

@@ -14,6 +14,17 @@ from typer.core import TyperGroup
 from packd.console import run_app
 from packd.errors import PackdError
 from packd.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
+from packd.tiling_options import (
+    DEFAULT_MAX_SHOTS,
+    FRAME_SIZE_HELP,
+    MAP_SCALE_HELP,
+    MEMORY_HELP,
+    OVERLAP_HELP,
+    ROI_HELP,
+    TILE_HELP,
+    parse_frame_size,
+    parse_roi,
+)
 
 console = Console()
 
@@ -33,28 +44,6 @@ app = typer.Typer(cls=ExportGroup, add_completion=False, pretty_exceptions_enabl
                   " runs `export`), check it, build its TensorRT engines, or write a Triton model repository.")
 
 
-def _size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise PackdError(f"--frame-size must look like 480x640 (height x width), got {text!r}") from None
-    if h < 1 or w < 1:
-        raise PackdError(f"--frame-size must be positive, got {text!r}")
-    return h, w
-
-
-def _roi(text: str) -> tuple[int, int, int, int]:
-    try:
-        if not text.isascii():
-            raise ValueError
-        y, x, h, w = (int(v) for v in text.split(","))
-    except ValueError:
-        raise PackdError(f"--roi must look like Y,X,H,W (four whole numbers of frame pixels), got {text!r}") from None
-    return y, x, h, w
-
-
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder written by `packd train`.")],
@@ -64,9 +53,8 @@ def export(
              "images).")] = "fp32",
     max_batch: Annotated[int, typer.Option(help="Largest query batch the engines are built for.")] = 32,
     max_shots: Annotated[int, typer.Option(
-        help="Few-shot kinds: most support images per changeover the engines are built for.")] = 8,
-    frame_size: Annotated[str | None, typer.Option(
-        help="Camera frame size HxW the graphs take (resized inside).", show_default="the model's input size")] = None,
+        help="Few-shot kinds: most support images per changeover the engines are built for.")] = DEFAULT_MAX_SHOTS,
+    frame_size: Annotated[str | None, typer.Option(help=FRAME_SIZE_HELP, show_default="the model's input size")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (17-19).")] = 18,
     calibration_data: Annotated[Path | None, typer.Option(
         help="Dataset root with the training categories' train/good images (int8 calibration and the "
@@ -86,17 +74,12 @@ def export(
              "keep the FP32 decisions), none (every trunk convolution int8), or a number of layers.")] = "auto",
     report: Annotated[Path | None, typer.Option(
         help="int8: write the per-layer report (precision, sensitivity, why FP16) to this JSON file.")] = None,
-    tile: Annotated[int | None, typer.Option(
-        help="Line-resolution frames: cut each --frame-size frame into tiles of this many pixels (the model "
-             "sees each tile at its input size) and stitch their maps into one map per frame.",
-        show_default="no tiling: the whole frame resized")] = None,
-    overlap: Annotated[int, typer.Option(help="Pixels by which neighbouring tiles overlap (less than --tile).")] = 0,
-    roi: Annotated[list[str] | None, typer.Option(
-        help="Region of interest Y,X,H,W in frame pixels (repeat for several): only these are inspected, nothing "
-             "outside is ever flagged.", show_default="the whole frame")] = None,
+    tile: Annotated[int | None, typer.Option(help=TILE_HELP, show_default="no tiling: the whole frame resized")] = None,
+    overlap: Annotated[int, typer.Option(help=OVERLAP_HELP)] = 0,
+    roi: Annotated[list[str] | None, typer.Option(help=ROI_HELP, show_default="the whole frame")] = None,
     map_scale: Annotated[float | None, typer.Option(
-        help="Stitched maps at this fraction of the frame's resolution (tile maps max-pooled, so no defect's peak "
-             "is lost): less to copy back per frame.", show_default="the model's input size over --tile")] = None,
+        help=MAP_SCALE_HELP, show_default="the model's input size over --tile")] = None,
+    memory: Annotated[str, typer.Option(help=MEMORY_HELP)] = "shared",
 ) -> None:
     """Export a checkpoint to a bundle: ONNX graphs, manifest, and TensorRT engines where possible."""
     from packd_export.bundle import export_bundle
@@ -106,12 +89,13 @@ def export(
     if engines not in ("auto", "never", "require"):
         raise PackdError(f"--engines must be auto, never or require, got {engines!r}")
     manifest = export_bundle(checkpoint, out, precision=precision, max_batch=max_batch, max_shots=max_shots,
-                             frame_size=_size(frame_size), opset=opset, calibration_data=calibration_data,
+                             frame_size=parse_frame_size(frame_size), opset=opset, calibration_data=calibration_data,
                              engines=engines, scoring=scoring_overrides(stage_weights=stage_weights, border=border,
                                                                         prototype_score=prototype_score),
                              int8=Int8Settings(calibration=calibration, fallback=fp16_fallback), report=report,
                              progress=lambda text: console.print(text, markup=False), tile=tile, overlap=overlap,
-                             rois=tuple(_roi(r) for r in roi or ()), map_scale=map_scale)
+                             rois=tuple(parse_roi(r) for r in roi or ()), map_scale=map_scale,
+                             memory=memory)
     console.print(f"bundle written to {out}: {', '.join(manifest['files'])}")
     if "int8" in manifest:
         v, fp16 = manifest["int8"]["validation"], manifest["int8"]["fp16_layers"]

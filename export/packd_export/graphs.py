@@ -14,19 +14,24 @@ from torch import nn
 
 from packd.preprocess import Preprocess
 from packd.scoring import Scorer
-from packd_runtime.bundle_format import IMAGES, QUERY, QUERY_OUTPUTS, SUPPORT, graph_axes
+from packd_runtime.bundle_format import IMAGES, QUERY, QUERY_OUTPUTS, SUPPORT, TILE_INDEX, graph_axes
 
 
 class QueryGraph(nn.Module):
-    """uint8 frames (+ prototypes) -> (scores, maps)."""
+    """uint8 frames (+ prototypes) -> (scores, maps). Per position (a tiled bundle's per-position memory): the
+    prototypes are (positions, n, C_i) and a last input, each tile's position, picks every tile's own."""
 
-    def __init__(self, scorer: Scorer):
+    def __init__(self, scorer: Scorer, per_position: bool = False):
         super().__init__()
         self.preprocess = Preprocess(scorer.spec)
-        self.scorer = scorer
+        self.scorer, self.per_position = scorer, per_position
 
     def forward(self, images: torch.Tensor, *prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.scorer(self.preprocess(images), list(prototypes))
+        protos = list(prototypes)
+        if self.per_position:
+            *protos, index = protos
+            protos = [p[index] for p in protos]  # (batch, n, C_i): each tile its position's memory
+        return self.scorer(self.preprocess(images), protos)
 
 
 class SupportGraph(nn.Module):
@@ -53,12 +58,13 @@ class GraphSpec:
     dynamic: dict[str, dict[int, str]]
 
 
-def graph_specs(scorer: Scorer) -> list[GraphSpec]:
+def graph_specs(scorer: Scorer, per_position: bool = False) -> list[GraphSpec]:
     """The graphs of a model, named as the bundle format names them: few-shot kinds have a support and a query
-    graph, the others a query graph."""
+    graph, the others a query graph; `per_position`: the query graph of a tiled per-position memory."""
     names = scorer.prototype_names
-    axes = graph_axes(len(names))
-    query = GraphSpec(QUERY, QueryGraph(scorer).eval(), [IMAGES, *names], list(QUERY_OUTPUTS), axes[QUERY])
+    axes = graph_axes(len(names), per_position)
+    query = GraphSpec(QUERY, QueryGraph(scorer, per_position).eval(),
+                      [IMAGES, *names, *([TILE_INDEX] if per_position else [])], list(QUERY_OUTPUTS), axes[QUERY])
     if not scorer.few_shot:
         return [query]
     return [GraphSpec(SUPPORT, SupportGraph(scorer).eval(), [IMAGES], names, axes[SUPPORT]), query]

@@ -9,6 +9,9 @@ GPU. The graphs:
              -> scores float32 (batch,), maps float32 (batch, S, S)
     support: images uint8 (shots, H, W, 3) RGB -> prototypes_1..N float32 (prototypes, C_i)   (few-shot kinds)
 
+A tiled bundle with a per-position memory ("tiling": {"memory": "position"}) keeps one memory per tile position P:
+its query graph takes prototypes_i float32 (P, prototypes, C_i) and tile_index int64 (batch,), each tile's position.
+
 What is verified before any graph is handed to a loader: the manifest's schema (every key present and typed, a
 finite threshold, I/O that fits together), that every path it names stays inside the bundle (no absolute paths, no
 `..`, no symbolic links), the sha256 of every listed file, and that every external-data file an ONNX graph refers to
@@ -38,6 +41,8 @@ IMAGES = "images"  # both graphs' image input
 SCORES, MAPS = "scores", "maps"  # the query graph's outputs
 QUERY_OUTPUTS = (SCORES, MAPS)
 BATCH, SHOTS, PROTOTYPES = "batch", "shots", "prototypes"  # dynamic axes (and the manifest's "dynamic" keys)
+TILE_INDEX = "tile_index"  # a per-position query graph's last input: each tile's position in its frame's tiling
+MEMORIES = ("shared", "position")  # a tiled few-shot bundle's memory: pooled over every tile, or one per position
 INPUT_CONTRACT = {"dtype": "uint8", "layout": "NHWC", "color": "RGB", "range": [0, 255]}
 MAX_SIDE = 8192  # frame and image sides a manifest may name
 MAX_DYNAMIC = {BATCH: 4096, SHOTS: 1024, PROTOTYPES: 1 << 24}  # the largest dynamic ranges a manifest may name
@@ -55,11 +60,20 @@ def prototype_names(count: int) -> list[str]:
     return [f"{PROTOTYPES}_{i + 1}" for i in range(count)]
 
 
-def graph_axes(prototype_count: int) -> dict[str, dict[str, dict[int, str]]]:
-    """Per graph, the dynamic axis of every input and output by name (what the ONNX export declares)."""
+def graph_axes(prototype_count: int, per_position: bool = False) -> dict[str, dict[str, dict[int, str]]]:
+    """Per graph, the dynamic axis of every input and output by name (what the ONNX export declares); a
+    per-position query graph's prototypes have a fixed position axis first."""
     protos = {n: {0: PROTOTYPES} for n in prototype_names(prototype_count)}
-    query = {IMAGES: {0: BATCH}, **protos, SCORES: {0: BATCH}, MAPS: {0: BATCH}}
+    query_protos = {n: {1: PROTOTYPES} for n in protos} if per_position else protos
+    query = {IMAGES: {0: BATCH}, **query_protos, **({TILE_INDEX: {0: BATCH}} if per_position else {}),
+             SCORES: {0: BATCH}, MAPS: {0: BATCH}}
     return {QUERY: query, **({SUPPORT: {IMAGES: {0: SHOTS}, **protos}} if prototype_count else {})}
+
+
+def tiling_memory(manifest: dict[str, Any]) -> str | None:
+    """A tiled few-shot bundle's memory, "shared" or "position" (None: not tiled)."""
+    tiling = manifest.get("tiling")
+    return None if tiling is None else tiling.get("memory", "shared")
 
 
 def make_manifest(*, kind: str, teacher: Mapping[str, Any], image_size: int, frame_hw: tuple[int, int],
@@ -179,8 +193,18 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
             raise _fail(where, f"dynamic range {axis} must be [1, max] with max at most {MAX_DYNAMIC[axis]}, "
                                f"got {lo_hi}")
     inputs, outputs = io[QUERY]
+    positions = 0  # a per-position memory's tile positions
     if "tiling" in m:  # the graphs take tiles of the frame; the contract's height and width are the camera's
-        h = w = tiling_from_manifest(m, where).tile
+        tiling = tiling_from_manifest(m, where)
+        h = w = tiling.tile
+        memory = m["tiling"].get("memory", "shared")
+        if memory not in MEMORIES or (memory == "position" and SUPPORT not in graphs):
+            raise _fail(where, f"the tiling's memory must be shared or (few-shot kinds) position, got {memory!r}")
+        if memory == "position":
+            positions = tiling.count
+            if inputs[-1:] != [{"name": TILE_INDEX, "dtype": "int64", "shape": [BATCH]}]:
+                raise _fail(where, f"a per-position query graph's last input must be {TILE_INDEX} int64 (batch)")
+            inputs = inputs[:-1]
     expected_images = {"name": IMAGES, "dtype": "uint8", "shape": [BATCH, h, w, 3]}
     if not inputs or inputs[0] != expected_images:
         raise _fail(where, f"the query graph's first input must be {expected_images}")
@@ -189,8 +213,10 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
     if sorted(outputs, key=lambda o: o["name"]) != sorted(expected_out, key=lambda o: o["name"]):
         raise _fail(where, f"the query graph's outputs must be {expected_out}")
     protos = inputs[1:]
-    if any(p["dtype"] != "float32" or len(p["shape"]) != 2 or p["shape"][0] != PROTOTYPES for p in protos):
-        raise _fail(where, "prototype inputs must be float32 (prototypes, C)")
+    lead = [positions, PROTOTYPES] if positions else [PROTOTYPES]
+    if any(p["dtype"] != "float32" or p["shape"][:-1] != lead or len(p["shape"]) != len(lead) + 1 for p in protos):
+        raise _fail(where, "prototype inputs must be float32 (prototypes, C)" + (
+            f", per position ({positions}, prototypes, C)" if positions else ""))
     if SUPPORT in graphs:
         protos_info = _need(m, "prototypes", dict, where)
         if _need(protos_info, "per_shot", int, where) < 1 or _need(protos_info, "max_count", int, where) < 0:
@@ -200,7 +226,7 @@ def check_manifest(m: Any, where: str) -> dict[str, Any]:
             raise _fail(where, "the support graph must take images uint8 (shots, H, W, 3)")
 
         def signature(items: list[dict]) -> list:  # the prototype count's symbol differs ("8*shots")
-            return [(i["name"], i["dtype"], i["shape"][1:]) for i in items]
+            return [(i["name"], i["dtype"], i["shape"][-1:]) for i in items]
 
         if signature(s_out) != signature(protos) or not protos:
             raise _fail(where, "the support graph's outputs must be the query graph's prototype inputs")

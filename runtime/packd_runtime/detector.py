@@ -29,8 +29,10 @@ from packd_runtime.bundle_format import (
     SCORES,
     SHOTS,
     SUPPORT,
+    TILE_INDEX,
     fingerprint,
     read_manifest,
+    tiling_memory,
     verify_files,
 )
 from packd_runtime.coreset import bound_prototypes
@@ -39,7 +41,13 @@ from packd_runtime.errors import PackdError
 from packd_runtime.gate import CallGate
 from packd_runtime.signing import verify_signature
 from packd_runtime.threshold import threshold_from_normal_scores
-from packd_runtime.tiling import shared_memory_bound, tiled_query, tiled_support, tiling_from_manifest
+from packd_runtime.tiling import (
+    position_support,
+    shared_memory_bound,
+    tiled_query,
+    tiled_support,
+    tiling_from_manifest,
+)
 
 PROTOTYPES_FILE_LIMIT = 1 << 28  # 256 MiB of arrays: a full bank of 8 shots x 4 rotations at 448 px is far below
 
@@ -139,15 +147,17 @@ class Detector:
         self.few_shot = SUPPORT in manifest["graphs"]
         self.frame_hw = (manifest["input"]["height"], manifest["input"]["width"])
         self.tiling = tiling_from_manifest(manifest)  # None: the graphs take whole frames
+        self.memory = tiling_memory(manifest) if self.few_shot else None  # tiled few-shot: "shared" or "position"
         if self.tiling is not None:
             self.tiling.stitch_plan  # noqa: B018  built now, not on the first frame
         self.max_batch = manifest["dynamic"][BATCH][1]
         self.max_shots = manifest["dynamic"][SHOTS][1] if self.few_shot else 0
         self.max_prototypes = manifest["dynamic"][PROTOTYPES][1] if self.few_shot else 0
         self.max_count = manifest["prototypes"]["max_count"] if self.few_shot else 0
-        proto_inputs = manifest["graphs"][QUERY]["inputs"][1:]
+        proto_inputs = [i for i in manifest["graphs"][QUERY]["inputs"][1:] if i["name"] != TILE_INDEX]
         self.prototype_names = [i["name"] for i in proto_inputs]
-        self._proto_channels = [i["shape"][1] for i in proto_inputs]
+        self._proto_channels = [i["shape"][-1] for i in proto_inputs]
+        self._proto_lead = (self.tiling.count,) if self.memory == "position" else ()  # a per-position memory's axis
         self._current: Prototypes | None = None
         self._lock = threading.Lock()
         self._gate = CallGate("this detector is closed: open the bundle again")
@@ -231,8 +241,9 @@ class Detector:
                 if self.max_count:
                     arrays = bound_prototypes(arrays, self.max_count)  # the bank bound (greedy coreset), as in training
             else:
-                arrays = tiled_support(self.tiling, self._support_tiles, images, self.max_shots,
-                                       bound=shared_memory_bound(self.max_count, self.max_prototypes))
+                make = position_support if self.memory == "position" else tiled_support
+                arrays = make(self.tiling, self._support_tiles, images, self.max_shots,
+                              bound=shared_memory_bound(self.max_count, self.max_prototypes))
         protos = Prototypes(tuple(arrays), self.fingerprint, k)
         self.use(protos)
         return protos
@@ -271,15 +282,17 @@ class Detector:
                              f"{prototypes.fingerprint} != {self.fingerprint}): compute them again with this bundle")
         if len(prototypes.arrays) != len(self._proto_channels):
             raise PackdError(f"expected {len(self._proto_channels)} prototype arrays, got {len(prototypes.arrays)}")
-        n = {a.shape[0] for a in prototypes.arrays if isinstance(a, np.ndarray) and a.ndim == 2}
+        lead = self._proto_lead
+        n = {a.shape[-2] for a in prototypes.arrays if isinstance(a, np.ndarray) and a.ndim == len(lead) + 2}
         for a, c in zip(prototypes.arrays, self._proto_channels):
             if not isinstance(a, np.ndarray) or a.dtype != np.float32:
                 raise PackdError(f"prototype arrays must be float32, got {getattr(a, 'dtype', type(a).__name__)}")
-            if a.ndim != 2 or a.shape[1] != c or len(n) != 1:
-                raise PackdError(f"prototype arrays must be (n, C) with one n and C = {self._proto_channels}, got "
+            if a.ndim != len(lead) + 2 or a.shape[:-2] != lead or a.shape[-1] != c or len(n) != 1:
+                shape = "(positions, n, C) with positions = " + str(lead[0]) + ", " if lead else "(n, C) with "
+                raise PackdError(f"prototype arrays must be {shape}one n and C = {self._proto_channels}, got "
                                  f"{[x.shape for x in prototypes.arrays]}")
-            if not 1 <= a.shape[0] <= self.max_prototypes:
-                raise PackdError(f"{a.shape[0]} prototypes, but this bundle takes 1 to {self.max_prototypes}")
+            if not 1 <= a.shape[-2] <= self.max_prototypes:
+                raise PackdError(f"{a.shape[-2]} prototypes, but this bundle takes 1 to {self.max_prototypes}")
             if not np.isfinite(a).all():
                 raise PackdError("the prototypes hold NaN or infinite values: refused")
         t = prototypes.threshold
@@ -311,8 +324,9 @@ class Detector:
         if masks and t is None:
             raise PackdError(NO_THRESHOLD)
 
-        def run(chunk: Any) -> tuple[np.ndarray, np.ndarray]:
-            out = self.backend.run(QUERY, {IMAGES: chunk, **feeds})
+        def run(chunk: Any, positions: Any = None) -> tuple[np.ndarray, np.ndarray]:
+            index = {TILE_INDEX: positions.astype(np.int64)} if self.memory == "position" else {}
+            out = self.backend.run(QUERY, {IMAGES: chunk, **feeds, **index})  # per position: each tile its own
             return out[SCORES], out[MAPS]
 
         with self._gate.call():

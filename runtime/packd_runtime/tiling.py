@@ -182,14 +182,16 @@ def max_pool(maps: np.ndarray, side: int) -> np.ndarray:
     return maps.reshape(n, side, f, side, f).max(axis=(2, 4))
 
 
-def tiled_query(tiling: Tiling, run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], frames: np.ndarray,
-                limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Score whole frames with a query graph that takes tiles: `run(tiles) -> (scores, maps)` over every frame's
-    tiles in batches of at most `limit`; maps stitched; a frame's score is the max of its stitched map (so the
-    score rule sees the frame, and nothing outside the regions of interest counts). Tile maps larger than the
-    tiling's map side are max-pooled to it first: a coarser map never loses a defect's peak."""
+def tiled_query(tiling: Tiling, run: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                frames: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Score whole frames with a query graph that takes tiles: `run(tiles, positions) -> (scores, maps)` over every
+    frame's tiles in batches of at most `limit` (`positions`: each tile's index in its frame's tiling, what a
+    per-position memory looks its prototypes up by); maps stitched; a frame's score is the max of its stitched map
+    (so the score rule sees the frame, and nothing outside the regions of interest counts). Tile maps larger than
+    the tiling's map side are max-pooled to it first: a coarser map never loses a defect's peak."""
     tiles = tiling.cut(frames)
-    maps = np.concatenate([run(tiles[i:i + limit])[1] for i in range(0, len(tiles), limit)])
+    positions = np.tile(np.arange(tiling.count), len(frames))
+    maps = np.concatenate([run(tiles[i:i + limit], positions[i:i + limit])[1] for i in range(0, len(tiles), limit)])
     stitched = tiling.stitch(max_pool(maps, tiling.map_side or tiling.tile))
     return stitched.reshape(len(stitched), -1).max(axis=1), stitched
 
@@ -208,3 +210,17 @@ def tiled_support(tiling: Tiling, run: Callable[[np.ndarray], list[np.ndarray]],
     tiles = tiling.cut(frames)
     parts = [run(tiles[i:i + limit]) for i in range(0, len(tiles), limit)]
     return bound_prototypes([np.concatenate(arrays) for arrays in zip(*parts)], bound)
+
+
+def position_support(tiling: Tiling, run: Callable[[np.ndarray], list[np.ndarray]], frames: np.ndarray,
+                     limit: int, bound: int) -> list[np.ndarray]:
+    """A per-position memory of k normal frames: for each tile position, `run(tiles) -> prototype arrays` on the
+    k frames' tiles at that position (in batches of at most `limit`), bounded to `bound` rows by greedy coreset;
+    stacked, (positions, n, C_i) per prototype tensor. A changeover runs one support call per position."""
+    s = tiling.tile
+    tiles = tiling.cut(frames).reshape(len(frames), tiling.count, s, s, frames.shape[-1])
+    banks = []
+    for i in range(tiling.count):
+        parts = [run(np.ascontiguousarray(tiles[j:j + limit, i])) for j in range(0, len(frames), limit)]
+        banks.append(bound_prototypes([np.concatenate(arrays) for arrays in zip(*parts)], bound))
+    return [np.stack(stage) for stage in zip(*banks)]

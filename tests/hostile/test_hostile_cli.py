@@ -126,7 +126,7 @@ def _export(capsys, args):
     (["--tile", "64", "--frame-size", "100x100", "--roi", "1,2,3"], "--roi must look like Y,X,H,W"),
     (["--tile", "64", "--frame-size", "100x100", "--roi", "1,2,3,\u0663"], "--roi must look like Y,X,H,W"),
     (["--tile", "64", "--frame-size", "100x100", "--overlap", "70"], "--overlap 70 must be at least 0 and less"),
-    (["--roi", "0,0,10,10"], "--overlap, --roi and --map-scale describe a tiled export: add --tile S"),
+    (["--roi", "0,0,10,10"], "--overlap, --roi and --map-scale need --tile S"),
 ])
 def test_bad_int8_export_options_are_one_line_before_any_work(capsys, tmp_path, extra, message):
     code, err = _export(capsys, [str(tmp_path / "missing-checkpoint"), "--out", str(tmp_path / "b"), *extra])

@@ -18,7 +18,8 @@ from packd.layers import rotate_supports
 
 
 class NearestNeighbour(nn.Module):
-    """prototypes(supports) -> [bank (n, D)]; distances(x, [bank]) -> [distance map (B,h,w)]."""
+    """prototypes(supports) -> [bank (n, D)]; distances(x, [bank]) -> [distance map (B,h,w)]; a bank (B, n, D) gives
+    each image its own."""
 
     def __init__(self, teacher: nn.Module, rotations: int = 4, distance: str = "cosine", score: str = "max",
                  max_bank: int = 0):
@@ -58,10 +59,10 @@ class NearestNeighbour(nn.Module):
         f = self.features(x)
         b, d, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(b, h * w, d)
-        bank = prototypes[0].float()
+        bank = prototypes[0].float()  # (n, D), or (B, n, D): one bank per image (a per-position tiled memory)
         if self.distance == "cosine":
-            dist = 1.0 - (q @ bank.t()).amax(dim=-1)
+            dist = 1.0 - (q @ bank.transpose(-1, -2)).amax(dim=-1)
         else:
-            sq = (q * q).sum(-1, keepdim=True) - 2 * q @ bank.t() + (bank * bank).sum(-1)  # (B,HW,n)
-            dist = sq.amin(dim=-1).clamp_min(0).sqrt()
+            sq = (q * q).sum(-1, keepdim=True) - 2 * q @ bank.transpose(-1, -2) + (bank * bank).sum(-1).unsqueeze(-2)
+            dist = sq.amin(dim=-1).clamp_min(0).sqrt()  # (B,HW)
         return [dist.view(b, h, w)]

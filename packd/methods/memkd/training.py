@@ -26,10 +26,11 @@ def build(teacher: Teacher, settings: MemKDSettings) -> tuple[MemKD, MemKDSettin
 
 
 def make_training(model: MemKD, settings: MemKDSettings, *, run: RunConfig, data: Path, categories: list[str],
-                  spec: InputSpec) -> Training:
+                  spec: InputSpec, tile: int = 0) -> Training:
     """Batches of train/good images; a fixed exemplar set of N of them (drawn with the seed) feeds the
     memorisation loss; an orthogonality loss keeps the memory slots distinct."""
-    dataset = AnomalyDataset([s for c in categories for s in list_split(data, c, "train")], spec)
+    dataset = AnomalyDataset([s for c in categories for s in list_split(data, c, "train")], spec, tile=tile,
+                             seed=run.seed)
     pick = np.random.default_rng([run.seed, 7]).choice(len(dataset), min(settings.exemplars, len(dataset)),
                                                         replace=False)
     with torch.no_grad():

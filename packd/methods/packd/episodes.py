@@ -17,13 +17,16 @@ class EpisodeSampler:
     """Batches of E categories x Q queries, each query with its own k supports (the paper's episodes), all
     from train/good; a category's supports never include that batch's queries. An epoch shows every
     training image once as a query (up to rounding).
-    Decoded, preprocessed images are cached in memory (3*S*S floats each)."""
+    Decoded, preprocessed images are cached in memory (3*S*S floats each); with `tile`, random tile crops of
+    the training frames, new each epoch."""
 
     def __init__(self, data: str | Path, categories: list[str], spec: InputSpec, shots: int,
-                 queries: int = 4, categories_per_batch: int = 4, seed: int = 0):
+                 queries: int = 4, categories_per_batch: int = 4, seed: int = 0, tile: int = 0):
         if shots < 1:
             raise PackdError(f"--shots must be at least 1, got {shots}")
-        self.datasets = {c: AnomalyDataset(list_split(data, c, "train"), spec) for c in categories}
+        self.datasets = {c: AnomalyDataset(list_split(data, c, "train"), spec, tile=tile, seed=seed)
+                         for c in categories}
+        self.tile = tile
         small = [c for c, d in self.datasets.items() if len(d) < shots + queries]
         if small:
             raise PackdError(f"categories {small} have fewer than shots + queries = {shots + queries} training images")
@@ -45,6 +48,10 @@ class EpisodeSampler:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (queries (E,Q,3,S,S), supports (E,Q,k,3,S,S)) for one epoch, seeded by (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
+        if self.tile:  # new crops every epoch, the same within it
+            self._cache.clear()
+            for dataset in self.datasets.values():
+                dataset.set_epoch(epoch)
         queues: dict[str, list[int]] = {c: [] for c in self.categories}
         for _ in range(len(self)):
             queries, supports = [], []

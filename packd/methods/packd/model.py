@@ -60,9 +60,10 @@ def integrate(student: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
 
 
 def prototype_distance(feats: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """(B,C,h,w) teacher maps, (n,C) prototypes -> (B,h,w) 1 - the highest cosine to any prototype, FP32."""
+    """(B,C,h,w) teacher maps, (n,C) or per image (B,n,C) prototypes -> (B,h,w) 1 - the highest cosine to any
+    prototype, FP32."""
     f = F.normalize(feats.float(), dim=1).flatten(2).transpose(1, 2)  # (B, hw, C)
-    sim = f @ F.normalize(prototypes.float(), dim=-1).t()
+    sim = f @ F.normalize(prototypes.float(), dim=-1).transpose(-1, -2)
     return (1.0 - sim.amax(dim=-1)).view(feats.shape[0], *feats.shape[2:])
 
 

@@ -26,12 +26,12 @@ def build(teacher: Teacher, settings: PACKDSettings) -> tuple[PACKD, PACKDSettin
 
 
 def make_training(model: PACKD, settings: PACKDSettings, *, run: RunConfig, data: Path, categories: list[str],
-                  spec: InputSpec) -> Training:
+                  spec: InputSpec, tile: int = 0) -> Training:
     """Episodes over the meta-training categories (never the targets), Eq. 7's loss."""
     if settings.cds_weight and len(categories) < 2:
         raise PackdError("the contrastive loss needs at least two training categories (or --cds-weight 0)")
     per_batch = min(settings.categories_per_batch, len(categories))
     sampler = EpisodeSampler(data, categories, spec, shots=settings.shots, queries=max(1, run.batch_size // per_batch),
-                             categories_per_batch=per_batch, seed=run.seed)
+                             categories_per_batch=per_batch, seed=run.seed, tile=tile)
     loss = partial(packd_loss, cds_weight=settings.cds_weight, orth_weight=settings.orth_weight, tau=settings.tau)
     return Training(sampler.epoch, len(sampler), loss)

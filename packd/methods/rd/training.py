@@ -30,8 +30,9 @@ def loss(model: ReverseDistillation, item: list) -> torch.Tensor:
 
 
 def make_training(model: ReverseDistillation, settings: RDSettings, *, run: RunConfig, data: Path,
-                  categories: list[str], spec: InputSpec) -> Training:
+                  categories: list[str], spec: InputSpec, tile: int = 0) -> Training:
     """Shuffled batches of the categories' train/good images, RD's KD loss."""
-    dataset = AnomalyDataset([s for c in categories for s in list_split(data, c, "train")], spec)
+    dataset = AnomalyDataset([s for c in categories for s in list_split(data, c, "train")], spec, tile=tile,
+                             seed=run.seed)
     batches, steps = image_batches(dataset, run)
     return Training(batches, steps, loss)

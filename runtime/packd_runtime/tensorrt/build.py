@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from packd_runtime.atomic import atomic_dir, write_json
-from packd_runtime.bundle_format import BUNDLE, MANIFEST, PROTOTYPES, SHOTS, read_manifest, verify_files
+from packd_runtime.bundle_format import BATCH, BUNDLE, MANIFEST, PROTOTYPES, SHOTS, read_manifest, verify_files
 from packd_runtime.errors import PackdError
 from packd_runtime.files import native_path, sha256
 from packd_runtime.tiling import tiling_from_manifest
@@ -87,14 +87,14 @@ def profile_shapes(manifest: dict[str, Any], graph: str) -> dict[str, tuple[tupl
     dyn = manifest["dynamic"]
     tiling = tiling_from_manifest(manifest)
     batch = OPT_BATCH if tiling is None else tiling.count  # a tiled bundle's batch is one frame's tiles
+    opts = {BATCH: batch, SHOTS: OPT_SHOTS}
+    if PROTOTYPES in dyn:
+        opts[PROTOTYPES] = OPT_SHOTS * manifest["prototypes"]["per_shot"]
     shapes = {}
-    for spec in manifest["graphs"][graph]["inputs"]:
-        lo, hi = dyn[spec["shape"][0]]
-        opt = min(hi, OPT_SHOTS if spec["shape"][0] == SHOTS else batch)
-        if spec["shape"][0] == PROTOTYPES:
-            opt = min(hi, OPT_SHOTS * manifest["prototypes"]["per_shot"])
-        rest = tuple(spec["shape"][1:])
-        shapes[spec["name"]] = ((lo, *rest), (opt, *rest), (hi, *rest))
+    for spec in manifest["graphs"][graph]["inputs"]:  # named axes are dynamic (a per-position axis is fixed)
+        dims = [(d, d, d) if isinstance(d, int) else (dyn[d][0], min(dyn[d][1], opts[d]), dyn[d][1])
+                for d in spec["shape"]]
+        shapes[spec["name"]] = tuple(tuple(d[i] for d in dims) for i in range(3))
     return shapes
 
 

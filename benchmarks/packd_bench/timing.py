@@ -1,0 +1,19 @@
+"""Timing for the benchmark scripts that must not import torch (what camera software runs has none)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def median_ms(call: Callable[[], Any], repeats: int) -> float:
+    """The median wall time of `repeats` calls, in milliseconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
