@@ -3,10 +3,10 @@ and stitched by the runtime's own `packd_runtime.tiling` functions, with the mod
 graphs. So a tiled evaluation measures what a bundle exported with the same options computes (tested to equal it),
 and the accuracy tables can be made tiled without exporting.
 
-Few-shot memory is shared, as in a tiled bundle: every tile of the k support frames, taken as the bundle's support
-graph takes them (`DEFAULT_MAX_SHOTS` tiles at a time), pooled and bounded by `shared_memory_bound`. Or, measured
-per position: each tile position keeps the prototypes of the k support
-frames' tiles at that position, and each query tile is scored against its own position's only.
+Few-shot memory as in a tiled bundle: shared (every tile of the k support frames, taken as a default bundle's support
+graph takes them, `DEFAULT_MAX_SHOTS` tiles at a time, pooled and bounded by `shared_memory_bound`), or per position
+(each tile position keeps the prototypes of the k support frames' tiles there, and each query tile is scored against
+its own position's only).
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class TiledScorer:
                 progress: Progress | LogProgress | None = None) -> dict[str, np.ndarray]:
         """Scores (N,), stitched maps (N, *map_hw), masks (N, *map_hw) and labels (N,), as `evaluate.predict`."""
         task = progress.add_task("predict", total=len(samples)) if progress else None
+
         def run(tiles: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             protos = prototypes
             if self.memory == "position" and prototypes:
@@ -99,13 +100,13 @@ class TiledScorer:
 
         scores, maps = [], []
         for chunk in self._chunks(samples):
-            s, m = tiled_query(self.tiling, run, self._frames(chunk), self.batch_size)
-            scores.append(s)
-            maps.append(m)
+            chunk_scores, chunk_maps = tiled_query(self.tiling, run, self._frames(chunk), self.batch_size)
+            scores.append(chunk_scores)
+            maps.append(chunk_maps)
             if progress is not None:
                 progress.update(task, advance=len(chunk))
-        masks = [_resized(load_mask(s.mask, native_frame_hw(s)) if s.mask else np.zeros(self.tiling.frame_hw, bool),
-                          self.tiling.frame_hw) for s in samples]
+        masks = [_resized(load_mask(x.mask, native_frame_hw(x)) if x.mask else np.zeros(self.tiling.frame_hw, bool),
+                          self.tiling.frame_hw) for x in samples]
         return {"scores": np.concatenate(scores), "maps": np.concatenate(maps),
                 "masks": np.stack([_resized(m, self.tiling.map_hw) for m in masks]),
                 "labels": np.array([s.label for s in samples])}
@@ -125,7 +126,6 @@ class TiledScorer:
         """The regions of interest in the overlay's pixels (none: the whole frame is inspected)."""
         scale = self.tiling.map_hw[0] / self.tiling.frame_hw[0]
         return [tuple(round(v * scale) for v in r) for r in self.tiling.rois]
-
 
 
 def tiled_for(scorer: Scorer, options: TileOptions | None, samples: list[Sample], *, batch_size: int,

@@ -68,16 +68,6 @@ def peak_rss_reset() -> None:
         pass
 
 
-def peak_rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 def machine_info() -> dict[str, Any]:
     import onnxruntime
 

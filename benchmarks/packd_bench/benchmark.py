@@ -25,11 +25,11 @@ from packd_bench.bench import (
     accuracy,
     gpu_compute_stats,
     machine_info,
-    peak_rss_mb,
     peak_rss_reset,
     runtime_overhead,
     time_calls,
 )
+from packd_bench.timing import peak_rss_mb
 from packd_runtime import Detector
 from packd_runtime.bundle_format import MANIFEST, read_manifest
 from packd_runtime.reports import check_report_path, write_report
