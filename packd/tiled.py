@@ -117,10 +117,7 @@ class TiledScorer:
 
     def overlay_image(self, sample: Sample) -> np.ndarray:
         """The frame as an overlay shows it: at the stitched map's size."""
-        frame = self._frames([sample])[0]
-        h, w = self.tiling.map_hw
-        return frame if frame.shape[:2] == (h, w) else np.asarray(Image.fromarray(frame).resize((w, h),
-                                                                                                 Image.BILINEAR))
+        return load_frames([sample.path], self.tiling.map_hw)[0]
 
     def overlay_rois(self) -> list[tuple[int, int, int, int]]:
         """The regions of interest in the overlay's pixels (none: the whole frame is inspected)."""

@@ -43,6 +43,7 @@ def _run(capsys, args):
     (["--model", "packd", "--prototype-score", "-1"], "--prototype-score must be at least 0"),
     (["--model", "knn", "--prototype-score", "1"], "--prototype-score does not apply to --model knn"),
     (["--epochs", "abc"], "Invalid value for '--epochs'"),
+    (["--tile", "0"], "Invalid value for '--tile'"),
     (["--bogus"], "No such option: --bogus"),
 ])
 def test_bad_training_options_are_one_line_and_exit_2(capsys, tmp_path, extra, message):
@@ -54,11 +55,26 @@ def test_bad_training_options_are_one_line_and_exit_2(capsys, tmp_path, extra, m
     (["--train", "-1"], "--train must be at least 1"),
     (["--categories", ","], "names no category"),
     (["--size", "100000"], "--size must be between 32 and 2048"),
+    (["--size", "64", "--defect-window", "100"], "--defect-window must be 0 (defects sized to the image) or 32 to"),
 ])
 def test_bad_synth_options(capsys, tmp_path, extra, message):
     code, out = _run(capsys, ["data", "synth", "--out", str(tmp_path / "d"), *extra])
     assert code == 2 and message in out.err and out.err.strip().count("\n") == 0, out.err
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--overlap", "8"], "--overlap, --roi and --map-scale need --tile S"),
+    (["--frame-size", "100x100"], "--frame-size describes a tiled evaluation: add --tile S"),
+    (["--memory", "position"], "--memory describes a tiled evaluation: add --tile S"),
+    (["--tile", "64", "--memory", "pooled"], "--memory must be one of shared, position"),
+    (["--tile", "64", "--roi", "1,2"], "--roi must look like Y,X,H,W"),
+    (["--tile", "64", "--frame-size", "10x"], "--frame-size must look like 480x640"),
+    (["--tile", "64", "--frame-size", "100x100", "--overlap", "64"], "--overlap 64 must be at least 0 and less"),
+])
+def test_bad_tiled_evaluation_options_are_one_line_before_the_checkpoint_is_read(capsys, tmp_path, extra, message):
+    code, out = _run(capsys, ["eval", "--checkpoint", str(tmp_path / "missing"), "--data", str(tmp_path), *extra])
+    assert code == 2 and message in out.err and out.err.strip().count("\n") == 0, out.err
 
 
 def test_synth_help_keeps_its_brackets(capsys):
@@ -126,6 +142,8 @@ def _export(capsys, args):
     (["--tile", "64", "--frame-size", "100x100", "--roi", "1,2,3,\u0663"], "--roi must look like Y,X,H,W"),
     (["--tile", "64", "--frame-size", "100x100", "--overlap", "70"], "--overlap 70 must be at least 0 and less"),
     (["--roi", "0,0,10,10"], "--overlap, --roi and --map-scale need --tile S"),
+    (["--memory", "position"], "--memory position describes a tiled export: add --tile S"),
+    (["--tile", "64", "--frame-size", "100x100", "--memory", "pooled"], "--memory must be one of shared, position"),
 ])
 def test_bad_int8_export_options_are_one_line_before_any_work(capsys, tmp_path, extra, message):
     code, err = _export(capsys, [str(tmp_path / "missing-checkpoint"), "--out", str(tmp_path / "b"), *extra])
