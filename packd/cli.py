@@ -209,8 +209,8 @@ def eval_(
         help="Few-shot diagnostic: score each category with its own prototypes, the next category's (other) "
              "or zeros (zero). If the prototypes matter, other and zero score worse.")] = "own",
     tile: Annotated[int | None, typer.Option(
-        help=TILE_HELP + " As a bundle exported with the same options computes (few-shot kinds: every tile's "
-             "prototypes pooled, bounded as a default bundle bounds them); metrics on the stitched maps.",
+        help=TILE_HELP + " As a bundle exported with the same options computes (few-shot kinds: the --memory "
+             "given, bounded as a bundle of the default --max-shots bounds it); metrics on the stitched maps.",
         show_default="no tiling: the whole image resized")] = None,
     frame_size: Annotated[str | None, typer.Option(
         help="With --tile: the frame size HxW images are resized to first.", show_default="each image's own")] = None,
@@ -218,7 +218,7 @@ def eval_(
     roi: Annotated[list[str] | None, typer.Option(help=ROI_HELP, show_default="the whole frame")] = None,
     map_scale: Annotated[float | None, typer.Option(
         help=MAP_SCALE_HELP, show_default="the model's input size over --tile")] = None,
-    memory: Annotated[str, typer.Option(help=MEMORY_HELP + " (Bundles offer shared only, so far.)")] = "shared",
+    memory: Annotated[str, typer.Option(help=MEMORY_HELP)] = "shared",
 ) -> None:
     """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO (and F1-max), per category and mean."""
     from packd.evaluate import evaluate, evaluation_categories
