@@ -19,7 +19,7 @@ from packd.console import run_app
 from packd.errors import PackdError
 from packd.methods import METHODS
 from packd.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
-from packd.settings import DEVICE_HELP, RunConfig, cli_fields, default_of
+from packd.settings import CACHE_HELP, DEFAULT_CACHE_GB, DEVICE_HELP, RunConfig, cli_fields, default_of
 from packd.tiling_options import (
     MAP_SCALE_HELP,
     MEMORY_HELP,
@@ -112,16 +112,18 @@ def setting_options() -> dict[str, tuple[Any, str, str]]:
 
 def train(**options: Any) -> None:
     """Train a model: RD or MemKD on the listed categories (normally one), PACKD meta-trained on many."""
+    from packd import distributed
     from packd.train import configure
     from packd.train import train as run_training
 
     kind, data, out = options.pop("model"), options.pop("data"), options.pop("out")
     categories, preset, resume = options.pop("categories"), options.pop("preset"), options.pop("resume")
-    tile = options.pop("tile")
+    tile, cache_gb = options.pop("tile"), options.pop("teacher_cache_gb")
     run, settings = configure(kind, preset, **options)
     run_training(kind, data=data, out=out, categories=categories, run=run, settings=settings, resume=resume,
-                 tile=tile or 0)
-    console.print(f"checkpoint written to {out}")
+                 tile=tile or 0, teacher_cache_gb=cache_gb)
+    if distributed.is_main():
+        console.print(f"checkpoint written to {out}")
 
 
 def _train_signature() -> inspect.Signature:
@@ -145,6 +147,8 @@ def _train_signature() -> inspect.Signature:
             help="Line-resolution frames: train on random crops of this many pixels of the training images (new "
                  "each epoch), each resized to --image-size, as a tiled bundle sees its tiles; export and evaluate "
                  "with the same --tile.", show_default="the whole image", min=1)]),
+        inspect.Parameter("teacher_cache_gb", kw, default=DEFAULT_CACHE_GB, annotation=Annotated[float, typer.Option(
+            help=CACHE_HELP, min=0)]),
     ]
     for name, (tp, help_text, default) in setting_options().items():
         params.append(inspect.Parameter(name, kw, default=None, annotation=Annotated[tp | None, typer.Option(

@@ -108,6 +108,10 @@ def default_of(f: Any) -> Any:
 
 
 DEVICE_HELP = "auto, cpu or cuda[:N]."
+DEFAULT_CACHE_GB = 4.0
+CACHE_HELP = ("Cache the frozen teacher's maps of every training image and rotation in RAM, computed once per run "
+              "(the same losses in a fraction of the time), up to this many GB; 0 turns it off. A cache above the "
+              "limit or above the free memory is skipped with a note.")
 ORTH_HELP = "Weight of the orthogonality loss (MemKD: memory keys and values; PACKD: prototypes, lambda2)."
 ROTATIONS_HELP = "Support rotations (1-4: 0/90/180/270 degrees), in training and at test time."
 

@@ -10,15 +10,17 @@ from typing import Any
 
 import torch
 
+from packd import distributed
 from packd.checkpoint import CHECKPOINT, save_checkpoint
 from packd.data import list_split, resolve_categories
+from packd.device import pick_device
 from packd.errors import PackdError
 from packd.fit import fit
 from packd.loading import model_config
 from packd.methods import method
 from packd.preprocess import InputSpec
 from packd.score_settings import ScoreSettings, check_border
-from packd.settings import RunConfig, option_name, to_dict
+from packd.settings import DEFAULT_CACHE_GB, RunConfig, option_name, to_dict
 from packd.teachers import create_teacher
 from packd.tiled import native_frame_hw
 from packd_runtime.atomic import check_replaceable
@@ -62,10 +64,12 @@ def configure(kind: str, preset: str | None = None, **options: Any) -> tuple[Run
 
 def train(kind: str, *, data: str | Path, out: str | Path, categories: str | list[str] | None = None,
           run: RunConfig | None = None, settings: Any = None, resume: bool = True, progress: bool = True,
-          tile: int = 0) -> Path:
+          tile: int = 0, teacher_cache_gb: float = DEFAULT_CACHE_GB) -> Path:
     """Train a model of `kind` on the normal images of `categories` (few-shot kinds: the meta-training
     categories, never the targets); returns the checkpoint folder. Missing configs come from `configure`.
-    With `tile`, on random tile x tile crops of the images (line-resolution frames, for tiled bundles)."""
+    With `tile`, on random tile x tile crops of the images (line-resolution frames, for tiled bundles). The frozen
+    teacher's maps are cached in RAM up to `teacher_cache_gb` (0: off). Under torchrun every rank calls this, and
+    rank 0 alone writes."""
     m = method(kind)
     default_run, default_settings = configure(kind)
     run, settings = run or default_run, settings or default_settings
@@ -89,8 +93,11 @@ def train(kind: str, *, data: str | Path, out: str | Path, categories: str | lis
     spec = InputSpec(run.image_size, teacher.mean, teacher.std)
     config = {**model_config(kind, teacher, spec, settings), "run": to_dict(run),
               "train": {"data": str(data), "categories": cats, **({"tile": tile} if tile else {})}}
+    distributed.setup(pick_device(run.device))  # under torchrun: join the ranks before anything is split or written
     if m.training is None:
-        save_checkpoint(out, model, {**config, "train": {**config["train"], "epochs_done": 0, "history": []}})
+        distributed.on_main(lambda: save_checkpoint(
+            out, model, {**config, "train": {**config["train"], "epochs_done": 0, "history": []}}))
         return Path(out)
-    training = m.training(model, settings, run=run, data=data, categories=cats, spec=spec, tile=tile)
+    training = m.training(model, settings, run=run, data=data, categories=cats, spec=spec, tile=tile,
+                          cache_gb=teacher_cache_gb)
     return fit(model, training, run=run, out=out, config=config, resume=resume, progress=progress)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,12 +109,18 @@ def test_cds_loss_rewards_matching_positive():
         cds_loss(s[:1], q[:1], q[:1].flatten(0, 1))
 
 
+def episode_maps(model, queries, supports):
+    """packd_loss's inputs from images: the teacher maps of queries (E,Q,3,S,S) and supports (E,Q,k,3,S,S)."""
+    with torch.no_grad():
+        return model.teacher(queries.flatten(0, 1)), model.support_teacher(supports.flatten(0, 2)), supports.shape[:3]
+
+
 def test_packd_loss_trains_every_part(model):
     torch.manual_seed(3)
     queries, supports = torch.randn(2, 2, 3, 64, 64), torch.randn(2, 2, 2, 3, 64, 64)
     model.train()
     model.zero_grad()
-    loss = packd_loss(model, [queries, supports], cds_weight=0.5, orth_weight=0.5, tau=0.05)
+    loss = packd_loss(model, *episode_maps(model, queries, supports), cds_weight=0.5, orth_weight=0.5, tau=0.05)
     loss.backward()
     assert torch.isfinite(loss)
     for part in (model.extractors, model.ocbe, model.stages, model.refine, model.projections):
@@ -128,13 +135,19 @@ def test_packd_loss_weights_each_term_by_its_own_setting(model, synth_root):
     from packd.methods.packd.training import make_training
     from packd.settings import RunConfig
 
-    torch.manual_seed(4)
-    batch = [torch.randn(2, 1, 3, 64, 64), torch.randn(2, 1, 2, 3, 64, 64)]
     model.eval()  # no dropout or batch statistics: every call below computes the same terms
+    settings = PACKDSettings(cds_weight=0.3, orth_weight=0.7, prototypes=5, rotations=2)
+    training = make_training(model, settings, run=RunConfig(batch_size=2, image_size=64), data=synth_root,
+                             categories=["grid", "disc"], spec=SPEC)
+    batch = next(iter(training.batches(0)))  # image indices; the sampler below draws the same and holds the images
+    sampler = EpisodeSampler(synth_root, ["grid", "disc"], SPEC, shots=2, queries=1, categories_per_batch=2, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(batch, next(sampler.epoch(0))))
+    images = np.vectorize(sampler.image, signature="()->(c,h,w)")
+    maps = episode_maps(model, *(torch.as_tensor(images(b)) for b in batch))
 
     def loss(cds, orth):
         with torch.no_grad():
-            return packd_loss(model, batch, cds_weight=cds, orth_weight=orth, tau=0.05).item()
+            return packd_loss(model, *maps, cds_weight=cds, orth_weight=orth, tau=0.05).item()
 
     kd = loss(0.0, 0.0)
     cds, orth = loss(1.0, 0.0) - kd, loss(0.0, 1.0) - kd
@@ -142,9 +155,6 @@ def test_packd_loss_weights_each_term_by_its_own_setting(model, synth_root):
     assert loss(0.3, 0.0) == pytest.approx(kd + 0.3 * cds, rel=1e-4)
     assert loss(0.0, 0.7) == pytest.approx(kd + 0.7 * orth, rel=1e-4)
     assert loss(0.3, 0.7) == pytest.approx(kd + 0.3 * cds + 0.7 * orth, rel=1e-4)
-    settings = PACKDSettings(cds_weight=0.3, orth_weight=0.7, prototypes=5, rotations=2)
-    training = make_training(model, settings, run=RunConfig(batch_size=2, image_size=64), data=synth_root,
-                             categories=["grid", "disc"], spec=SPEC)
     with torch.no_grad():
         built = training.loss(model, batch).item()
     assert built == pytest.approx(kd + 0.3 * cds + 0.7 * orth, rel=1e-4)
@@ -155,15 +165,17 @@ def test_episode_sampler(synth_root):
     assert len(sampler) == 16 // 6
     batches = list(sampler.epoch(0))
     q, s = batches[0]
-    assert q.shape == (2, 3, 3, 64, 64) and s.shape == (2, 3, 2, 3, 64, 64)  # each query has its own supports
-    for e in range(2):  # supports are never the batch's own queries
-        for img in s[e].flatten(0, 1):
-            assert not any(torch.equal(img, x) for x in q[e])
-    drawn = {tuple(torch.stack([img.sum() for img in s[0, i]]).tolist()) for i in range(3)}
-    assert len(drawn) > 1  # drawn per query, not shared by the episode
+    assert q.shape == (2, 3) and s.shape == (2, 3, 2)  # image indices; each query has its own supports
+    n = len(sampler.datasets["grid"])
+    assert sampler.count == n + len(sampler.datasets["disc"])
+    assert torch.equal(sampler.image(n), sampler.datasets["disc"][0][0])  # indices run category after category
+    for e in range(2):
+        assert len({int(i) < n for i in np.concatenate([q[e], s[e].ravel()])}) == 1  # one category per episode
+        assert not set(s[e].ravel()) & set(q[e])  # supports are never the batch's own queries
+    assert len({tuple(s[0, i]) for i in range(3)}) > 1  # drawn per query, not shared by the episode
     again = list(sampler.epoch(0))
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
-    assert not torch.equal(list(sampler.epoch(1))[0][0], q)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(batches, again))
+    assert not np.array_equal(list(sampler.epoch(1))[0][0], q)
     with pytest.raises(PackdError, match="fewer than shots"):
         EpisodeSampler(synth_root, ["grid"], SPEC, shots=8, queries=4)
 

@@ -53,14 +53,18 @@ class MemKD(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         with torch.no_grad():
             t = self.teacher(x)
-        z = self.ocbe(t)
+        return t, self.decode(t)
+
+    def decode(self, teacher_feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Student maps (teacher order) from the teacher maps: training feeds cached teacher maps here."""
+        z = self.ocbe(teacher_feats)
         outs = []
         for stage, memory in zip(self.stages, self.memories):
             z = stage(z)
             outs.append(z)
             z = torch.cat([z, memory(z)], dim=1)
         outs[-1] = self.refine(outs[-1], z)
-        return t, outs[::-1]
+        return outs[::-1]
 
     def distances(self, x: torch.Tensor, prototypes: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per stage 1 - cos(teacher, student); MemKD takes no prototypes (its memory is learnt)."""

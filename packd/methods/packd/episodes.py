@@ -16,7 +16,8 @@ from packd.preprocess import InputSpec
 class EpisodeSampler:
     """Batches of E categories x Q queries, each query with its own k supports (the paper's episodes), all
     from train/good; a category's supports never include that batch's queries. An epoch shows every
-    training image once as a query (up to rounding).
+    training image once as a query (up to rounding). Batches hold image indices (`image(i)` gives the image), so
+    the teacher's maps of an image can be cached across batches and epochs.
     Decoded, preprocessed images are cached in memory (3*S*S floats each); with `tile`, random tile crops of
     the training frames, new each epoch."""
 
@@ -33,20 +34,28 @@ class EpisodeSampler:
         self.categories, self.shots, self.queries = list(categories), shots, queries
         self.per_batch = min(categories_per_batch, len(categories))
         self.seed = seed
+        self.offsets = dict(zip(self.categories, np.cumsum([0] + [len(self.datasets[c]) for c in self.categories])))
+        self._where = [(c, i) for c in self.categories for i in range(len(self.datasets[c]))]
         self._cache: dict[tuple[str, int], torch.Tensor] = {}
 
     def __len__(self) -> int:
         total = sum(len(d) for d in self.datasets.values())
         return max(1, total // (self.per_batch * self.queries))
 
-    def _image(self, cat: str, i: int) -> torch.Tensor:
-        key = (cat, i)
+    @property
+    def count(self) -> int:
+        """Training images over all categories: indices run 0..count-1, category after category."""
+        return len(self._where)
+
+    def image(self, index: int) -> torch.Tensor:
+        """The preprocessed image (3,S,S) of a batch index."""
+        key = self._where[index]
         if key not in self._cache:
-            self._cache[key] = self.datasets[cat][i][0]
+            self._cache[key] = self.datasets[key[0]][key[1]][0]
         return self._cache[key]
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (queries (E,Q,3,S,S), supports (E,Q,k,3,S,S)) for one epoch, seeded by (seed, epoch)."""
+    def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (query indices (E,Q), support indices (E,Q,k)) for one epoch, seeded by (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
         if self.tile:  # new crops every epoch, the same within it
             self._cache.clear()
@@ -62,6 +71,6 @@ class EpisodeSampler:
                 q = [queues[cat].pop() for _ in range(self.queries)]
                 rest = np.setdiff1d(np.arange(n), q)
                 drawn = [rng.choice(rest, self.shots, replace=False) for _ in q]
-                queries.append(torch.stack([self._image(cat, i) for i in q]))
-                supports.append(torch.stack([torch.stack([self._image(cat, int(i)) for i in s]) for s in drawn]))
-            yield torch.stack(queries), torch.stack(supports)
+                queries.append(self.offsets[cat] + np.asarray(q))
+                supports.append(self.offsets[cat] + np.stack(drawn))
+            yield np.stack(queries), np.stack(supports)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from packd.distributed import gather_rows
 from packd.losses import kd_loss, orthogonality_loss
 from packd.methods.packd.model import PACKD
 
@@ -42,37 +43,41 @@ def correspondence_similarity(support: torch.Tensor, query: torch.Tensor, candid
     return num / denom
 
 
-def cds_loss(support: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor, tau: float = 0.05) -> torch.Tensor:
+def cds_loss(support: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor, tau: float = 0.05,
+             first: int = 0) -> torch.Tensor:
     """InfoNCE over correspondences: positive = the query's own projected student, negatives = the
     students of queries from OTHER episodes (categories); averaged over the k supports and queries.
 
-    Candidates are ordered like the queries flattened (episode-major). Queries of the same
-    category other than the positive are neither positive nor negative.
+    Candidates are the students of every query of the global batch, episode-major, Q per episode; these E x Q
+    queries are candidate rows `first` .. `first` + E*Q - 1 (under torchrun each rank scores its own episodes
+    against the whole batch's candidates, so the loss is the one process's). Queries of the same category other
+    than the positive are neither positive nor negative.
     """
     e, q = query.shape[:2]
-    if e < 2:
+    x = candidates.shape[0]
+    if x // q < 2:
         raise ValueError("the contrastive loss needs queries of at least two categories in a batch")
     logits = correspondence_similarity(support, query, candidates) / tau  # (E,Q,k,X)
-    episode = torch.arange(e, device=logits.device).repeat_interleave(q)  # episode of each candidate
-    own = torch.arange(e * q, device=logits.device).view(e, q)
-    positive = torch.zeros(e, q, e * q, dtype=torch.bool, device=logits.device)
-    positive.view(e * q, e * q)[torch.arange(e * q), own.flatten()] = True
-    negative = episode.view(1, 1, -1) != torch.arange(e, device=logits.device).view(e, 1, 1)
+    device = logits.device
+    episode = torch.arange(x, device=device) // q  # episode of each candidate
+    own = first + torch.arange(e * q, device=device)
+    positive = torch.zeros(e * q, x, dtype=torch.bool, device=device)
+    positive[torch.arange(e * q, device=device), own] = True
+    positive = positive.view(e, q, x)
+    negative = episode.view(1, 1, -1) != (first // q + torch.arange(e, device=device)).view(e, 1, 1)
     keep = (positive | negative).unsqueeze(2)  # (E,Q,1,X)
     masked = logits.masked_fill(~keep, float("-inf"))
     pos = logits.masked_fill(~positive.unsqueeze(2), 0).sum(-1)
     return (torch.logsumexp(masked, dim=-1) - pos).mean()
 
 
-def packd_loss(model: PACKD, item: list, cds_weight: float, orth_weight: float, tau: float) -> torch.Tensor:
-    """Eq. 7 on one episodic batch: sum over stages of KD + cds_weight * mean over supports of CDS +
-    orth_weight * orthogonality."""
-    queries, supports = item  # (E,Q,3,S,S), (E,Q,k,3,S,S): every query has its own supports
-    e, q, k = queries.shape[0], queries.shape[1], supports.shape[2]
+def packd_loss(model: PACKD, t_q: list[torch.Tensor], t_s: list[torch.Tensor], episodes: tuple[int, int, int],
+               cds_weight: float, orth_weight: float, tau: float) -> torch.Tensor:
+    """Eq. 7 on one episodic batch of E episodes x Q queries, each query with its own k supports, from the
+    teacher's maps: of the queries t_q (E*Q, C, h, w), episode-major, and of their supports t_s (R*E*Q*k, C, h, w),
+    rotation-major. Sum over stages of KD + cds_weight * mean over supports of CDS + orth_weight * orthogonality."""
+    e, q, k = episodes
     r = model.rotations
-    with torch.no_grad():
-        t_q = model.teacher(queries.flatten(0, 1))
-        t_s = model.support_teacher(supports.flatten(0, 2))  # rotation-major: (R*E*Q*k, C, h, w)
     per_image = model.extract(t_s)  # (R*E*Q*k, L, C)
     protos = [p.view(r, e * q, k, *p.shape[1:]).transpose(0, 1).reshape(e * q, -1, p.shape[-1])
               for p in per_image]
@@ -85,6 +90,6 @@ def packd_loss(model: PACKD, item: list, cds_weight: float, orth_weight: float, 
             c = tq.shape[1]
             anchor_support = ts[: e * q * k].flatten(2).transpose(1, 2).reshape(e, q, k, -1, c)  # unrotated
             query = tq.flatten(2).transpose(1, 2).reshape(e, q, -1, c)
-            cand = head(s).flatten(2).transpose(1, 2)
-            loss = loss + cds_weight * cds_loss(anchor_support, query, cand, tau)
+            cand, first = gather_rows(head(s).flatten(2).transpose(1, 2))  # the whole batch's, under torchrun
+            loss = loss + cds_weight * cds_loss(anchor_support, query, cand, tau, first=first)
     return loss

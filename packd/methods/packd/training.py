@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from packd import distributed
 from packd.errors import PackdError
 from packd.fit import Training
 from packd.methods.packd.episodes import EpisodeSampler
@@ -15,6 +18,7 @@ from packd.methods.packd.settings import PACKDSettings
 from packd.preprocess import InputSpec
 from packd.settings import RunConfig
 from packd.student_plan import student_plan
+from packd.teacher_features import TeacherFeatures
 from packd.teachers import Teacher
 
 
@@ -26,12 +30,23 @@ def build(teacher: Teacher, settings: PACKDSettings) -> tuple[PACKD, PACKDSettin
 
 
 def make_training(model: PACKD, settings: PACKDSettings, *, run: RunConfig, data: Path, categories: list[str],
-                  spec: InputSpec, tile: int = 0) -> Training:
-    """Episodes over the meta-training categories (never the targets), Eq. 7's loss."""
+                  spec: InputSpec, tile: int = 0, cache_gb: float = 0.0) -> Training:
+    """Episodes over the meta-training categories (never the targets), Eq. 7's loss. The teacher's maps of every
+    image and rotation are cached up to `cache_gb` (not with tile crops: they change every epoch)."""
     if settings.cds_weight and len(categories) < 2:
         raise PackdError("the contrastive loss needs at least two training categories (or --cds-weight 0)")
     per_batch = min(settings.categories_per_batch, len(categories))
+    distributed.check_divides(per_batch, "--categories-per-batch")
     sampler = EpisodeSampler(data, categories, spec, shots=settings.shots, queries=max(1, run.batch_size // per_batch),
                              categories_per_batch=per_batch, seed=run.seed, tile=tile)
-    loss = partial(packd_loss, cds_weight=settings.cds_weight, orth_weight=settings.orth_weight, tau=settings.tau)
+    features = TeacherFeatures(model.teacher, sampler.image, sampler.count, rotations=settings.rotations,
+                               cache_gb=0 if tile else cache_gb)
+
+    def loss(m: PACKD, item: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+        queries, supports = item  # (E,Q), (E,Q,k) image indices: every query has its own supports
+        t_q = features.maps(queries.reshape(-1))
+        t_s = features.maps(supports.reshape(-1), m.rotations)
+        return packd_loss(m, t_q, t_s, supports.shape, cds_weight=settings.cds_weight,
+                          orth_weight=settings.orth_weight, tau=settings.tau)
+
     return Training(sampler.epoch, len(sampler), loss)

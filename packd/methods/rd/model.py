@@ -24,11 +24,15 @@ class ReverseDistillation(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         with torch.no_grad():
             t = self.teacher(x)
-        z, outs = self.ocbe(t), []
+        return t, self.decode(t)
+
+    def decode(self, teacher_feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Student maps (teacher order) from the teacher maps: training feeds cached teacher maps here."""
+        z, outs = self.ocbe(teacher_feats), []
         for stage in self.stages:
             z = stage(z)
             outs.append(z)
-        return t, outs[::-1]
+        return outs[::-1]
 
     def distances(self, x: torch.Tensor, prototypes: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per stage 1 - cos(teacher, student); RD takes no prototypes."""

@@ -6,16 +6,18 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from packd.data import AnomalyDataset, list_split
-from packd.fit import Training, image_batches
+from packd.fit import Training, index_batches
 from packd.losses import kd_loss
 from packd.methods.rd.model import ReverseDistillation
 from packd.methods.rd.settings import RDSettings
 from packd.preprocess import InputSpec
 from packd.settings import RunConfig
 from packd.student_plan import student_plan
+from packd.teacher_features import TeacherFeatures
 from packd.teachers import Teacher
 
 
@@ -25,14 +27,17 @@ def build(teacher: Teacher, settings: RDSettings) -> tuple[ReverseDistillation, 
     return ReverseDistillation(teacher, settings.plan), settings
 
 
-def loss(model: ReverseDistillation, item: list) -> torch.Tensor:
-    return kd_loss(*model(item[0]))
-
-
 def make_training(model: ReverseDistillation, settings: RDSettings, *, run: RunConfig, data: Path,
-                  categories: list[str], spec: InputSpec, tile: int = 0) -> Training:
-    """Shuffled batches of the categories' train/good images, RD's KD loss."""
+                  categories: list[str], spec: InputSpec, tile: int = 0, cache_gb: float = 0.0) -> Training:
+    """Shuffled batches of the categories' train/good images, RD's KD loss on the teacher's maps (cached up to
+    `cache_gb`: the teacher is frozen and the images do not change, unless tile crops do every epoch)."""
     dataset = AnomalyDataset([s for c in categories for s in list_split(data, c, "train")], spec, tile=tile,
                              seed=run.seed)
-    batches, steps = image_batches(dataset, run)
+    features = TeacherFeatures(model.teacher, lambda i: dataset[i][0], len(dataset), cache_gb=0 if tile else cache_gb)
+
+    def loss(m: ReverseDistillation, index: np.ndarray) -> torch.Tensor:
+        t = features.maps(index)
+        return kd_loss(t, m.decode(t))
+
+    batches, steps = index_batches(dataset, run)
     return Training(batches, steps, loss)
