@@ -8,6 +8,7 @@ PyTorch's DistributedDataParallel averages the gradients; this module only says 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -119,5 +120,8 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0), rank() * x.shape[0]
+    with warnings.catch_warnings():  # deprecated for a private successor; still the public autograd all_gather
+        warnings.simplefilter("ignore", FutureWarning)
+        rows = all_gather(x)
+    return torch.cat(rows, dim=0), rank() * x.shape[0]
 

@@ -46,6 +46,7 @@ class Training:
     batches: Callable[[int], Iterable]
     steps: int
     loss: Callable[[nn.Module, Any], torch.Tensor]
+    every_parameter_used: bool = True  # False: DistributedDataParallel must look for unused ones at every step
 
 
 class Objective(nn.Module):
@@ -141,9 +142,11 @@ def _fit(model: nn.Module, training: Training, *, run: RunConfig, out: Path, con
         scaler.load_state_dict(state["scaler"])
         start, history = int(state["epoch"]), list(previous["train"].get("history", []))
     objective: nn.Module = Objective(model, training.loss)
-    if distributed.active():  # unused: PACKD's projection heads when --cds-weight is 0
+    if distributed.active():
+        if device.type == "cuda":  # BatchNorm statistics over the global batch, as one process has them
+            objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
         objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None,
-                                            find_unused_parameters=True)
+                                            find_unused_parameters=not training.every_parameter_used)
     columns = (TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
     with progress(*columns, disable=not show_progress) as bar:

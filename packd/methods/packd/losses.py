@@ -90,6 +90,8 @@ def packd_loss(model: PACKD, t_q: list[torch.Tensor], t_s: list[torch.Tensor], e
             c = tq.shape[1]
             anchor_support = ts[: e * q * k].flatten(2).transpose(1, 2).reshape(e, q, k, -1, c)  # unrotated
             query = tq.flatten(2).transpose(1, 2).reshape(e, q, -1, c)
-            cand, first = gather_rows(head(s).flatten(2).transpose(1, 2))  # the whole batch's, under torchrun
+            # under torchrun: every rank's students, projected together (the head's BatchNorm sees the whole batch)
+            students, first = gather_rows(s)
+            cand = head(students).flatten(2).transpose(1, 2)
             loss = loss + cds_weight * cds_loss(anchor_support, query, cand, tau, first=first)
     return loss

@@ -49,4 +49,4 @@ def make_training(model: PACKD, settings: PACKDSettings, *, run: RunConfig, data
         return packd_loss(m, t_q, t_s, supports.shape, cds_weight=settings.cds_weight,
                           orth_weight=settings.orth_weight, tau=settings.tau)
 
-    return Training(sampler.epoch, len(sampler), loss)
+    return Training(sampler.epoch, len(sampler), loss, every_parameter_used=bool(settings.cds_weight))
