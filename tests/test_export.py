@@ -266,3 +266,24 @@ def test_engine_names_and_profiles(bundles):
     assert shapes["images"] == ((1, *FRAME, 3), (4, *FRAME, 3), (4, *FRAME, 3))
     assert shapes["prototypes_1"] == ((1, 24), (24, 24), (24, 24))
     assert profile_shapes(manifest, "support")["images"] == ((1, *FRAME, 3), (3, *FRAME, 3), (3, *FRAME, 3))
+
+
+def test_relu6_is_exported_as_clamp_and_put_back(effnet_teacher):
+    """The export-time swap that keeps the exporter off hardtanh's slow decomposition: the same values, and the
+    teacher has its own ReLU6 modules again afterwards."""
+    from torch import nn
+
+    from packd_export.onnx_export import ClampReLU6, relu6_as_clamp
+
+    before = [m for m in effnet_teacher.modules() if type(m) is nn.ReLU6]
+    x = torch.randn(2, 3, 64, 64) * 50
+    with torch.no_grad():
+        expected = effnet_teacher(x)
+        with relu6_as_clamp(effnet_teacher):
+            assert not any(type(m) is nn.ReLU6 for m in effnet_teacher.modules())
+            assert sum(isinstance(m, ClampReLU6) for m in effnet_teacher.modules()) == len(before) > 10
+            swapped = effnet_teacher(x)
+    assert all(torch.equal(a, b) for a, b in zip(expected, swapped))
+    assert [m for m in effnet_teacher.modules() if type(m) is nn.ReLU6] == before
+    y = torch.tensor([-1e30, -1.0, 0.0, 3.5, 6.0, 6.5, 1e30, float("inf")])
+    assert torch.equal(ClampReLU6()(y), nn.ReLU6()(y))
