@@ -122,6 +122,9 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
     with warnings.catch_warnings():  # deprecated for a private successor; still the public autograd all_gather
         warnings.simplefilter("ignore", FutureWarning)
-        rows = all_gather(x)
+        rows = all_gather(x.contiguous())  # collectives send the storage as is: a channels-last one would scramble
+    for row in rows:  # and so would its gradient, sent back the same way: make it contiguous first
+        if row.requires_grad:
+            row.register_hook(torch.Tensor.contiguous)
     return torch.cat(rows, dim=0), rank() * x.shape[0]
 

@@ -65,3 +65,33 @@ def test_accuracy_comparison_flags_only_cells_beyond_their_band():
     rd_new = {k: (v, 0.0) for k, v in rd_cells({"categories": {"wood": {"image_auroc": 0.84, "pixel_auroc": 0.88}},
                                                 "mean": {"image_auroc": 0.5}}).items()}
     assert compare(rd_old, rd_new) == [("rd wood image_auroc", 0.90, 0.84, 0.05)]
+
+
+def test_the_gpu_check_runs_its_path_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py as the test suite can run it (no GPU): every kind's eager row at each batch, the
+    training rows without autocast, the CUDA-only parts said to be skipped; its CUDA refusal is one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    results = tmp_path / "gpu_check.json"
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--out", str(tmp_path / "run"),
+                           "--results", str(results)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(results.read_text())
+    assert {(r["kind"], r["mode"], r["batch"]) for r in report["inference"]} == {
+        (k, "eager", b) for k in ("knn", "rd", "memkd", "packd") for b in (1, 8)}
+    assert all(r["median_ms"] > 0 and r["images_per_s"] > 0 for r in report["inference"])
+    assert [(r["kind"], r["row"]) for r in report["training"]] == [
+        (k, row) for k in ("packd", "rd", "memkd") for row in ("fp32, no cache", "fp32, cache", "fp32, cache, NCHW")]
+    assert all(r["query_images_per_s"] > 0 and r["steps"] == 3 for r in report["training"])
+    assert report["cuda_python"] == {"skipped": "no GPU"}
+    if not __import__("torch").cuda.is_available():
+        refused = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "x")], capture_output=True,
+                                 text=True, timeout=300)
+        assert refused.returncode == 2 and "no CUDA GPU here" in refused.stderr
+    else:
+        pytest.skip("a GPU is here: run the check itself")
