@@ -32,7 +32,7 @@ from packd_bench.train_timing import Habits, measure_training
 DEMO_TRAIN = ["grid", "carpet", "stripes", "disc", "nut", "plate"]
 KINDS = ("knn", "rd", "memkd", "packd")
 TRAIN_ROWS = {"fp32, no cache": Habits(cache=False), "fp32, cache": Habits(),
-              "fp32, cache, NCHW": Habits(channels_last=False),
+              "fp32, cache, channels-last": Habits(channels_last=True),
               "bf16 autocast, no cache": Habits(cache=False, autocast=True),
               "bf16 autocast, cache": Habits(autocast=True)}
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

@@ -125,7 +125,7 @@ def fit(model: nn.Module, training: Training, *, run: RunConfig, out: str | Path
 def _fit(model: nn.Module, training: Training, *, run: RunConfig, out: Path, config: dict[str, Any],
          resume: bool, show_progress: bool) -> Path:
     device = distributed.setup(pick_device(run.device))
-    model.to(device, memory_format=torch.channels_last)  # 5-17 % faster steps on the CPU (docs: training at scale)
+    model.to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=run.lr, betas=tuple(run.betas))
     use_amp = run.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16

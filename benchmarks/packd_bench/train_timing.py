@@ -19,7 +19,7 @@ class Habits:
 
     allocator: bool = True
     cache: bool = True
-    channels_last: bool = True
+    channels_last: bool = False
     autocast: bool = False
 
 
