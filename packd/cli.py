@@ -19,7 +19,7 @@ from packd.console import run_app
 from packd.errors import PackdError
 from packd.methods import METHODS
 from packd.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
-from packd.settings import CACHE_HELP, DEFAULT_CACHE_GB, DEVICE_HELP, RunConfig, cli_fields, default_of
+from packd.settings import CACHE_HELP, DEFAULT_CACHE_GB, DEVICE_HELP, RunConfig, check_cache_gb, cli_fields, default_of
 from packd.tiling_options import (
     MAP_SCALE_HELP,
     MEMORY_HELP,
@@ -119,6 +119,7 @@ def train(**options: Any) -> None:
     kind, data, out = options.pop("model"), options.pop("data"), options.pop("out")
     categories, preset, resume = options.pop("categories"), options.pop("preset"), options.pop("resume")
     tile, cache_gb = options.pop("tile"), options.pop("teacher_cache_gb")
+    check_cache_gb(cache_gb)
     run, settings = configure(kind, preset, **options)
     run_training(kind, data=data, out=out, categories=categories, run=run, settings=settings, resume=resume,
                  tile=tile or 0, teacher_cache_gb=cache_gb)

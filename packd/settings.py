@@ -116,6 +116,12 @@ ORTH_HELP = "Weight of the orthogonality loss (MemKD: memory keys and values; PA
 ROTATIONS_HELP = "Support rotations (1-4: 0/90/180/270 degrees), in training and at test time."
 
 
+def check_cache_gb(value: float) -> None:
+    """--teacher-cache-gb: a finite size (0 turns the cache off)."""
+    if not math.isfinite(value) or value < 0:
+        raise PackdError(f"--teacher-cache-gb must be a finite number of GB, at least 0 (0: no cache), got {value}")
+
+
 def check_device(name: str) -> None:
     if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
         return

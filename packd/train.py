@@ -20,7 +20,7 @@ from packd.loading import model_config
 from packd.methods import method
 from packd.preprocess import InputSpec
 from packd.score_settings import ScoreSettings, check_border
-from packd.settings import DEFAULT_CACHE_GB, RunConfig, option_name, to_dict
+from packd.settings import DEFAULT_CACHE_GB, RunConfig, check_cache_gb, option_name, to_dict
 from packd.teachers import create_teacher
 from packd.tiled import native_frame_hw
 from packd_runtime.atomic import check_replaceable
@@ -71,6 +71,7 @@ def train(kind: str, *, data: str | Path, out: str | Path, categories: str | lis
     teacher's maps are cached in RAM up to `teacher_cache_gb` (0: off). Under torchrun every rank calls this, and
     rank 0 alone writes."""
     m = method(kind)
+    check_cache_gb(teacher_cache_gb)
     default_run, default_settings = configure(kind)
     run, settings = run or default_run, settings or default_settings
     data, out = Path(data), Path(out)

@@ -58,7 +58,7 @@ def test_a_kill_between_the_two_renames_loses_nothing(synth_root, tmp_path):
 
 def test_a_diverged_training_stops_and_cannot_be_exported(synth_root, tmp_path, monkeypatch, effnet_teacher):
     good = train_small("rd", synth_root, "grid", tmp_path / "ck", epochs=1, batch_size=4)
-    monkeypatch.setattr(rd_training, "loss", lambda model, item: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(rd_training, "kd_loss", lambda teacher, student: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(PackdError, match=r"training diverged in epoch 2: the loss is nan \(the checkpoint of epoch 1"):
         train_small("rd", synth_root, "grid", good, epochs=3, batch_size=4)
     assert json.loads((good / "config.json").read_text())["train"]["epochs_done"] == 1

@@ -44,6 +44,9 @@ def _run(capsys, args):
     (["--model", "knn", "--prototype-score", "1"], "--prototype-score does not apply to --model knn"),
     (["--epochs", "abc"], "Invalid value for '--epochs'"),
     (["--tile", "0"], "Invalid value for '--tile'"),
+    (["--teacher-cache-gb", "nan"], "Invalid value for '--teacher-cache-gb'"),
+    (["--teacher-cache-gb", "inf"], "--teacher-cache-gb must be a finite number of GB"),
+    (["--teacher-cache-gb", "-1"], "Invalid value for '--teacher-cache-gb'"),
     (["--bogus"], "No such option: --bogus"),
 ])
 def test_bad_training_options_are_one_line_and_exit_2(capsys, tmp_path, extra, message):
