@@ -121,10 +121,13 @@ def train(**options: Any) -> None:
     tile, cache_gb = options.pop("tile"), options.pop("teacher_cache_gb")
     check_cache_gb(cache_gb)
     run, settings = configure(kind, preset, **options)
-    run_training(kind, data=data, out=out, categories=categories, run=run, settings=settings, resume=resume,
-                 tile=tile or 0, teacher_cache_gb=cache_gb)
-    if distributed.is_main():
-        console.print(f"checkpoint written to {out}")
+    try:
+        run_training(kind, data=data, out=out, categories=categories, run=run, settings=settings, resume=resume,
+                     tile=tile or 0, teacher_cache_gb=cache_gb)
+        if distributed.is_main():
+            console.print(f"checkpoint written to {out}")
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group before the process ends
 
 
 def _train_signature() -> inspect.Signature:
