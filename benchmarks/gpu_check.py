@@ -27,9 +27,9 @@ import numpy as np
 import typer
 
 from packd.console import run_app
+from packd_bench.demo import DEMO_TRAIN
 from packd_bench.train_timing import Habits, measure_training
 
-DEMO_TRAIN = ["grid", "carpet", "stripes", "disc", "nut", "plate"]
 KINDS = ("knn", "rd", "memkd", "packd")
 TRAIN_ROWS = {"fp32, no cache": Habits(cache=False), "fp32, cache": Habits(),
               "fp32, cache, channels-last": Habits(channels_last=True),

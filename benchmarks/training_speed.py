@@ -27,11 +27,11 @@ from typing import Annotated
 
 import typer
 
+from packd_bench.demo import DEMO_TRAIN
 from packd_bench.train_timing import KIND_OPTIONS, Habits, measure_training
 
 VARIANTS = {"baseline": Habits(allocator=False, cache=False), "allocator": Habits(cache=False), "cache": Habits(),
             "channels_last": Habits(channels_last=True), "bf16": Habits(autocast=True)}
-DEMO_TRAIN = ["grid", "carpet", "stripes", "disc", "nut", "plate"]
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
