@@ -39,6 +39,7 @@ from packd.loading import load_scorer
 from packd.losses import kd_loss
 from packd.methods.rd.model import ReverseDistillation
 from packd.preprocess import InputSpec
+from packd.reports import check_report_path, write_report
 from packd.score_settings import SCORING_FIELDS
 from packd.scoring import Scorer
 from packd.settings import to_dict
@@ -50,7 +51,6 @@ from packd_bench.runtime_eval import bundle_fewshot_runs
 from packd_export.bundle import export_bundle
 from packd_runtime import Detector
 from packd_runtime.locks import output_lock
-from packd_runtime.reports import check_report_path, write_report
 
 TEACHER = "tf_efficientnet_lite0"
 TRAIN_CATS = ["grid", "carpet", "stripes", "wood", "disc", "nut", "plate", "weave", "marble", "leather", "perforated",

@@ -23,7 +23,8 @@ import onnx
 import onnxruntime as ort
 import typer
 
-from packd_runtime.reports import check_report_path, write_report
+from packd.reports import check_report_path, write_report
+from packd_runtime.manifest import read_manifest
 
 
 def _session(model: onnx.ModelProto, threads: int, profile: str | None = None) -> ort.InferenceSession:
@@ -80,13 +81,12 @@ def _ort_layout(checkpoint: Path, fp32_bundle: Path, activation: str) -> onnx.Mo
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from packd.checkpoint import read_config
-    from packd_export.calibration import CALIBRATION_IMAGES, bundle_feeds, calibration_frames
     from packd_export.int8 import FeedReader, int8_layers
+    from packd_export.int8_data import bundle_feeds
+    from packd_export.normal_frames import NORMAL_IMAGES, normal_frames
     from packd_export.trunk import with_node_names
 
-    manifest = json.loads((fp32_bundle / "manifest.json").read_text())
-    frames = calibration_frames(read_config(checkpoint), (manifest["input"]["height"], manifest["input"]["width"]),
-                                CALIBRATION_IMAGES)
+    frames = normal_frames(read_config(checkpoint), read_manifest(fp32_bundle).frame_hw, NORMAL_IMAGES)
     feeds = bundle_feeds(fp32_bundle, frames)["query"]
     model = with_node_names(onnx.load(fp32_bundle / "query.onnx"))
     signed = activation == "int8"
@@ -105,8 +105,8 @@ def main(checkpoint: Path = Path("runs/fewshot/packd_best"), bundles: Path = Pat
     """Bundles <checkpoint name>_fp32, _int8 and _int8-none come from benchmarks/precision_accuracy.py."""
     check_report_path(results.with_suffix(".json"))
     fp32_bundle = bundles / f"{checkpoint.name}_fp32"
-    manifest = json.loads((fp32_bundle / "manifest.json").read_text())
-    protos = manifest.get("prototypes", {}).get("per_shot", 0) * 2 or 1
+    manifest = read_manifest(fp32_bundle)
+    protos = (manifest.prototypes.per_shot if manifest.prototypes else 0) * 2 or 1
     variants = {"fp32": onnx.load(fp32_bundle / "query.onnx"),
                 "int8 bundle (TensorRT layout, FP16 fallbacks)": onnx.load(bundles / f"{checkpoint.name}_int8"
                                                                            / "query.onnx"),

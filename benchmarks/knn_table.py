@@ -28,13 +28,13 @@ import typer
 from packd.fewshot import FEWSHOT_KEYS, draw_support_sets, evaluate_fewshot
 from packd.loading import load_scorer
 from packd.preprocess import load_frames
+from packd.reports import check_report_path, write_report
 from packd.train import configure, train
 from packd_bench.bench import time_calls
 from packd_bench.runtime_eval import bundle_fewshot_runs, category_test_frames
 from packd_export.bundle import export_bundle
 from packd_runtime import Detector
 from packd_runtime.coreset import greedy_coreset
-from packd_runtime.reports import check_report_path, write_report
 
 TEACHER = "tf_efficientnet_lite0"
 TRAIN_CATS = ["grid", "carpet", "stripes", "wood", "disc", "nut", "plate"]
@@ -111,7 +111,7 @@ def main(runs_dir: Path = Path("runs/fewshot"), runs: int = 3, seed: int = 0, sh
             eight = time_calls(lambda d=det: d.detect(frames), warmup=2, iters=10, images=8)["median_ms"]
             per_cat = bundle_fewshot_runs(det, data, HELD_OUT, 8, runs, seed)
             auroc = float(np.mean([np.mean([r["image_auroc"] for r in runs_]) for runs_ in per_cat.values()]))
-        full = det.max_shots * det.manifest["prototypes"]["per_shot"]
+        full = det.max_shots * det.manifest.prototypes.per_shot
         entry = {"bank": int(bank.shape[0]), "changeover_ms": changeover, "query_ms_batch1": one,
                  "query_ms_batch8": eight, "image_auroc_held_out_k8": auroc}
         if size:

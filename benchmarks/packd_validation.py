@@ -28,12 +28,12 @@ from packd.fewshot import draw_support_sets, load_supports
 from packd.loading import load_scorer
 from packd.methods.packd.model import prototype_distance
 from packd.metrics import image_auroc, pixel_metrics
+from packd.reports import write_report
 from packd.scoring import AnomalyMap, cosine_distances
 from packd.student_plan import ChannelPlan
 from packd.synth import synthesize
 from packd.teachers import create_teacher
 from packd.train import configure, train
-from packd_runtime.reports import write_report
 
 TEACHER = "tf_efficientnet_lite0"
 VAL_TRAIN = ["grid", "stripes", "wood", "disc", "plate", "weave", "marble", "leather", "perforated", "screw", "gear",

@@ -26,10 +26,10 @@ from packd.data import list_split
 from packd.fewshot import draw_support_sets
 from packd.metrics import image_auroc, pixel_metrics
 from packd.preprocess import load_frames, load_mask
+from packd.reports import check_report_path, write_report
 from packd_export.bundle import export_bundle
 from packd_export.int8 import Int8Settings
 from packd_runtime import Detector
-from packd_runtime.reports import check_report_path, write_report
 
 VARIANTS = {"fp32": ("fp32", None), "fp16": ("fp16", None), "int8": ("int8", Int8Settings()),
             "int8-none": ("int8", Int8Settings(fallback="none")),
@@ -83,8 +83,8 @@ def main(runs_dir: Path = Path("runs/fewshot"), categories: str = "dots,tiles,ca
                     manifest = export_bundle(ckpt, path, precision=precision, max_batch=16, max_shots=8,
                                              engines="never", int8=settings)
                 exports[v][ckpt.name] = {"export_s": round(time.perf_counter() - t0, 1), **(
-                    {k: x for k, x in manifest["int8"].items() if k in ("fp16_layers", "validation", "calibration")}
-                    if "int8" in manifest else {})}
+                    {k: x for k, x in manifest.int8.items() if k in ("fp16_layers", "validation", "calibration")}
+                    if manifest.int8 is not None else {})}
             size = json.loads((runs_dir / "bundles" / f"{ckpt.name}_fp32" / "manifest.json").read_text())["image_size"]
             images = load_frames([s.path for s in test], (size, size))
             masks = np.stack([load_mask(s.mask, (size, size)) if s.mask else np.zeros((size, size), bool)

@@ -14,9 +14,9 @@ from pathlib import Path
 import typer
 
 from packd.evaluate import METRIC_KEYS, evaluate
+from packd.reports import check_report_path, write_report
 from packd.synth import synthesize, synthesize_photos
 from packd.train import configure, train
-from packd_runtime.reports import check_report_path, write_report
 
 
 def main(out: Path = Path("runs/rd_bench"), epochs: int = 20, image_size: int = 128, batch_size: int = 8,

@@ -22,11 +22,11 @@ import numpy as np
 import typer
 
 from packd.evaluate import evaluate
+from packd.reports import check_report_path, write_report
 from packd.student_plan import plan_for
 from packd.synth import synthesize
 from packd.teachers import create_teacher
 from packd.train import configure, train
-from packd_runtime.reports import check_report_path, write_report
 
 TEACHER = "tf_efficientnet_lite0"
 VALIDATION_CATS = ["carpet", "wood", "leather", "nut", "screw", "gear"]  # training categories, never targets

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from packd.reports import check_report_path, write_report
 from packd_bench.timing import median_ms
 from packd_runtime import Detector
-from packd_runtime.reports import check_report_path, write_report
 from packd_runtime.tiling import Tiling
 
 CASES = [((512, 512), 0), ((512, 512), 32), ((2048, 2448), 0), ((2048, 2448), 32)]

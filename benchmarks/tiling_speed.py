@@ -47,8 +47,8 @@ def main(checkpoint: Path = Path("runs/demo/checkpoint_knn"), out: Path = Path("
     if measure_bundle is not None:  # the child: one case
         print(json.dumps(measure(measure_bundle, repeats)))
         return
+    from packd.reports import check_report_path, write_report
     from packd_export.bundle import export_bundle
-    from packd_runtime.reports import check_report_path, write_report
 
     check_report_path(results.with_suffix(".json"))
     rows = []

@@ -22,9 +22,9 @@ import typer
 
 from packd.fewshot import evaluate_fewshot
 from packd.loading import load_scorer
+from packd.reports import check_report_path, write_report
 from packd.synth import Counts, synthesize
 from packd.tiling_options import TileOptions
-from packd_runtime.reports import check_report_path, write_report
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro")
 

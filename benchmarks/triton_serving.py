@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from packd.reports import check_report_path, write_report
 from packd_bench.triton_local import local_triton
 from packd_export.triton import write_repository
 from packd_runtime import Detector
-from packd_runtime.reports import check_report_path, write_report
 from packd_runtime.triton.client import TritonDetector
 
 LINES = ("line-a", "line-b")

@@ -26,10 +26,9 @@ from packd.tiling_options import (
     OVERLAP_HELP,
     ROI_HELP,
     TILE_HELP,
-    TileOptions,
-    check_tiling_options,
     parse_frame_size,
     parse_roi,
+    tile_options,
 )
 
 app = typer.Typer(help="Few-shot industrial anomaly detection: data, training, evaluation.", no_args_is_help=True,
@@ -237,13 +236,8 @@ def eval_(
     check_device(device)
     if tile is None and frame_size:
         raise PackdError("--frame-size describes a tiled evaluation: add --tile S")
-    rois = tuple(parse_roi(r) for r in roi or ())
-    tiling = (TileOptions(tile, overlap, rois, map_scale, parse_frame_size(frame_size), memory) if tile is not None
-              else None)
-    if tiling is None:
-        check_tiling_options(tile, overlap, rois, map_scale, None)
-        if memory != "shared":
-            raise PackdError("--memory describes a tiled evaluation: add --tile S")
+    tiling = tile_options(tile, overlap, tuple(parse_roi(r) for r in roi or ()), map_scale,
+                          parse_frame_size(frame_size), memory)
     scoring = scoring_overrides(stage_weights=stage_weights, border=border, prototype_score=prototype_score)
     if shots is None and supports_from is None:
         if prototypes != "own":

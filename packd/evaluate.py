@@ -19,11 +19,11 @@ from packd.overlays import save_overlay
 from packd.preprocess import InputSpec
 from packd.progress import LogProgress
 from packd.progress import progress as progress_bars
+from packd.reports import check_report_path, write_report
 from packd.scoring import Scorer
 from packd.tiled import TiledScorer, tiled_for
 from packd.tiling_options import TileOptions
 from packd_runtime.atomic import check_writable
-from packd_runtime.reports import check_report_path, write_report
 from packd_runtime.threshold import threshold_from_normal_scores
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max")

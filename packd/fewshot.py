@@ -21,10 +21,10 @@ from packd.errors import PackdError
 from packd.evaluate import category_metrics, predict_split
 from packd.preprocess import InputSpec
 from packd.progress import progress as progress_bars
+from packd.reports import check_report_path, write_report
 from packd.scoring import Scorer
 from packd.tiled import TiledScorer, tiled_for
 from packd.tiling_options import TileOptions
-from packd_runtime.reports import check_report_path, write_report
 
 FEWSHOT_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 SWAPS = ("own", "other", "zero")  # whose prototypes score a category: its own, the next category's, or zeros

@@ -1,17 +1,15 @@
-"""PyTorch evaluation of line-resolution frames (`packd eval --tile`): the frames at the camera's size, cut, scored
-and stitched by the runtime's own `packd_runtime.tiling` functions, with the model in PyTorch where a bundle runs its
-graphs. So a tiled evaluation measures what a bundle exported with the same options computes (tested to equal it),
-and the accuracy tables can be made tiled without exporting.
-
-Few-shot memory as in a tiled bundle: shared (every tile of the k support frames, taken as a default bundle's support
-graph takes them, `DEFAULT_MAX_SHOTS` tiles at a time, pooled and bounded by `shared_memory_bound`), or per position
-(each tile position keeps the prototypes of the k support frames' tiles there, and each query tile is scored against
-its own position's only).
+"""PyTorch evaluation of line-resolution frames (`packd eval --tile`): the runtime's own graph pipeline
+(`packd_runtime.pipeline.Pipeline`: cutting, the few-shot memory and its bound, `tile_index`, stitching) with the
+model in PyTorch where a bundle runs its graphs (`torch_graphs`, a small adapter). So a tiled evaluation computes what
+a bundle exported with the same options computes, by construction, and the accuracy tables can be made tiled
+without exporting. The memory is bounded as a bundle of the default --max-shots bounds it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +23,9 @@ from packd.preprocess import Preprocess, load_frames, load_mask
 from packd.progress import LogProgress
 from packd.scoring import Scorer
 from packd.tiling_options import DEFAULT_MAX_SHOTS, TileOptions
-from packd_runtime.tiling import Tiling, position_support, shared_memory_bound, tiled_query, tiled_support
+from packd_runtime.bundle_format import IMAGES, MAPS, SCORES, SUPPORT, TILE_INDEX
+from packd_runtime.manifest import Limits, TilingSpec
+from packd_runtime.pipeline import Pipeline, Run
 
 FRAME_BYTES = 1 << 27  # frames decoded at once: at most about 128 MB of them (a 5 MP frame is 15 MB)
 
@@ -45,75 +45,84 @@ def _resized(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((hw[1], hw[0]), Image.NEAREST))
 
 
+def torch_graphs(scorer: Scorer, device: torch.device) -> Run:
+    """The bundle's two graphs computed by the PyTorch model, as a `Pipeline` runs them: support images ->
+    prototypes by name; query images (+ prototypes, + a per-position memory's `tile_index`) -> scores and maps."""
+    preprocess = Preprocess(scorer.spec).to(device)
+    names = scorer.prototype_names if scorer.few_shot else []
+
+    @torch.no_grad()
+    def run(graph: str, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        x = preprocess(torch.from_numpy(np.ascontiguousarray(feeds[IMAGES])).to(device))
+        if graph == SUPPORT:
+            return {n: p.float().cpu().numpy() for n, p in zip(names, scorer.model.prototypes(x))}
+        protos = [torch.from_numpy(feeds[n]).to(device) for n in names] or None
+        if TILE_INDEX in feeds:  # (B, n, C_i): each tile its position's memory
+            index = torch.from_numpy(feeds[TILE_INDEX]).to(device)
+            protos = [p[index] for p in protos]
+        scores, maps = scorer(x, protos)
+        return {SCORES: scores.cpu().numpy(), MAPS: maps.cpu().numpy()}
+
+    return run
+
+
 @dataclass
 class TiledScorer:
     """A Scorer run over the tiles of whole frames: `prototypes(samples)` at a changeover, `predict(samples,
-    prototypes)` per category, both as a tiled bundle of the same model and tiling computes them."""
+    prototypes)` per category, through the runtime's pipeline as a tiled bundle of the same model and tiling."""
 
     scorer: Scorer
-    tiling: Tiling
+    spec: TilingSpec
     batch_size: int = 16  # tiles per forward pass
     device: str = "auto"
-    memory: str = "shared"  # or "position": each tile position its own memory, stacked (P, n, C)
 
     def __post_init__(self) -> None:
         self.dev = pick_device(self.device)
         self.scorer.to(self.dev).eval()
-        self.preprocess = Preprocess(self.scorer.spec).to(self.dev)
+        few_shot = self.scorer.few_shot
+        limits = Limits(self.batch_size, DEFAULT_MAX_SHOTS if few_shot else 0,
+                        self.scorer.prototype_limit(DEFAULT_MAX_SHOTS) if few_shot else 0)
+        self.pipeline = Pipeline(torch_graphs(self.scorer, self.dev), limits,
+                                 tuple(self.scorer.prototype_names) if few_shot else (), self.scorer.max_prototypes,
+                                 self.spec)
+        self.tiling = self.spec.tiling  # the geometry
+        self.frame_hw = self.tiling.frame_hw
 
     def _frames(self, samples: list[Sample]) -> np.ndarray:
-        return load_frames([s.path for s in samples], self.tiling.frame_hw)
+        return load_frames([s.path for s in samples], self.frame_hw)
 
     def _chunks(self, samples: list[Sample]) -> list[list[Sample]]:
-        per = max(1, FRAME_BYTES // (3 * self.tiling.frame_hw[0] * self.tiling.frame_hw[1]))
+        per = max(1, FRAME_BYTES // (3 * self.frame_hw[0] * self.frame_hw[1]))
         return [samples[i:i + per] for i in range(0, len(samples), per)]
 
-    def _input(self, tiles: np.ndarray) -> torch.Tensor:
-        return self.preprocess(torch.from_numpy(np.ascontiguousarray(tiles)).to(self.dev))
-
-    def _support(self, tiles: np.ndarray) -> list[np.ndarray]:
-        return [p.float().cpu().numpy() for p in self.scorer.model.prototypes(self._input(tiles))]
-
-    @torch.no_grad()
     def prototypes(self, samples: list[Sample]) -> list[torch.Tensor]:
         """The memory of k normal frames (few-shot kinds): shared, (n, C_i) per prototype tensor; per position,
-        (P, n, C_i): position p's from the k frames' tiles at p. Bounded by one rule (`shared_memory_bound`)."""
-        bound = shared_memory_bound(self.scorer.max_prototypes, self.scorer.prototype_limit(DEFAULT_MAX_SHOTS))
-        frames = self._frames(samples)
-        make = tiled_support if self.memory == "shared" else position_support
-        arrays = make(self.tiling, self._support, frames, DEFAULT_MAX_SHOTS, bound=bound)
-        return [torch.from_numpy(a).to(self.dev) for a in arrays]
+        (P, n, C_i): position p's from the k frames' tiles at p."""
+        return [torch.from_numpy(a) for a in self.pipeline.prototypes(self._frames(samples))]
 
-    @torch.no_grad()
     def predict(self, samples: list[Sample], prototypes: list[torch.Tensor] | None = None,
                 progress: Progress | LogProgress | None = None) -> dict[str, np.ndarray]:
         """Scores (N,), stitched maps (N, *map_hw), masks (N, *map_hw) and labels (N,), as `evaluate.predict`."""
         task = progress.add_task("predict", total=len(samples)) if progress else None
-
-        def run(tiles: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            protos = prototypes
-            if self.memory == "position" and prototypes:
-                index = torch.from_numpy(positions).to(self.dev)
-                protos = [p[index] for p in prototypes]  # (B, n, C_i): each tile its position's memory
-            s, m = self.scorer(self._input(tiles), protos)
-            return s.cpu().numpy(), m.cpu().numpy()
-
+        arrays = [p.cpu().numpy() for p in prototypes] if prototypes else None
         scores, maps = [], []
         for chunk in self._chunks(samples):
-            chunk_scores, chunk_maps = tiled_query(self.tiling, run, self._frames(chunk), self.batch_size)
+            chunk_scores, chunk_maps = self.pipeline.score(self._frames(chunk), arrays)
             scores.append(chunk_scores)
             maps.append(chunk_maps)
             if progress is not None:
                 progress.update(task, advance=len(chunk))
-        masks = [_resized(load_mask(x.mask, native_frame_hw(x)) if x.mask else np.zeros(self.tiling.frame_hw, bool),
-                          self.tiling.frame_hw) for x in samples]
+        map_hw = self.tiling.map_hw
+        masks = [_resized(load_mask(x.mask, native_frame_hw(x)) if x.mask else np.zeros(self.frame_hw, bool),
+                          self.frame_hw) for x in samples]
         return {"scores": np.concatenate(scores), "maps": np.concatenate(maps),
-                "masks": np.stack([_resized(m, self.tiling.map_hw) for m in masks]),
+                "masks": np.stack([_resized(m, map_hw) for m in masks]),
                 "labels": np.array([s.label for s in samples])}
 
     def describe(self) -> dict:
         """What a report records of a category's tiling."""
-        return {"frame": list(self.tiling.frame_hw), "tiles": self.tiling.count, "map": list(self.tiling.map_hw)}
+        t = self.tiling
+        return {"frame": list(t.frame_hw), "tiles": t.count, "map": list(t.map_hw)}
 
     def overlay_image(self, sample: Sample) -> np.ndarray:
         """The frame as an overlay shows it: at the stitched map's size."""
@@ -121,8 +130,9 @@ class TiledScorer:
 
     def overlay_rois(self) -> list[tuple[int, int, int, int]]:
         """The regions of interest in the overlay's pixels (none: the whole frame is inspected)."""
-        scale = self.tiling.map_hw[0] / self.tiling.frame_hw[0]
-        return [tuple(round(v * scale) for v in r) for r in self.tiling.rois]
+        t = self.tiling
+        scale = t.map_hw[0] / t.frame_hw[0]
+        return [tuple(round(v * scale) for v in r) for r in t.rois]
 
 
 def tiled_for(scorer: Scorer, options: TileOptions | None, samples: list[Sample], *, batch_size: int,
@@ -130,7 +140,5 @@ def tiled_for(scorer: Scorer, options: TileOptions | None, samples: list[Sample]
     """The TiledScorer of `options` for a category whose images are `samples` (None: no tiling)."""
     if options is None:
         return None
-    if options.memory == "position" and not scorer.few_shot:
-        raise PackdError("--memory position is a few-shot kind's memory; this model keeps none")
-    return TiledScorer(scorer, options.tiling(scorer.spec.image_size, native_frame_hw(samples[0])), batch_size, device,
-                       options.memory)
+    spec = options.spec(scorer.spec.image_size, scorer.few_shot, native_frame_hw(samples[0]))
+    return TiledScorer(scorer, spec, batch_size, device)

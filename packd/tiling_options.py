@@ -3,10 +3,12 @@ and checks, so a tiled evaluation describes exactly the tiling a bundle exported
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from packd.errors import PackdError
 from packd_runtime.bundle_format import MEMORIES
+from packd_runtime.manifest import TilingSpec
 from packd_runtime.tiling import Box, Tiling
 
 DEFAULT_MAX_SHOTS = 8  # export's --max-shots default: the support batch and prototype limit of a default bundle
@@ -47,22 +49,12 @@ def parse_roi(text: str) -> Box:
     return y, x, h, w
 
 
-def check_tiling_options(tile: int | None, overlap: int, rois: tuple[Box, ...], map_scale: float | None,
-                         frame_hw: tuple[int, int] | None) -> None:
-    """The checks that need no model, made before any work: options that need --tile, and the tiling itself when
-    the frame size is known."""
-    if tile is None and (overlap or rois or map_scale is not None):
-        raise PackdError("--overlap, --roi and --map-scale need --tile S")
-    if tile is not None and frame_hw is not None:
-        Tiling(tuple(frame_hw), tile=tile, overlap=overlap, rois=tuple(rois))
-
-
 def map_side(tile: int, map_scale: float | None, image_size: int) -> int:
     """The side at which a tile's map is stitched: `map_scale` of the tile, a divisor of the model's input size
     (tile maps are max-pooled to it); default the model's input size."""
     if map_scale is None:
         return image_size
-    side = round(tile * map_scale)
+    side = round(tile * map_scale) if math.isfinite(map_scale) else 0
     if not 0 < map_scale <= 1 or abs(tile * map_scale - side) > 1e-6 or side < 1 or image_size % side:
         valid = sorted({f"{d / tile:g}" for d in range(1, image_size + 1) if image_size % d == 0 and d <= tile})
         raise PackdError(f"--map-scale {map_scale:g} must give a whole map side per {tile}-px tile that divides the "
@@ -70,17 +62,10 @@ def map_side(tile: int, map_scale: float | None, image_size: int) -> int:
     return side
 
 
-def make_tiling(frame_hw: tuple[int, int], image_size: int, tile: int, overlap: int = 0, rois: tuple[Box, ...] = (),
-                map_scale: float | None = None) -> Tiling:
-    """The Tiling of these options for a model of `image_size` px."""
-    return Tiling(tuple(frame_hw), tile=tile, overlap=overlap, rois=tuple(rois),
-                  map_side=map_side(tile, map_scale, image_size))
-
-
 @dataclass(frozen=True)
 class TileOptions:
-    """`packd eval --tile`'s options, checked when made (before any work); the frame size defaults to each
-    category's own image size."""
+    """The tiling options of `packd-export` and `packd eval --tile`, checked when made (before any work). The frame
+    size: export's --frame-size; eval's defaults to each category's own image size."""
 
     tile: int
     overlap: int = 0
@@ -90,15 +75,37 @@ class TileOptions:
     memory: str = "shared"  # few-shot kinds: one memory pooled over every tile position, or one per position
 
     def __post_init__(self) -> None:
-        check_tiling_options(self.tile, self.overlap, self.rois, self.map_scale, self.frame_size)
+        if self.map_scale is not None and not math.isfinite(self.map_scale):
+            raise PackdError(f"--map-scale must be a finite fraction such as 0.5, got {self.map_scale}")
+        if self.frame_size is not None:
+            Tiling(tuple(self.frame_size), tile=self.tile, overlap=self.overlap, rois=tuple(self.rois))
         if self.memory not in MEMORIES:
             raise PackdError(f"--memory must be one of {', '.join(MEMORIES)}, got {self.memory!r}")
 
-    def tiling(self, image_size: int, native_hw: tuple[int, int]) -> Tiling:
-        """The Tiling for a model of `image_size` px on frames of `frame_size`, else of `native_hw`."""
-        return make_tiling(self.frame_size or native_hw, image_size, self.tile, self.overlap, self.rois, self.map_scale)
+    def spec(self, image_size: int, few_shot: bool, native_hw: tuple[int, int] | None = None) -> TilingSpec:
+        """The tiling a model of `image_size` px runs on frames of `frame_size` (else of `native_hw`), and its
+        memory (few-shot kinds only)."""
+        if self.memory == "position" and not few_shot:
+            raise PackdError("--memory position is a few-shot kind's memory; this model keeps none")
+        frame_hw = tuple(self.frame_size or native_hw)
+        tiling = Tiling(frame_hw, tile=self.tile, overlap=self.overlap, rois=tuple(self.rois),
+                        map_side=map_side(self.tile, self.map_scale, image_size))
+        return TilingSpec(tiling, self.memory if few_shot else None)
 
     def to_dict(self) -> dict:
         return {"tile": self.tile, "overlap": self.overlap, "rois": [list(r) for r in self.rois],
                 "map_scale": self.map_scale, "frame_size": list(self.frame_size) if self.frame_size else None,
                 "memory": self.memory}
+
+
+def tile_options(tile: int | None, overlap: int = 0, rois: tuple[Box, ...] = (), map_scale: float | None = None,
+                 frame_size: tuple[int, int] | None = None, memory: str = "shared") -> TileOptions | None:
+    """The command line's tiling options, checked once where they enter: None without --tile, when none of the
+    options that describe a tiling may be given."""
+    if tile is None:
+        if overlap or rois or map_scale is not None:
+            raise PackdError("--overlap, --roi and --map-scale need --tile S")
+        if memory != "shared":
+            raise PackdError("--memory position describes a tiled export or evaluation: add --tile S")
+        return None
+    return TileOptions(tile, overlap, tuple(rois), map_scale, frame_size, memory)

@@ -68,7 +68,7 @@ def checkpoints(synth_root, tmp_path_factory):
 def bundles(checkpoints, tmp_path_factory):
     """fp32 bundles of the tiny checkpoints, frames of FRAME size, batch <= 4, shots <= 3."""
     from packd_export.bundle import export_bundle
-    from packd_runtime.bundle_format import read_manifest
+    from packd_runtime.manifest import read_manifest
 
     root = _folder("bundles", tmp_path_factory)
     if CACHE and all((root / kind / "manifest.json").is_file() for kind in checkpoints):

@@ -13,12 +13,12 @@ from packd.checkpoint import read_config
 from packd.errors import PackdError
 from packd.loading import load_scorer
 from packd_export.bundle import export_bundle
-from packd_export.calibration import calibration_frames
 from packd_export.check import check_bundle
 from packd_export.cli import main as export_main
 from packd_export.fp16 import to_fp16
 from packd_export.graphs import QueryGraph, SupportGraph
 from packd_export.int8 import Int8Settings
+from packd_export.normal_frames import normal_frames
 from packd_export.trt_compat import check_tensorrt_compat
 from packd_export.trunk import trunk_nodes
 from packd_runtime import Detector
@@ -36,7 +36,9 @@ def _torch_graphs(ckpt):
 
 @pytest.mark.parametrize("kind", ["rd", "memkd", "packd"])
 def test_bundle_layout_and_check(bundles, kind):
-    manifest, path = bundles[kind]
+    typed, path = bundles[kind]
+    manifest = json.loads((path / "manifest.json").read_text())  # the format as written
+    assert typed.to_dict() == manifest  # one serialization each way
     files = {"query.onnx"} | ({"support.onnx"} if kind == "packd" else set())
     assert set(manifest["files"]) == files and set(p.name for p in path.iterdir()) == files | {"manifest.json"}
     assert manifest["kind"] == kind and manifest["format"] == 3 and manifest["precision"] == "fp32"
@@ -57,7 +59,7 @@ def test_bundle_layout_and_check(bundles, kind):
     for spec in manifest["graphs"].values():  # dynamic axes only for batch, shots and prototype count
         for io in spec["inputs"]:
             assert all(isinstance(d, int) for d in io["shape"][1:])
-    assert check_bundle(path)["kind"] == kind
+    assert check_bundle(path).kind == kind
     for f in manifest["files"]:
         assert check_tensorrt_compat(onnx.load(path / f)) == []
 
@@ -65,8 +67,8 @@ def test_bundle_layout_and_check(bundles, kind):
 @pytest.mark.parametrize("kind", ["rd", "memkd"])
 def test_query_parity_with_pytorch(checkpoints, bundles, kind):
     """RD and MemKD export their own student (ReLU stage outputs, BatchNorm) unchanged, and score as in PyTorch."""
-    settings = bundles[kind][0]["settings"]
-    assert (settings["stage_outputs"], settings["norm"], settings["plan"]["linear"]) == ("relu", "batch", [False] * 3)
+    settings = bundles[kind][0].settings
+    assert (settings["stage_outputs"], settings["norm"], settings["plan"]["linear"]) == ("relu", "batch", (False,) * 3)
     query, _ = _torch_graphs(checkpoints[kind])
     sess = ort.InferenceSession(str(bundles[kind][1] / "query.onnx"), providers=["CPUExecutionProvider"])
     for batch in (1, 3):  # other batch sizes than at export
@@ -83,10 +85,10 @@ def test_packd_parity_support_and_query(checkpoints, bundles):
     """Parity of the whole scoring module: stage weights, a border, the prototype score, a GroupNorm student."""
     query, support = _torch_graphs(checkpoints["packd"])
     path = bundles["packd"][1]
-    settings = bundles["packd"][0]["settings"]
+    settings = bundles["packd"][0].settings
     assert (settings["stage_weights"], settings["border"], settings["prototype_score"], settings["norm"]) == (
         "0.5,1,2", 4, 1.0, "group")
-    assert settings["stage_outputs"] == "linear" and settings["plan"]["linear"] == [True] * 3
+    assert settings["stage_outputs"] == "linear" and settings["plan"]["linear"] == (True,) * 3
     sup = ort.InferenceSession(str(path / "support.onnx"), providers=["CPUExecutionProvider"])
     qry = ort.InferenceSession(str(path / "query.onnx"), providers=["CPUExecutionProvider"])
     for shots in (1, 3):  # prototype counts 8 and 24, neither the one used at export
@@ -128,7 +130,7 @@ def test_fp16_keeps_distances_fp32(bundles):
 def test_int8_bundle_is_qdq_with_zero_points_and_its_own_threshold(checkpoints, bundles, tmp_path):
     manifest = export_bundle(checkpoints["packd"], tmp_path / "b8", precision="int8", max_batch=2, max_shots=2,
                              frame_size=FRAME, engines="never", int8=Int8Settings(fallback="none"))
-    assert manifest["precision"] == "int8"
+    assert manifest.precision == "int8"
     for g in ("support", "query"):
         m = onnx.load(tmp_path / "b8" / f"{g}.onnx")
         ops = [n.op_type for n in m.graph.node]
@@ -147,12 +149,12 @@ def test_int8_bundle_is_qdq_with_zero_points_and_its_own_threshold(checkpoints, 
     # the default threshold comes from the int8 graphs themselves: mean + 3 std of their normal scores
     normal = []
     with Detector.open(tmp_path / "b8", backend="onnxruntime") as det:
-        for frames in calibration_frames(read_config(checkpoints["packd"]), FRAME, 32).values():
+        for frames in normal_frames(read_config(checkpoints["packd"]), FRAME, 32).values():
             det.prototypes(frames[:2])
             normal.append(det.detect(frames[2:]).scores)
     normal = np.concatenate(normal)
-    assert manifest["threshold"] == pytest.approx(normal.mean() + 3 * normal.std(), rel=1e-5)
-    assert manifest["threshold"] != bundles["packd"][0]["threshold"]
+    assert manifest.threshold == pytest.approx(normal.mean() + 3 * normal.std(), rel=1e-5)
+    assert manifest.threshold != bundles["packd"][0].threshold
 
 
 def _cli(args):

@@ -12,9 +12,10 @@ from packd.checkpoint import read_config
 from packd.errors import PackdError
 from packd.synth import paint_defects
 from packd_export.bundle import export_bundle
-from packd_export.calibration import bundle_feeds, calibration_frames, validation_sets
 from packd_export.cli import main as export_main
 from packd_export.int8 import FALLBACK_STEPS, Int8Settings, int8_layers, mixed_int8, quantize
+from packd_export.int8_data import bundle_feeds, validation_sets
+from packd_export.normal_frames import normal_frames
 from packd_export.trt_compat import check_tensorrt_compat
 from packd_export.trunk import trunk_nodes
 
@@ -25,7 +26,7 @@ def _inputs(checkpoints, bundles, kind):
     path = bundles[kind][1]
     few_shot = (path / "support.onnx").exists()
     graphs = {g: onnx.load(path / f"{g}.onnx") for g in (("support", "query") if few_shot else ("query",))}
-    frames = calibration_frames(read_config(checkpoints[kind]), FRAME, 32)
+    frames = normal_frames(read_config(checkpoints[kind]), FRAME, 32)
     return graphs, bundle_feeds(path, frames), validation_sets(frames, few_shot, 0)
 
 

@@ -66,9 +66,9 @@ def test_top1_image_score_is_the_mean_of_the_top_percent_of_patches():
 
 def test_knn_bundle_parity_bounded_bank_and_runtime(checkpoints, bundles, tmp_path):
     manifest, path = bundles["knn"]
-    assert manifest["kind"] == "knn" and manifest["prototypes"]["max_count"] == 100
-    assert manifest["dynamic"]["prototypes"] == [1, 100] and manifest["prototypes"]["per_shot"] == 2 * 64
-    assert check_bundle(path)["kind"] == "knn"
+    assert manifest.kind == "knn" and manifest.prototypes.max_count == 100
+    assert manifest.limits.prototypes == 100 and manifest.prototypes.per_shot == 2 * 64
+    assert check_bundle(path).kind == "knn"
     scorer = load_scorer(checkpoints["knn"])[0]
     support, query = SupportGraph(scorer).eval(), QueryGraph(scorer).eval()
     sup = ort.InferenceSession(str(path / "support.onnx"), providers=["CPUExecutionProvider"])
@@ -103,7 +103,7 @@ def test_knn_bundle_parity_bounded_bank_and_runtime(checkpoints, bundles, tmp_pa
 def test_knn_precisions_keep_distances_fp32(checkpoints, tmp_path, precision):
     manifest = export_bundle(checkpoints["knn"], tmp_path / precision, precision=precision, max_batch=2,
                              max_shots=2, frame_size=FRAME, engines="never")
-    assert check_bundle(tmp_path / precision)["precision"] == precision and np.isfinite(manifest["threshold"])
+    assert check_bundle(tmp_path / precision).precision == precision and np.isfinite(manifest.threshold)
     with Detector.open(tmp_path / precision, backend="onnxruntime") as det:
         det.prototypes(_frames(2, 3))
         r = det.detect(_frames(2, 4))
@@ -121,7 +121,7 @@ def test_vit_patch_tokens_export_with_a_random_dinov2(synth_root, tmp_path):
     assert scorer.model.teacher.vit and scorer.model.prototype_channels == (384,)
     assert cfg["teacher"]["source"] == "random"
     manifest = export_bundle(ck, tmp_path / "b", max_batch=2, max_shots=2, frame_size=(60, 60), engines="never")
-    assert manifest["prototypes"]["per_shot"] == 16 and manifest["dynamic"]["prototypes"] == [1, 32]
+    assert manifest.prototypes.per_shot == 16 and manifest.limits.prototypes == 32
     rng = np.random.default_rng(0)
     supports, queries = (rng.integers(0, 256, (2, 60, 60, 3), dtype=np.uint8) for _ in range(2))
     with Detector.open(tmp_path / "b", backend="onnxruntime") as det:

@@ -79,7 +79,7 @@ def test_a_new_kind_is_one_folder_and_one_registry_entry(synth_root, tmp_path, m
         ckpt = train("featnorm", data=synth_root, categories="grid", out=tmp_path / "ckpt", run=run,
                      settings=settings, progress=False)
         manifest = export_bundle(ckpt, tmp_path / "bundle", max_batch=2, engines="never")
-        assert manifest["kind"] == "featnorm" and list(manifest["graphs"]) == ["query"]
+        assert manifest.kind == "featnorm" and list(manifest.graphs) == ["query"]
         frames = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
         with Detector.open(tmp_path / "bundle", backend="onnxruntime") as det:
             result = det.detect(frames)

@@ -127,7 +127,8 @@ def test_fingerprint_is_the_models_not_the_file_names(synth_root, bundles, tmp_p
     from conftest import train_small
 
     from packd_export.bundle import export_bundle
-    from packd_runtime.bundle_format import fingerprint, read_manifest
+    from packd_runtime.bundle_format import fingerprint
+    from packd_runtime.manifest import read_manifest
 
     a = bundles["packd"][1]
     ckpt = train_small("packd", synth_root, ["grid", "disc"], tmp_path / "ck", epochs=1, batch_size=4, shots=2,
@@ -135,7 +136,7 @@ def test_fingerprint_is_the_models_not_the_file_names(synth_root, bundles, tmp_p
     b = tmp_path / "b"
     export_bundle(ckpt, b, max_batch=4, max_shots=3, frame_size=FRAME)
     ma, mb = read_manifest(a), read_manifest(b)
-    assert sorted(ma["files"]) == sorted(mb["files"]) and ma["files"] != mb["files"]
+    assert sorted(ma.files) == sorted(mb.files) and ma.files != mb.files
     assert fingerprint(ma) != fingerprint(mb)
     shutil.copytree(a, tmp_path / "copy")
     assert fingerprint(read_manifest(tmp_path / "copy")) == fingerprint(ma)

@@ -2,6 +2,7 @@
 (tests/fake_gpu.py): CUDA graphs, stream ordering of device inputs, capture failure, close, threads."""
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from fake_gpu import DeviceArray, FakeCudart, FakeTensorRT, Violation, engine_by
 
 from packd_runtime.backends import engines_here
 from packd_runtime.errors import PackdError
+from packd_runtime.manifest import Engine, Graph, Limits, Manifest, NormalScores, Tensor
 from packd_runtime.onnxruntime import backend as onnxruntime_backend
 from packd_runtime.tensorrt import backend as tensorrt_backend
 from packd_runtime.tensorrt import build as tensorrt_build
@@ -183,9 +185,14 @@ def fake_builder(fake, monkeypatch):
     return fake
 
 
-def _manifest(precision: str) -> dict:
-    return {"graphs": {"query": {"file": "query.onnx", "inputs": [{"name": "images", "shape": ["batch", 8, 8, 3]}]}},
-            "dynamic": {"batch": [1, 4]}, "precision": precision, "engines": []}
+def _manifest(precision: str) -> Manifest:
+    """A checked manifest of an 8-px query graph, batch up to 4."""
+    query = Graph("query.onnx", (Tensor("images", "uint8", ("batch", 8, 8, 3)),),
+                  (Tensor("scores", "float32", ("batch",)), Tensor("maps", "float32", ("batch", 8, 8))))
+    return Manifest(kind="rd", image_size=8, frame_hw=(8, 8), mean=(0.5,) * 3, std=(0.5,) * 3, precision=precision,
+                    opset=18, graphs={"query": query}, limits=Limits(4), threshold=1.0,
+                    normal_scores=NormalScores(1, 1.0, 1.0), files={"query.onnx": "0" * 64}, teacher={}, settings={},
+                    versions={}, checkpoint={}, created="").checked()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
@@ -199,18 +206,18 @@ def test_builds_clear_tf32_and_replace_a_refused_timing_cache(tmp_path, fake_bui
     assert trt.built[0]["cache"].data == b""  # the refused cache was replaced by a fresh one
     assert trt.built[0]["profiles"] == [{"images": ((1, 8, 8, 3), (4, 8, 8, 3), (4, 8, 8, 3))}]
     assert ("cudaSetDevice", 1) in cudart.log and ("cudaGetDeviceProperties", 1) in cudart.log
-    assert entries[0]["gpu"] == "Fake Orin NX" and entries[0]["compute_capability"] == "87"
-    assert (tmp_path / entries[0]["file"]).read_bytes() == b"plan"
+    assert entries[0].gpu == "Fake Orin NX" and entries[0].compute_capability == "87"
+    assert (tmp_path / entries[0].file).read_bytes() == b"plan"
 
 
 def test_engines_of_another_gpu_name_run_with_a_warning(fake_builder):
-    manifest = _manifest("fp16")
-    manifest["engines"] = [{"graph": "query", "file": "q.engine", "tensorrt": "10.3.0.26",
-                            "compute_capability": "87", "gpu": "Fake Orin"}]
+    engine = Engine(graph="query", file="q.engine", tensorrt="10.3.0.26", compute_capability="87", gpu="Fake Orin")
+    files = {"query.onnx": "0" * 64, "q.engine": "1" * 64}
+    manifest = _manifest("fp16").with_engines((engine,), files).checked()
     assert engines_here(manifest, 0)[0] == {"query": "q.engine"}
     with pytest.warns(UserWarning, match="built on Fake Orin, this is Fake Orin NX"):
         assert engines_here(manifest, 1)[0] == {"query": "q.engine"}
-    manifest["engines"][0]["compute_capability"] = "90"
+    manifest = manifest.with_engines((replace(engine, compute_capability="90"),), files)
     engines, why = engines_here(manifest, 0)
     assert engines is None and "sm90" in why and "rebuild" in why
 
@@ -242,13 +249,12 @@ def test_onnxruntime_reports_the_provider_its_sessions_got(tmp_path, monkeypatch
                               [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "q.onnx")
-    spec = {"file": "q.onnx", "inputs": [{"name": "images"}], "outputs": [{"name": "scores"}]}
-    manifest = {"graphs": {"query": spec}}
+    graphs = {"query": Graph("q.onnx", (Tensor("images", "float32", (1,)),), (Tensor("scores", "float32", (1,)),))}
     real = ort.InferenceSession
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", lambda path, sess_options, providers: real(
         path, sess_options=sess_options, providers=["CPUExecutionProvider"]))
-    backend = onnxruntime_backend.OnnxRuntimeBackend(tmp_path, manifest)
+    backend = onnxruntime_backend.OnnxRuntimeBackend.open(tmp_path, graphs)
     assert backend.device == "cpu" and not backend.cuda
     assert "did not load" in backend.description and "CPUExecutionProvider" in backend.description
     assert backend.run("query", {"images": np.ones(1, np.float32)})["scores"] == 1

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from packd.tiling_options import tile_options
 from packd_export.bundle import export_bundle
 from packd_export.check import check_bundle
 from packd_runtime import Detector
@@ -15,24 +16,31 @@ from packd_runtime.tiling import Tiling
 FRAME_HW = (160, 200)
 
 
+def _export(checkpoint, out, *, tile=None, frame_size=None, overlap=0, rois=(), map_scale=None, memory="shared",
+            **options):
+    """export_bundle with the command line's tiling options (checked where they enter, as the CLI does)."""
+    tiles = tile_options(tile, overlap, rois, map_scale, frame_size, memory)
+    return export_bundle(checkpoint, out, frame_size=frame_size, tiles=tiles, **options)
+
+
 @pytest.fixture(scope="module")
 def tiled(checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("tiled")
     return {
-        "rd": export_bundle(checkpoints["rd"], root / "rd", frame_size=FRAME_HW, tile=64, overlap=16, max_batch=8),
-        "rd_tiles": export_bundle(checkpoints["rd"], root / "rd_tiles", frame_size=(64, 64), max_batch=8),
-        "rd_coarse": export_bundle(checkpoints["rd"], root / "rd_coarse", frame_size=FRAME_HW, tile=64, overlap=16,
+        "rd": _export(checkpoints["rd"], root / "rd", frame_size=FRAME_HW, tile=64, overlap=16, max_batch=8),
+        "rd_tiles": _export(checkpoints["rd"], root / "rd_tiles", frame_size=(64, 64), max_batch=8),
+        "rd_coarse": _export(checkpoints["rd"], root / "rd_coarse", frame_size=FRAME_HW, tile=64, overlap=16,
                                    max_batch=8, map_scale=0.5),
-        "knn": export_bundle(checkpoints["knn"], root / "knn", frame_size=FRAME_HW, tile=64, overlap=0, max_batch=8,
+        "knn": _export(checkpoints["knn"], root / "knn", frame_size=FRAME_HW, tile=64, overlap=0, max_batch=8,
                              max_shots=4, rois=((10, 20, 90, 100),)),
-        **{kind: export_bundle(checkpoints[kind], root / kind, frame_size=FRAME_HW, tile=64, overlap=16, max_batch=8,
+        **{kind: _export(checkpoints[kind], root / kind, frame_size=FRAME_HW, tile=64, overlap=16, max_batch=8,
                                max_shots=2) for kind in ("memkd", "packd")},
-        **{f"{kind}_tiles": export_bundle(checkpoints[kind], root / f"{kind}_tiles", frame_size=(64, 64), max_batch=8,
+        **{f"{kind}_tiles": _export(checkpoints[kind], root / f"{kind}_tiles", frame_size=(64, 64), max_batch=8,
                                           max_shots=2) for kind in ("memkd", "packd")},
-        **{f"knn_position{p}": export_bundle(checkpoints["knn"], root / f"knn_position{p}", frame_size=FRAME_HW,
+        **{f"knn_position{p}": _export(checkpoints["knn"], root / f"knn_position{p}", frame_size=FRAME_HW,
                                              tile=64, overlap=16, max_batch=8, max_shots=4, memory="position",
                                              precision=p or "fp32") for p in ("", "fp16")},
-        "knn_tiles": export_bundle(checkpoints["knn"], root / "knn_tiles", frame_size=(64, 64), max_batch=8,
+        "knn_tiles": _export(checkpoints["knn"], root / "knn_tiles", frame_size=(64, 64), max_batch=8,
                                    max_shots=4),
     }, root
 
@@ -44,9 +52,9 @@ def _frames(n, seed=0):
 def test_a_tiled_bundle_records_its_tiling_and_takes_camera_frames(tiled):
     manifests, root = tiled
     m = check_bundle(root / "rd")
-    assert m["tiling"] == {"tile": 64, "overlap": 16, "rois": [], "map_side": 64}
-    assert (m["input"]["height"], m["input"]["width"]) == FRAME_HW
-    assert m["graphs"]["query"]["inputs"][0]["shape"] == ["batch", 64, 64, 3]
+    assert m.tiling.to_dict() == {"tile": 64, "overlap": 16, "rois": [], "map_side": 64}
+    assert m.frame_hw == FRAME_HW and m.graph_hw == (64, 64)
+    assert m.graphs["query"].inputs[0].shape == ("batch", 64, 64, 3)
     assert json.loads((root / "knn" / "manifest.json").read_text())["tiling"]["rois"] == [[10, 20, 90, 100]]
 
 
@@ -130,7 +138,7 @@ def test_a_tiled_few_shot_bundle_changes_over_on_every_tile_and_ignores_outside_
 ])
 def test_bad_tiled_exports_are_one_line_before_any_work(tmp_path, options, message):
     with pytest.raises(PackdError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        export_bundle(tmp_path / "no-checkpoint", tmp_path / "b", **options)
+        _export(tmp_path / "no-checkpoint", tmp_path / "b", **options)
     assert not (tmp_path / "b").exists()
 
 
@@ -167,10 +175,10 @@ def test_tensorrt_profiles_of_a_tiled_bundle_are_tuned_for_one_frames_tiles(tile
 
 
 def test_a_coarser_map_max_pools_the_tile_maps_before_stitching(tiled):
-    from packd_runtime.tiling import max_pool
+    from packd_runtime.pipeline import max_pool
 
     manifests, root = tiled
-    assert manifests["rd_coarse"]["tiling"]["map_side"] == 32
+    assert manifests["rd_coarse"].tiling.tiling.map_side == 32
     frames = _frames(2, seed=5)
     tiling = Tiling(FRAME_HW, tile=64, overlap=16, map_side=32)
     with Detector.open(root / "rd_coarse") as det, Detector.open(root / "rd_tiles") as plain, \
@@ -186,12 +194,12 @@ def test_a_coarser_map_max_pools_the_tile_maps_before_stitching(tiled):
 
 def test_a_map_scale_that_gives_no_whole_map_side_is_one_line(checkpoints, tmp_path):
     with pytest.raises(PackdError, match=r"--map-scale 0.3 must give a whole map side per 64-px tile .* one of "):
-        export_bundle(checkpoints["rd"], tmp_path / "b", frame_size=FRAME_HW, tile=64, map_scale=0.3)
+        _export(checkpoints["rd"], tmp_path / "b", frame_size=FRAME_HW, tile=64, map_scale=0.3)
     assert not (tmp_path / "b").exists()
 
 
 def test_a_tiled_int8_bundle_is_calibrated_on_tiles_and_keeps_the_fp32_maps(checkpoints, tiled, tmp_path):
-    from packd_export.calibration import sample_tiles
+    from packd_export.int8_data import sample_tiles
 
     _, root = tiled
     tiling = Tiling(FRAME_HW, tile=64, overlap=16)
@@ -200,9 +208,9 @@ def test_a_tiled_int8_bundle_is_calibrated_on_tiles_and_keeps_the_fp32_maps(chec
     assert picked.shape == (5, 64, 64, 3)
     np.testing.assert_array_equal(picked[0], frames[0, :64, :64])
     np.testing.assert_array_equal(picked[-1], frames[2, 96:, 136:])
-    manifest = export_bundle(checkpoints["rd"], tmp_path / "int8", frame_size=FRAME_HW, tile=64, overlap=16,
+    manifest = _export(checkpoints["rd"], tmp_path / "int8", frame_size=FRAME_HW, tile=64, overlap=16,
                              max_batch=8, precision="int8")
-    assert manifest["precision"] == "int8" and manifest["tiling"]["tile"] == 64
+    assert manifest.precision == "int8" and manifest.tiling.tiling.tile == 64
     with Detector.open(tmp_path / "int8") as det, Detector.open(root / "rd") as fp32:
         a, b = det.detect(frames).maps, fp32.detect(frames).maps
     assert a.shape == b.shape == (3, *FRAME_HW)
@@ -215,13 +223,13 @@ def test_a_tiled_int8_bundle_is_calibrated_on_tiles_and_keeps_the_fp32_maps(chec
     (lambda t: t.update(rois=[[0, 0, 10]]), "every region of interest must be four whole numbers"),
     (lambda t: t.update(rois="everywhere"), "its tiling is"),
     (lambda t: t.update(map_side=48), "the map side 48 must divide the model's input size 64"),
-    (lambda t: t.pop("tile"), "its tiling is malformed"),
+    (lambda t: t.pop("tile"), "its tiling is unusable: frame size, tile and overlap must be whole numbers"),
     (lambda t: t.update(tile=32), "the query graph's first input must be"),  # the graphs take 64-px tiles
 ])
 def test_a_forged_tiling_in_a_manifest_is_one_line(tiled, tmp_path, edit, message):
     import shutil
 
-    from packd_runtime.bundle_format import read_manifest
+    from packd_runtime.manifest import read_manifest
 
     _, root = tiled
     shutil.copytree(root / "rd", tmp_path / "b")
@@ -239,14 +247,14 @@ def test_a_per_position_bundle_keeps_one_memory_per_tile_position(tiled):
     a plain bundle scoring that position's tiles with that memory alone); fp16 keeps the fp32 maps."""
     from packd_runtime.bundle_format import TILE_INDEX
     from packd_runtime.detector import Prototypes
+    from packd_runtime.pipeline import max_pool
     from packd_runtime.tensorrt.build import profile_shapes
-    from packd_runtime.tiling import max_pool
 
     manifests, root = tiled
     m = manifests["knn_position"]
-    assert m["tiling"]["memory"] == "position"
-    inputs = {i["name"]: i["shape"] for i in m["graphs"]["query"]["inputs"]}
-    assert inputs["prototypes_1"][:2] == [12, "prototypes"] and inputs[TILE_INDEX] == ["batch"]
+    assert m.memory == "position" and m.positions == 12
+    inputs = {i.name: i.shape for i in m.graphs["query"].inputs}
+    assert inputs["prototypes_1"][:2] == (12, "prototypes") and inputs[TILE_INDEX] == ("batch",)
     shapes = profile_shapes(m, "query")
     assert shapes[TILE_INDEX] == ((1,), (8,), (8,)) and [s[0] for s in shapes["prototypes_1"]] == [12, 12, 12]
     supports, frames = _frames(2, seed=9), _frames(2, seed=10)
@@ -256,7 +264,7 @@ def test_a_per_position_bundle_keeps_one_memory_per_tile_position(tiled):
     with Detector.open(root / "knn_position") as det, Detector.open(root / "knn_tiles") as plain, \
             Detector.open(root / "knn_positionfp16") as half:
         protos = det.prototypes(supports)
-        n = min(2 * m["prototypes"]["per_shot"], m["prototypes"]["max_count"])  # knn's bank bound: 100
+        n = min(2 * m.prototypes.per_shot, m.prototypes.max_count)  # knn's bank bound: 100
         assert protos.arrays[0].shape[:2] == (12, n)
         got = det.detect(frames)
         maps = np.zeros((2, 12, 64, 64), np.float32)
@@ -289,23 +297,23 @@ def test_the_triton_repository_of_a_per_position_bundle_declares_its_inputs(tile
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(memory="position"), "--memory position describes a tiled export: add --tile S"),
+    (dict(memory="position"), "--memory position describes a tiled export or evaluation: add --tile S"),
     (dict(memory="pooled", tile=64, frame_size=FRAME_HW), "--memory must be one of shared, position"),
     (dict(memory="position", tile=64, frame_size=FRAME_HW, precision="int8"), "not offered in int8 yet"),
 ])
 def test_bad_memory_options_are_one_line_before_any_work(tmp_path, options, message):
     with pytest.raises(PackdError, match=message):
-        export_bundle(tmp_path / "no-checkpoint", tmp_path / "b", **options)
+        _export(tmp_path / "no-checkpoint", tmp_path / "b", **options)
     assert not (tmp_path / "b").exists()
 
 
 def test_a_per_position_memory_needs_a_few_shot_kind_and_its_manifest_says_it_whole(checkpoints, tiled, tmp_path):
     import shutil
 
-    from packd_runtime.bundle_format import read_manifest
+    from packd_runtime.manifest import read_manifest
 
-    with pytest.raises(PackdError, match="a rd model keeps none"):
-        export_bundle(checkpoints["rd"], tmp_path / "b", frame_size=FRAME_HW, tile=64, memory="position")
+    with pytest.raises(PackdError, match="few-shot kind's memory; this model keeps none"):
+        _export(checkpoints["rd"], tmp_path / "b", frame_size=FRAME_HW, tile=64, memory="position")
     _, root = tiled
     for edit, message in [(lambda m: m["tiling"].update(memory="pooled"), "memory must be shared or"),
                           (lambda m: m["tiling"].update(memory="shared"), "prototype inputs must be float32"),

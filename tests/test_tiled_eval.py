@@ -16,7 +16,7 @@ from packd.overlays import ROI_COLOUR
 from packd.preprocess import load_frames
 from packd.synth import Counts, synthesize
 from packd.tiled import tiled_for
-from packd.tiling_options import TileOptions
+from packd.tiling_options import TileOptions, tile_options
 from packd_export.bundle import export_bundle
 from packd_runtime import Detector
 
@@ -35,8 +35,8 @@ def line_data(tmp_path_factory):
                                           ("packd", "position")])  # a bounded patch bank; per-stage prototypes
 def test_tiled_evaluation_equals_a_tiled_bundle_of_the_same_options(checkpoints, line_data, tmp_path, kind, memory):
     options = TileOptions(tile=64, overlap=16, memory=memory)
-    export_bundle(checkpoints[kind], tmp_path / "b", frame_size=(LINE, LINE), tile=64, overlap=16, max_batch=8,
-                  engines="never", memory=memory)
+    export_bundle(checkpoints[kind], tmp_path / "b", max_batch=8, engines="never",
+                  tiles=TileOptions(tile=64, overlap=16, frame_size=(LINE, LINE), memory=memory))
     scorer, _ = load_scorer(checkpoints[kind])
     supports, test = list_split(line_data, "grid", "train")[:2], list_split(line_data, "grid", "test")
     tiled = tiled_for(scorer, options, test, batch_size=5, device="cpu")  # batches that split frames' tiles
@@ -85,7 +85,7 @@ def test_a_tiled_full_shot_evaluation_reports_stitched_metrics_and_outlines_its_
 
 def test_bad_tiled_evaluations_are_one_line_before_any_scoring(checkpoints, line_data):
     with pytest.raises(PackdError, match="--overlap, --roi and --map-scale need --tile S"):
-        TileOptions(tile=None, overlap=8)
+        tile_options(None, overlap=8)
     with pytest.raises(PackdError, match="--tile 200 must be at least 1 and fit in the 128x128 frame"):
         evaluate(checkpoints["rd"], line_data, "grid", progress=False, tile=TileOptions(tile=200))
     with pytest.raises(PackdError, match="--map-scale 0.3 must give a whole map side"):

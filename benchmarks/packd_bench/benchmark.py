@@ -20,6 +20,7 @@ from packd.checkpoint import read_config
 from packd.data import list_categories, list_split
 from packd.errors import PackdError
 from packd.preprocess import load_frames
+from packd.reports import check_report_path, write_report
 from packd_bench.bench import (
     TorchRunner,
     accuracy,
@@ -31,8 +32,8 @@ from packd_bench.bench import (
 )
 from packd_bench.timing import peak_rss_mb
 from packd_runtime import Detector
-from packd_runtime.bundle_format import MANIFEST, read_manifest
-from packd_runtime.reports import check_report_path, write_report
+from packd_runtime.bundle_format import MANIFEST
+from packd_runtime.manifest import read_manifest
 
 console = Console()
 
@@ -70,9 +71,9 @@ def _targets(target: Path, checkpoint: Path | None, precisions: list[str], out: 
         if checkpoint is not None:
             from packd_runtime.files import sha256
 
-            if sha256(checkpoint / "model.safetensors") != manifest["checkpoint"]["model_sha256"]:
+            if sha256(checkpoint / "model.safetensors") != manifest.checkpoint["model_sha256"]:
                 raise PackdError(f"{checkpoint} is not the checkpoint {target} was exported from")
-        return checkpoint, {manifest["precision"]: target}
+        return checkpoint, {manifest.precision: target}
     read_config(target)
     from packd_export.bundle import export_bundle
 
@@ -101,7 +102,7 @@ def benchmark(target: Path, *, out: Path, checkpoint: Path | None, batch_sizes: 
     ckpt, bundles = _targets(target, checkpoint, precisions.split(","), out, max(sizes), max_shots)
     config = read_config(ckpt) if ckpt else None
     with Detector.open(next(iter(bundles.values())), backend="onnxruntime") as first:
-        hw, few_shot, kind, size = first.frame_hw, first.few_shot, first.manifest["kind"], first.manifest["image_size"]
+        hw, few_shot, kind, size = first.frame_hw, first.few_shot, first.manifest.kind, first.manifest.image_size
     category = config["train"]["categories"][0] if config else None
     frames, supports = _inputs(data or (Path(config["train"]["data"]) if config else None), category, hw,
                                max(sizes), max_shots)

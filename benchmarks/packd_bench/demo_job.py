@@ -22,6 +22,7 @@ from packd.metrics import image_auroc, pixel_metrics
 from packd.overlays import save_overlay
 from packd.preprocess import load_frames, load_mask
 from packd.progress import stage
+from packd.reports import check_report_path, write_report
 from packd.synth import synthesize
 from packd.teachers import OFFLINE_PACKAGE_TEACHER
 from packd.train import configure, train
@@ -29,7 +30,6 @@ from packd_bench.bench import TorchRunner, time_calls
 from packd_bench.demo import DEMO_TRAIN
 from packd_export.bundle import export_bundle
 from packd_runtime import Detector
-from packd_runtime.reports import check_report_path, write_report
 
 console = Console()
 

@@ -19,40 +19,22 @@ import torch
 import packd
 from packd.errors import PackdError
 from packd.loading import load_scorer
+from packd.reports import check_report_path, write_report
 from packd.scoring import Scorer
-from packd.tiling_options import DEFAULT_MAX_SHOTS, check_tiling_options, make_tiling
-from packd_export.calibration import (
-    CALIBRATION_IMAGES,
-    THRESHOLD_SHOTS,
-    VALIDATION_IMAGES,
-    bundle_threshold,
-    calibration_frames,
-    check_threshold_images,
-    normal_feeds,
-    sample_tiles,
-    torch_prototype_feeds,
-    validation_sets,
-)
+from packd.tiling_options import DEFAULT_MAX_SHOTS, TileOptions
 from packd_export.fp16 import to_fp16
 from packd_export.graphs import GraphSpec, graph_specs
 from packd_export.int8 import Int8Settings, mixed_int8
-from packd_export.onnx_export import check_onnx, export_onnx, graph_io
+from packd_export.int8_data import calibration_feeds, sample_tiles, validation_sets
+from packd_export.normal_frames import NORMAL_IMAGES, VALIDATION_IMAGES, normal_frames
+from packd_export.onnx_export import check_onnx, export_onnx, graph_io, in_memory_backend
+from packd_export.threshold import THRESHOLD_SHOTS, bundle_threshold, check_threshold_images
 from packd_export.trt_compat import check_tensorrt_compat
 from packd_runtime.atomic import atomic_dir, check_replaceable, write_json
-from packd_runtime.bundle_format import (
-    BATCH,
-    BUNDLE,
-    MANIFEST,
-    MAX_SIDE,
-    MEMORIES,
-    PROTOTYPES,
-    SHOTS,
-    SUPPORT,
-    graph_file,
-    make_manifest,
-)
+from packd_runtime.bundle_format import BUNDLE, MANIFEST, MAX_DYNAMIC, MAX_SIDE, SUPPORT, graph_file
 from packd_runtime.files import sha256
-from packd_runtime.reports import check_report_path, write_report
+from packd_runtime.manifest import Graph, Limits, Manifest, PrototypeSpec
+from packd_runtime.pipeline import Pipeline
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -79,25 +61,37 @@ def _checked_scorer(checkpoint: str | Path, scoring: dict[str, Any] | None) -> t
     return scorer, config
 
 
-def _limits(scorer: Scorer, max_batch: int, max_shots: int) -> dict[str, int]:
+def _limits(scorer: Scorer, max_batch: int, max_shots: int) -> Limits:
     """The largest batch, shot count and prototype count the graphs are exported (and engines built) for."""
-    return {BATCH: max_batch, SHOTS: max_shots, PROTOTYPES: scorer.prototype_limit(max_shots)}
+    if not 1 <= max_batch <= MAX_DYNAMIC["batch"] or not 1 <= max_shots <= MAX_DYNAMIC["shots"]:
+        raise PackdError(f"--max-batch must be 1 to {MAX_DYNAMIC['batch']} and --max-shots 1 to "
+                         f"{MAX_DYNAMIC['shots']}, got {max_batch} and {max_shots}")
+    if not scorer.few_shot:
+        return Limits(max_batch)
+    return Limits(max_batch, max_shots, scorer.prototype_limit(max_shots))
 
 
-def _prototypes_info(scorer: Scorer) -> dict[str, Any]:
+def _prototype_spec(scorer: Scorer) -> PrototypeSpec:
     """What the runtime needs of a few-shot kind's prototypes: count per shot, channels, the bank bound."""
-    return {"per_shot": scorer.model.prototypes_per_shot(scorer.spec.image_size),
-            "channels": list(scorer.model.prototype_channels), "max_count": scorer.max_prototypes}
+    return PrototypeSpec(scorer.model.prototypes_per_shot(scorer.spec.image_size),
+                         tuple(scorer.model.prototype_channels), scorer.max_prototypes)
 
 
-def _with_precision(protos: dict[str, onnx.ModelProto], precision: str, *, scorer: Scorer,
-                    loaded: dict[str, Any], frames: dict[str, Any], int8: Int8Settings,
+def _with_precision(protos: dict[str, onnx.ModelProto], precision: str, *, scorer: Scorer, limits: Limits,
+                    loaded: dict[str, Any], int8: Int8Settings,
                     progress) -> tuple[dict[str, onnx.ModelProto], dict[str, Any] | None]:
-    """fp32 graphs as they are, fp16 (FP16 trunk), or int8 (calibrated, FP16 fallbacks) with its report."""
+    """fp32 graphs as they are, fp16 (FP16 trunk), or int8 (calibrated on the feeds the fp32 graphs get while the
+    pipeline scores normal images; FP16 fallbacks) with its report."""
     if precision == "fp16":
         return {g: to_fp16(p) for g, p in protos.items()}, None
     if precision == "int8":
-        calibration = normal_feeds(frames, scorer.few_shot, torch_prototype_feeds(scorer, scorer.prototype_names))
+        backend = in_memory_backend(protos)
+        try:
+            pipeline = Pipeline(backend.run, limits, scorer.prototype_names if scorer.few_shot else (),
+                                scorer.max_prototypes)
+            calibration = calibration_feeds(pipeline, {c: f[:NORMAL_IMAGES] for c, f in loaded.items()})
+        finally:
+            backend.close()
         validation = validation_sets(loaded, scorer.few_shot, scorer.max_prototypes)
         return mixed_int8(protos, calibration, validation, int8, progress)
     return protos, None
@@ -115,87 +109,76 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
                   max_shots: int = DEFAULT_MAX_SHOTS, frame_size: tuple[int, int] | None = None, opset: int = 18,
                   calibration_data: str | Path | None = None, engines: str = "auto",
                   scoring: dict[str, Any] | None = None, int8: Int8Settings | None = None,
-                  report: str | Path | None = None, progress=lambda _: None, tile: int | None = None,
-                  overlap: int = 0, rois: tuple[tuple[int, int, int, int], ...] = (),
-                  map_scale: float | None = None, memory: str = "shared") -> dict[str, Any]:
+                  report: str | Path | None = None, progress=lambda _: None,
+                  tiles: TileOptions | None = None) -> Manifest:
     """Export a checkpoint to a bundle. engines: 'auto' (build when TensorRT and a GPU are here),
     'never', or 'require' (fail without them); `scoring` overrides the checkpoint's scoring settings
     (the manifest records the ones the graphs compute); `int8` says how int8 is calibrated and mixed, and
-    `report` where its per-layer report goes. With `tile`, the graphs take `tile`-pixel tiles of `frame_size`
-    frames overlapping by `overlap` over the regions of interest `rois` (see `packd_runtime.tiling`), maps
-    stitched at `map_scale` of the frame's resolution (default: the model's input size over the tile), and the
-    manifest records the tiling; a few-shot kind's `memory` of tiled frames is "shared" (every tile pooled) or
-    "position" (one per tile position). Returns the manifest."""
+    `report` where its per-layer report goes. `frame_size`: the camera frames the graphs take (resized inside).
+    With `tiles` (whose frame size is the camera's), the graphs take tiles of the frames and the manifest records
+    the tiling and its memory (see `packd_runtime.tiling`). Returns the manifest."""
     from packd_runtime.tensorrt.build import build_bundle_engines, why_no_tensorrt
 
     if precision not in PRECISIONS:
         raise PackdError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if max_batch < 1 or max_shots < 1:
-        raise PackdError("--max-batch and --max-shots must be at least 1")
     if precision != "int8" and (report is not None or (int8 is not None and int8 != Int8Settings())):
         raise PackdError("--report, --calibration and --fp16-fallback describe an int8 export: add --precision int8")
     if report is not None:
         if Path(report).resolve() == Path(out).resolve() or Path(out).resolve() in Path(report).resolve().parents:
             raise PackdError(f"--report {report} would be written into the bundle --out {out}: choose another file")
         check_report_path(report)
+    if tiles is not None:
+        if tiles.frame_size is None:
+            raise PackdError("--tile needs --frame-size HxW, the camera's full frame")
+        frame_size = tiles.frame_size
     if frame_size is not None and not all(1 <= side <= MAX_SIDE for side in frame_size):
         raise PackdError(f"--frame-size must be 1 to {MAX_SIDE} pixels a side, got {frame_size[0]}x{frame_size[1]}")
-    if tile is not None and frame_size is None:
-        raise PackdError("--tile needs --frame-size HxW, the camera's full frame")
-    check_tiling_options(tile, overlap, rois, map_scale, frame_size)  # one line, before any work
-    if memory not in MEMORIES:
-        raise PackdError(f"--memory must be one of {', '.join(MEMORIES)}, got {memory!r}")
-    if memory != "shared" and tile is None:
-        raise PackdError("--memory position describes a tiled export: add --tile S")
-    if memory == "position" and precision == "int8":
+    if tiles is not None and tiles.memory == "position" and precision == "int8":
         raise PackdError("--memory position is not offered in int8 yet: export it in fp32 or fp16, or int8 with "
                          "--memory shared")
     if engines == "require" and (reason := why_no_tensorrt()):
         raise PackdError(f"engines were required but cannot be built here: {reason}")
     check_replaceable(out, BUNDLE)
     scorer, config = _checked_scorer(checkpoint, scoring)
-    if memory == "position" and not scorer.few_shot:
-        raise PackdError(f"--memory position is a few-shot kind's memory; a {config['kind']} model keeps none")
-    frame_hw = tuple(frame_size or (scorer.spec.image_size, scorer.spec.image_size))
-    tiling = make_tiling(frame_hw, scorer.spec.image_size, tile, overlap, rois, map_scale) if tile else None
-    graph_hw = (tile, tile) if tiling else frame_hw  # a tiled bundle's graphs take tiles
     limits = _limits(scorer, max_batch, max_shots)
-    per_category = CALIBRATION_IMAGES + (VALIDATION_IMAGES if precision == "int8" else 0)
+    frame_hw = tuple(frame_size or (scorer.spec.image_size, scorer.spec.image_size))
+    tiling = tiles.spec(scorer.spec.image_size, scorer.few_shot) if tiles is not None else None
+    graph_hw = (tiling.tiling.tile,) * 2 if tiling else frame_hw  # a tiled bundle's graphs take tiles
+    per_category = NORMAL_IMAGES + (VALIDATION_IMAGES if precision == "int8" else 0)
     if tiling:  # whole camera frames in memory: at most about 256 MB of them per category
         per_category = max(THRESHOLD_SHOTS + 1, min(per_category, (1 << 28) // (3 * frame_hw[0] * frame_hw[1])))
-    loaded = calibration_frames(config, frame_hw, per_category, calibration_data and Path(calibration_data))
+    loaded = normal_frames(config, frame_hw, per_category, calibration_data and Path(calibration_data))
     check_threshold_images(loaded, scorer.few_shot)
-    frames = {c: f[:CALIBRATION_IMAGES] for c, f in loaded.items()}
-    positions = tiling.count if memory == "position" else 0
+    positions = tiling.tiling.count if tiling and tiling.per_position else 0
     protos = {g.name: export_onnx(g, _example(scorer, g, graph_hw, positions), limits, opset)
               for g in graph_specs(scorer, per_position=bool(positions))}
     graph_loaded = loaded  # what int8 calibrates and validates on: the graphs' inputs, so tiles when tiled
     if tiling and precision == "int8":
-        graph_loaded = {c: sample_tiles(tiling, f, CALIBRATION_IMAGES + VALIDATION_IMAGES) for c, f in loaded.items()}
-    protos, int8_report = _with_precision(protos, precision, scorer=scorer, loaded=graph_loaded,
-                                          frames={c: f[:CALIBRATION_IMAGES] for c, f in graph_loaded.items()},
+        graph_loaded = {c: sample_tiles(tiling.tiling, f, NORMAL_IMAGES + VALIDATION_IMAGES)
+                        for c, f in loaded.items()}
+    protos, int8_report = _with_precision(protos, precision, scorer=scorer, limits=limits, loaded=graph_loaded,
                                           int8=int8 or Int8Settings(), progress=progress)
+    prototype_names = tuple(scorer.prototype_names) if scorer.few_shot else ()
     with atomic_dir(out, BUNDLE) as tmp:
         graphs = _write_graphs(tmp, protos)
-        manifest = make_manifest(
-            kind=config["kind"], teacher=config["teacher"], image_size=scorer.spec.image_size, frame_hw=frame_hw,
-            mean=scorer.spec.mean, std=scorer.spec.std, settings=config["settings"], precision=precision,
-            opset=opset, graphs=graphs, limits=limits,
-            **bundle_threshold(tmp, graphs, frames, scorer.max_prototypes, tiling=tiling, limits=limits,
-                               memory=memory),
+        threshold, basis = bundle_threshold(tmp, graphs, {c: f[:NORMAL_IMAGES] for c, f in loaded.items()},
+                                            limits=limits, prototype_names=prototype_names,
+                                            max_count=scorer.max_prototypes, tiling=tiling)
+        manifest = Manifest(
+            kind=config["kind"], image_size=scorer.spec.image_size, frame_hw=frame_hw, mean=tuple(scorer.spec.mean),
+            std=tuple(scorer.spec.std), precision=precision, opset=opset, graphs=graphs, limits=limits,
+            threshold=threshold, normal_scores=basis,
+            files={spec.file: sha256(tmp / spec.file) for spec in graphs.values()}, teacher=config["teacher"],
+            settings=config["settings"],
             versions={"packd": packd.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                       "onnxruntime": onnxruntime.__version__},
             checkpoint={"name": Path(checkpoint).resolve().name,
                         "model_sha256": sha256(Path(checkpoint) / "model.safetensors"),
                         "categories": config["train"]["categories"]},
             created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            files={spec["file"]: sha256(tmp / spec["file"]) for spec in graphs.values()},
-            prototypes=_prototypes_info(scorer) if SUPPORT in graphs else None,
-            int8=_int8_summary(int8_report) if int8_report else None,
-            tiling={"tile": tile, "overlap": overlap, "rois": [list(r) for r in rois], "map_side": tiling.map_side,
-                    **({"memory": memory} if scorer.few_shot else {})}
-            if tiling else None)
-        write_json(tmp / MANIFEST, manifest)
+            prototypes=_prototype_spec(scorer) if SUPPORT in graphs else None,
+            int8=_int8_summary(int8_report) if int8_report else None, tiling=tiling).checked()
+        write_json(tmp / MANIFEST, manifest.to_dict())
     if int8_report and report is not None:
         write_report(report, {"bundle": str(out), "kind": config["kind"], **int8_report})
     if engines != "never" and why_no_tensorrt() is None:
@@ -203,15 +186,14 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
     return manifest
 
 
-def _write_graphs(folder: Path, protos: dict[str, onnx.ModelProto]) -> dict[str, Any]:
+def _write_graphs(folder: Path, protos: dict[str, onnx.ModelProto]) -> dict[str, Graph]:
     """Check each graph (ONNX checker, TensorRT's parser rules) and save it; per graph its file and I/O."""
-    graphs: dict[str, Any] = {}
+    graphs: dict[str, Graph] = {}
     for name, proto in protos.items():
         proto = check_onnx(proto)
         problems = check_tensorrt_compat(proto)
         if problems:
             raise PackdError(f"{name} graph would not parse in TensorRT: " + "; ".join(problems[:5]))
         onnx.save(proto, folder / graph_file(name))
-        inputs, outputs = graph_io(proto)
-        graphs[name] = {"file": graph_file(name), "inputs": inputs, "outputs": outputs}
+        graphs[name] = graph_io(proto, graph_file(name))
     return graphs

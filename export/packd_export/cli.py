@@ -24,6 +24,7 @@ from packd.tiling_options import (
     TILE_HELP,
     parse_frame_size,
     parse_roi,
+    tile_options,
 )
 
 console = Console()
@@ -88,21 +89,21 @@ def export(
 
     if engines not in ("auto", "never", "require"):
         raise PackdError(f"--engines must be auto, never or require, got {engines!r}")
+    frame = parse_frame_size(frame_size)
+    tiles = tile_options(tile, overlap, tuple(parse_roi(r) for r in roi or ()), map_scale, frame, memory)
     manifest = export_bundle(checkpoint, out, precision=precision, max_batch=max_batch, max_shots=max_shots,
-                             frame_size=parse_frame_size(frame_size), opset=opset, calibration_data=calibration_data,
+                             frame_size=frame, opset=opset, calibration_data=calibration_data,
                              engines=engines, scoring=scoring_overrides(stage_weights=stage_weights, border=border,
                                                                         prototype_score=prototype_score),
                              int8=Int8Settings(calibration=calibration, fallback=fp16_fallback), report=report,
-                             progress=lambda text: console.print(text, markup=False), tile=tile, overlap=overlap,
-                             rois=tuple(parse_roi(r) for r in roi or ()), map_scale=map_scale,
-                             memory=memory)
-    console.print(f"bundle written to {out}: {', '.join(manifest['files'])}")
-    if "int8" in manifest:
-        v, fp16 = manifest["int8"]["validation"], manifest["int8"]["fp16_layers"]
+                             progress=lambda text: console.print(text, markup=False), tiles=tiles)
+    console.print(f"bundle written to {out}: {', '.join(manifest.files)}")
+    if manifest.int8 is not None:
+        v, fp16 = manifest.int8["validation"], manifest.int8["fp16_layers"]
         console.print(f"int8: {sum(len(v) for v in fp16.values())} layers kept in FP16; on held-out normal images "
                       f"Spearman {v['spearman']:.4f}, mean map error {100 * v['map_mean_error']:.2f} % of its range"
                       + ("" if v["meets_targets"] else " (targets NOT met: see --report)"), markup=False)
-    if not manifest["engines"] and engines != "never":
+    if not manifest.engines and engines != "never":
         console.print(f"no TensorRT engine built: {why_no_tensorrt()}; on the target run: packd-export build {out}",
                       markup=False)
 
@@ -115,13 +116,13 @@ def check(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     """Verify manifest version, file hashes, ONNX validity and TensorRT parser compatibility; with --key, the
     signature too."""
     from packd_export.check import check_bundle
-    from packd_runtime.bundle_format import read_manifest
+    from packd_runtime.manifest import read_manifest
     from packd_runtime.signing import verify_signature
 
     signed = verify_signature(bundle, read_manifest(bundle), key) if key else None
     manifest = check_bundle(bundle)
-    console.print(f"{bundle}: ok ({manifest['kind']}, {manifest['precision']}, "
-                  f"graphs: {', '.join(manifest['graphs'])}, engines: {len(manifest['engines'])}"
+    console.print(f"{bundle}: ok ({manifest.kind}, {manifest.precision}, "
+                  f"graphs: {', '.join(manifest.graphs)}, engines: {len(manifest.engines)}"
                   + ("" if signed is None else f"; signed by a trusted key, {len(signed)} engine(s) signed") + ")",
                   markup=False)
 
@@ -156,7 +157,7 @@ def build(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     from packd_runtime.tensorrt.build import build_bundle_engines
 
     manifest = build_bundle_engines(bundle, device)
-    console.print(f"built {', '.join(e['file'] for e in manifest['engines'])}")
+    console.print(f"built {', '.join(e.file for e in manifest.engines)}")
 
 
 @app.command()

@@ -26,9 +26,11 @@ from scipy.stats import spearmanr
 
 from packd.errors import PackdError
 from packd_export.fp16 import to_fp16
+from packd_export.onnx_export import in_memory_backend
 from packd_export.trunk import TRUNK_SEEDS, trunk_nodes, with_node_names
-from packd_runtime.bundle_format import IMAGES, QUERY, QUERY_OUTPUTS, SUPPORT
-from packd_runtime.coreset import bound_prototypes
+from packd_runtime.bundle_format import MAX_DYNAMIC, PROTOTYPES, SUPPORT
+from packd_runtime.manifest import Limits
+from packd_runtime.pipeline import Pipeline
 
 CALIBRATIONS = ("minmax", "percentile")
 FALLBACK_STEPS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -151,24 +153,15 @@ def _dequantized_for_convolutions_only(model: onnx.ModelProto, quantized: set[st
 
 def _outputs(graphs: Graphs, validation: Validation) -> list[tuple[np.ndarray, np.ndarray]]:
     """Scores and maps of `graphs` (ONNX Runtime, CPU) on every validation set."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sessions = {g: ort.InferenceSession(m.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-                for g, m in graphs.items()}
-    names = [o.name for o in graphs[SUPPORT].graph.output] if SUPPORT in graphs else []
-    results = []
-    for supports, queries in validation.sets:
-        extra = {}
-        if supports is not None:
-            arrays = sessions[SUPPORT].run(names, {IMAGES: supports})
-            n = validation.max_prototypes
-            extra = dict(zip(names, bound_prototypes(arrays, n) if n else arrays))
-        out = [sessions[QUERY].run(list(QUERY_OUTPUTS), {IMAGES: queries[i:i + VALIDATION_BATCH], **extra})
-               for i in range(0, len(queries), VALIDATION_BATCH)]
-        results.append((np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])))
-    return results
+    backend = in_memory_backend(graphs)
+    names = tuple(o.name for o in graphs[SUPPORT].graph.output) if SUPPORT in graphs else ()
+    limits = Limits(VALIDATION_BATCH, VALIDATION_BATCH, MAX_DYNAMIC[PROTOTYPES])  # no bound but the kind's own
+    pipeline = Pipeline(backend.run, limits, names, validation.max_prototypes)
+    try:
+        return [pipeline.score(queries, None if supports is None else pipeline.prototypes(supports))
+                for supports, queries in validation.sets]
+    finally:
+        backend.close()
 
 
 def agreement(reference: list[tuple[np.ndarray, np.ndarray]],

@@ -15,17 +15,19 @@ from torch import nn
 
 from packd.errors import PackdError
 from packd_export.graphs import GraphSpec
+from packd_runtime.manifest import Graph, Limits
+from packd_runtime.onnxruntime.backend import OnnxRuntimeBackend
 
 OPSETS = (17, 18, 19)
 
 
-def _dynamic_shapes(gspec: GraphSpec, limits: dict[str, int]) -> tuple:
+def _dynamic_shapes(gspec: GraphSpec, limits: Limits) -> tuple:
     """torch.export dims for the graph's inputs, shaped like its forward's arguments (the query graph
     takes its prototypes as *args). The traced bound is at least 8, above the example's sizes (2
     images, 6 prototypes; a bound below them fails to trace); the real bounds go to the manifest and
     the TensorRT profile."""
     labels = {label for name in gspec.inputs for label in gspec.dynamic.get(name, {}).values()}
-    dims = {label: torch.export.Dim(label, min=1, max=max(limits[label], 8)) for label in labels}
+    dims = {label: torch.export.Dim(label, min=1, max=max(limits.most(label), 8)) for label in labels}
     shapes = [{axis: dims[label] for axis, label in gspec.dynamic.get(name, {}).items()} for name in gspec.inputs]
     params = inspect.signature(gspec.module.forward).parameters.values()
     if len(shapes) > 1 and any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
@@ -56,7 +58,7 @@ def relu6_as_clamp(module: nn.Module) -> Iterator[None]:
             setattr(parent, name, child)
 
 
-def export_onnx(gspec: GraphSpec, example: tuple[torch.Tensor, ...], limits: dict[str, int],
+def export_onnx(gspec: GraphSpec, example: tuple[torch.Tensor, ...], limits: Limits,
                 opset: int = 18) -> onnx.ModelProto:
     """Export one graph; `limits` bounds each dynamic axis (batch, shots, prototypes)."""
     if opset not in OPSETS:
@@ -92,6 +94,13 @@ def _io_entries(values) -> list[dict[str, Any]]:
              "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
 
 
-def graph_io(model: onnx.ModelProto) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A graph's inputs and outputs as the manifest describes them: name, dtype and shape (axis names or sizes)."""
-    return _io_entries(model.graph.input), _io_entries(model.graph.output)
+def graph_io(model: onnx.ModelProto, file: str = "") -> Graph:
+    """A graph's file and its inputs and outputs as the manifest describes them: name, dtype and shape (axis names
+    or sizes)."""
+    return Graph.from_io(file, _io_entries(model.graph.input), _io_entries(model.graph.output))
+
+
+def in_memory_backend(graphs: dict[str, onnx.ModelProto]) -> OnnxRuntimeBackend:
+    """ONNX Runtime on the CPU over graphs not written yet (int8's calibration and validation)."""
+    return OnnxRuntimeBackend({g: m.SerializeToString() for g, m in graphs.items()},
+                              {g: graph_io(m) for g, m in graphs.items()}, device=None)

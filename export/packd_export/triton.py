@@ -19,18 +19,9 @@ from typing import Any
 
 from packd.errors import PackdError
 from packd_runtime.atomic import atomic_dir, check_replaceable, text_marker
-from packd_runtime.bundle_format import (
-    BATCH,
-    MANIFEST,
-    MAPS,
-    SCORES,
-    bundle_path,
-    fingerprint,
-    read_manifest,
-    verify_files,
-)
+from packd_runtime.bundle_format import BATCH, MANIFEST, MAPS, SCORES, bundle_path, fingerprint, verify_files
+from packd_runtime.manifest import Engine, Graph, Manifest, Tensor, read_manifest
 from packd_runtime.signing import SIGNATURE, verify_signature
-from packd_runtime.tiling import map_hw
 from packd_runtime.triton.line_model import ACTION, FINGERPRINT, FRAMES, LABELS, LINE, THRESHOLD, TRUSTED_KEYS
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64",
@@ -50,23 +41,22 @@ def _tensors(kind: str, entries: list[tuple[str, str, list[Any]]]) -> str:
     return f"{kind} [\n" + ",\n".join(rows) + "\n]"
 
 
-def _io(ios: list[dict[str, Any]], batched: bool) -> list[tuple[str, str, list[Any]]]:
-    return [(io["name"], TRITON_TYPES[io["dtype"]], io["shape"][1:] if batched else io["shape"]) for io in ios]
+def _io(ios: tuple[Tensor, ...], batched: bool) -> list[tuple[str, str, list[Any]]]:
+    return [(io.name, TRITON_TYPES[io.dtype], list(io.shape[1:] if batched else io.shape)) for io in ios]
 
 
 def _parameters(values: dict[str, str]) -> str:
     return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in values.items())
 
 
-def graph_config(name: str, spec: dict[str, Any], manifest: dict[str, Any], platform: str) -> str:
+def graph_config(name: str, spec: Graph, manifest: Manifest, platform: str) -> str:
     """config.pbtxt of one graph. Triton batches along a first axis that EVERY input and output shares;
     prototypes (n, C) have none, so graphs with prototypes run with max_batch_size 0 and the batch
     axis written into the dims."""
-    ios = spec["inputs"] + spec["outputs"]
-    batched = all(io["shape"] and io["shape"][0] == BATCH for io in ios)
-    max_batch = manifest["dynamic"][BATCH][1] if batched else 0
+    batched = all(io.shape and io.shape[0] == BATCH for io in spec.inputs + spec.outputs)
+    max_batch = manifest.limits.batch if batched else 0
     lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch}",
-             _tensors("input", _io(spec["inputs"], batched)), _tensors("output", _io(spec["outputs"], batched))]
+             _tensors("input", _io(spec.inputs, batched)), _tensors("output", _io(spec.outputs, batched))]
     if batched:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}")
     kind = "KIND_GPU" if platform == "tensorrt_plan" else "KIND_AUTO"
@@ -75,16 +65,16 @@ def graph_config(name: str, spec: dict[str, Any], manifest: dict[str, Any], plat
     return "\n".join(lines) + "\n"
 
 
-def line_model_config(manifest: dict[str, Any], backend: str, trusted_keys: list[Path] | None = None) -> str:
+def line_model_config(manifest: Manifest, backend: str, trusted_keys: list[Path] | None = None) -> str:
     """config.pbtxt of the Python-backend line model: per item a line name, an action (detect,
     changeover, calibrate) and a frame; per item back its score, map, label, the line's threshold and
     the bundle's fingerprint. One instance: the lines' state lives in its process."""
-    h, w = manifest["input"]["height"], manifest["input"]["width"]
+    h, w = manifest.frame_hw
     inputs = [(LINE, "TYPE_STRING", [1]), (ACTION, "TYPE_STRING", [1]), (FRAMES, "TYPE_UINT8", [h, w, 3])]
-    outputs = [(SCORES, "TYPE_FP32", [1]), (MAPS, "TYPE_FP32", list(map_hw(manifest))), (LABELS, "TYPE_BOOL", [1]),
+    outputs = [(SCORES, "TYPE_FP32", [1]), (MAPS, "TYPE_FP32", list(manifest.map_hw)), (LABELS, "TYPE_BOOL", [1]),
                (THRESHOLD, "TYPE_FP32", [1]), (FINGERPRINT, "TYPE_STRING", [1])]
     return "\n".join([
-        f'name: "{LINE_MODEL}"', 'backend: "python"', f"max_batch_size: {manifest['dynamic'][BATCH][1]}",
+        f'name: "{LINE_MODEL}"', 'backend: "python"', f"max_batch_size: {manifest.limits.batch}",
         _tensors("input", inputs), _tensors("output", outputs),
         f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
         "instance_group [ { kind: KIND_CPU count: 1 } ]",
@@ -100,24 +90,24 @@ from packd_runtime.triton.line_model import TritonPythonModel  # noqa: F401
 '''
 
 
-def _engines(manifest: dict[str, Any], gpu: str | None) -> dict[str, dict[str, Any]]:
+def _engines(manifest: Manifest, gpu: str | None) -> dict[str, Engine]:
     """Per graph the engine to serve: those built on `gpu` (a GPU name as the manifest records it); with
     no name, the bundle's engines if they were all built on one GPU."""
-    built = {e["gpu"] for e in manifest.get("engines", [])}
+    built = {e.gpu for e in manifest.engines}
     if gpu is None and len(built) > 1:
         raise PackdError(f"the bundle has engines for several GPUs ({', '.join(sorted(built))}): name the "
                          "server's with --engine-gpu")
     if gpu is not None and gpu not in built:
         raise PackdError(f"the bundle has no engines built on {gpu!r} (it has: {', '.join(sorted(built)) or 'none'}); "
                          f"run packd-export build on that GPU first")
-    return {e["graph"]: e for e in manifest.get("engines", []) if gpu is None or e["gpu"] == gpu}
+    return {e.graph: e for e in manifest.engines if gpu is None or e.gpu == gpu}
 
 
-def _copy_bundle(bundle: Path, manifest: dict[str, Any], dest: Path) -> None:
+def _copy_bundle(bundle: Path, manifest: Manifest, dest: Path) -> None:
     """The manifest and the files it lists (so hashed), each through `bundle_path`: nothing else the folder holds,
     never a symbolic link, nothing outside the bundle."""
     signature = [SIGNATURE] if (bundle / SIGNATURE).is_file() else []
-    for name in (MANIFEST, *signature, *manifest["files"]):
+    for name in (MANIFEST, *signature, *manifest.files):
         source = bundle_path(bundle, name)
         target = dest.joinpath(*Path(name).parts)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -142,15 +132,15 @@ def write_repository(bundle: str | Path, out: str | Path, *, backend: str = "aut
     engines = _engines(manifest, engine_gpu)
     models = {}
     with atomic_dir(out, REPOSITORY) as tmp:
-        for graph, spec in manifest["graphs"].items():
+        for graph, spec in manifest.graphs.items():
             version = tmp / graph / "1"
             version.mkdir(parents=True)
             if graph in engines:
                 platform = "tensorrt_plan"
-                shutil.copyfile(bundle_path(bundle, engines[graph]["file"]), version / "model.plan")
+                shutil.copyfile(bundle_path(bundle, engines[graph].file), version / "model.plan")
             else:
                 platform = "onnxruntime_onnx"
-                shutil.copyfile(bundle_path(bundle, spec["file"]), version / "model.onnx")
+                shutil.copyfile(bundle_path(bundle, spec.file), version / "model.onnx")
             (tmp / graph / "config.pbtxt").write_text(graph_config(graph, spec, manifest, platform))
             models[graph] = platform
         version = tmp / LINE_MODEL / "1"

@@ -9,11 +9,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from packd_runtime.errors import PackdError
+
+if TYPE_CHECKING:
+    from packd_runtime.manifest import Manifest
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 class Backend(Protocol):
@@ -37,7 +40,7 @@ class Backend(Protocol):
         ...
 
 
-def engines_here(manifest: dict[str, Any], device: int = 0) -> tuple[dict[str, str] | None, str]:
+def engines_here(manifest: Manifest, device: int = 0) -> tuple[dict[str, str] | None, str]:
     """Engines of this bundle that run on GPU `device` (this TensorRT version and compute capability), or
     why none do. Engines built on a GPU of the same compute capability but another name are used, with a
     warning: they run, but their tactics were timed on the other GPU."""
@@ -48,25 +51,25 @@ def engines_here(manifest: dict[str, Any], device: int = 0) -> tuple[dict[str, s
         return None, reason
     trt, _ = modules()
     cc, gpu = compute_capability(device), device_name(device)
-    matching = [e for e in manifest["engines"] if e["tensorrt"] == trt.__version__ and e["compute_capability"] == cc]
-    fits = {e["graph"]: e["file"] for e in matching}
-    if set(fits) == set(manifest["graphs"]):
-        others = sorted({e.get("gpu", "an unnamed GPU") for e in matching} - {gpu})
+    matching = [e for e in manifest.engines if e.tensorrt == trt.__version__ and e.compute_capability == cc]
+    fits = {e.graph: e.file for e in matching}
+    if set(fits) == set(manifest.graphs):
+        others = sorted({e.gpu or "an unnamed GPU" for e in matching} - {gpu})
         if others:
             warnings.warn(f"the bundle's engines were built on {', '.join(others)}, this is {gpu} (same compute "
                           f"capability sm{cc}): they run, but `packd-export build` here would time them for it",
                           stacklevel=3)
         return fits, f"engines for TensorRT {trt.__version__} on sm{cc} ({gpu})"
-    others = sorted({f"TensorRT {e['tensorrt']} / sm{e['compute_capability']}" for e in manifest["engines"]})
+    others = sorted({f"TensorRT {e.tensorrt} / sm{e.compute_capability}" for e in manifest.engines})
     if others:
         return None, (f"the bundle's engines were built for {', '.join(others)}; this machine has TensorRT "
                       f"{trt.__version__} / sm{cc}: rebuild them here with `packd-export build BUNDLE`")
     return None, "the bundle has no TensorRT engines yet (build them here with `packd-export build BUNDLE`)"
 
 
-def open_backend(bundle: Path, manifest: dict[str, Any], backend: str = "auto", device: int = 0,
+def open_backend(bundle: Path, manifest: Manifest, backend: str = "auto", device: int = 0,
                  build: bool = False, profile: bool = False,
-                 trusted_engines: set[str] | None = None) -> tuple[Backend, dict[str, Any], str]:
+                 trusted_engines: set[str] | None = None) -> tuple[Backend, Manifest, str]:
     """(backend, manifest, reason): TensorRT when the bundle has engines for this GPU and TensorRT
     version (or `build=True` and the builder is here: build and cache them; the manifest then lists
     them), else ONNX Runtime (CUDA provider if present, else CPU). `trusted_engines`: when given, only these
@@ -74,11 +77,11 @@ def open_backend(bundle: Path, manifest: dict[str, Any], backend: str = "auto", 
     if backend not in BACKENDS:
         raise PackdError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend in ("auto", "tensorrt"):
-        usable = manifest if trusted_engines is None else {
-            **manifest, "engines": [e for e in manifest["engines"] if e["file"] in trusted_engines]}
+        usable = manifest if trusted_engines is None else manifest.with_engines(
+            tuple(e for e in manifest.engines if e.file in trusted_engines), manifest.files)
         engines, why = engines_here(usable, device)
-        if len(usable["engines"]) < len(manifest["engines"]):
-            why += (f"; {len(manifest['engines']) - len(usable['engines'])} engine(s) not covered by the signature "
+        if len(usable.engines) < len(manifest.engines):
+            why += (f"; {len(manifest.engines) - len(usable.engines)} engine(s) not covered by the signature "
                     "were ignored (sign the bundle again after building them)")
         if engines is None and build:
             from packd_runtime.tensorrt.build import build_bundle_engines, why_no_tensorrt
@@ -98,5 +101,5 @@ def open_backend(bundle: Path, manifest: dict[str, Any], backend: str = "auto", 
         fallback = "ONNX Runtime, as asked"
     from packd_runtime.onnxruntime.backend import OnnxRuntimeBackend
 
-    ort_backend = OnnxRuntimeBackend(bundle, manifest, device)
+    ort_backend = OnnxRuntimeBackend.open(bundle, manifest.graphs, device)
     return ort_backend, manifest, f"{fallback} ({ort_backend.description})"

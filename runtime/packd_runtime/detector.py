@@ -20,34 +20,14 @@ import numpy as np
 
 from packd_runtime.atomic import atomic_file
 from packd_runtime.backends import Backend, open_backend
-from packd_runtime.bundle_format import (
-    BATCH,
-    IMAGES,
-    MAPS,
-    PROTOTYPES,
-    QUERY,
-    SCORES,
-    SHOTS,
-    SUPPORT,
-    TILE_INDEX,
-    fingerprint,
-    read_manifest,
-    tiling_memory,
-    verify_files,
-)
-from packd_runtime.coreset import bound_prototypes
+from packd_runtime.bundle_format import fingerprint, verify_files
 from packd_runtime.cuda_arrays import array_interface
 from packd_runtime.errors import PackdError
 from packd_runtime.gate import CallGate
+from packd_runtime.manifest import Manifest, read_manifest
+from packd_runtime.pipeline import Pipeline, batch_size
 from packd_runtime.signing import verify_signature
 from packd_runtime.threshold import threshold_from_normal_scores
-from packd_runtime.tiling import (
-    position_support,
-    shared_memory_bound,
-    tiled_query,
-    tiled_support,
-    tiling_from_manifest,
-)
 
 PROTOTYPES_FILE_LIMIT = 1 << 28  # 256 MiB of arrays: a full bank of 8 shots x 4 rotations at 448 px is far below
 
@@ -140,24 +120,22 @@ class Detector:
     """A loaded bundle on one backend. Safe to call from several camera threads at once; `close()` waits
     for calls in flight, and any call after it raises a PackdError."""
 
-    def __init__(self, bundle: Path, manifest: dict[str, Any], backend: Backend, reason: str):
+    def __init__(self, bundle: Path, manifest: Manifest, backend: Backend, reason: str):
         self.bundle, self.manifest, self.backend, self.reason = bundle, manifest, backend, reason
-        self._threshold = float(manifest["threshold"])  # per-category kinds: their category's; few-shot: unused
+        self._threshold = manifest.threshold  # per-category kinds: their category's; few-shot: unused
         self.fingerprint = fingerprint(manifest)
-        self.few_shot = SUPPORT in manifest["graphs"]
-        self.frame_hw = (manifest["input"]["height"], manifest["input"]["width"])
-        self.tiling = tiling_from_manifest(manifest)  # None: the graphs take whole frames
-        self.memory = tiling_memory(manifest) if self.few_shot else None  # tiled few-shot: "shared" or "position"
+        self.few_shot = manifest.few_shot
+        self.frame_hw = manifest.frame_hw
+        self.tiling = manifest.tiling.tiling if manifest.tiling is not None else None  # None: whole frames
         if self.tiling is not None:
             self.tiling.stitch_plan  # noqa: B018  built now, not on the first frame
-        self.max_batch = manifest["dynamic"][BATCH][1]
-        self.max_shots = manifest["dynamic"][SHOTS][1] if self.few_shot else 0
-        self.max_prototypes = manifest["dynamic"][PROTOTYPES][1] if self.few_shot else 0
-        self.max_count = manifest["prototypes"]["max_count"] if self.few_shot else 0
-        proto_inputs = [i for i in manifest["graphs"][QUERY]["inputs"][1:] if i["name"] != TILE_INDEX]
-        self.prototype_names = [i["name"] for i in proto_inputs]
-        self._proto_channels = [i["shape"][-1] for i in proto_inputs]
-        self._proto_lead = (self.tiling.count,) if self.memory == "position" else ()  # a per-position memory's axis
+        self.pipeline = Pipeline.of(manifest, backend.run)
+        self.max_batch = manifest.limits.batch
+        self.max_shots = manifest.limits.shots
+        self.max_prototypes = manifest.limits.prototypes
+        self.prototype_names = list(manifest.prototype_names)
+        self._proto_channels = list(manifest.prototype_channels)
+        self._proto_lead = (manifest.positions,) if manifest.positions else ()  # a per-position memory's axis
         self._current: Prototypes | None = None
         self._lock = threading.Lock()
         self._gate = CallGate("this detector is closed: open the bundle again")
@@ -229,28 +207,16 @@ class Detector:
         """Product changeover: run the support graph on k normal frames; the result becomes the
         detector's current prototypes and is returned (save it to skip this next time)."""
         if not self.few_shot:
-            raise PackdError(f"this {self.manifest['kind']} bundle has no support graph: it needs no prototypes")
+            raise PackdError(f"this {self.manifest.kind} bundle has no support graph: it needs no prototypes")
         images = self._frames(images, "support images")
-        k = images.shape[0]
+        k = batch_size(images)
         if self.tiling is None and k > self.max_shots:
             raise PackdError(f"{k} support images, but this bundle was built for at most {self.max_shots}")
         with self._gate.call():
-            if self.tiling is None:
-                out = self.backend.run(SUPPORT, {IMAGES: images})
-                arrays = [out[name] for name in self.prototype_names]
-                if self.max_count:
-                    arrays = bound_prototypes(arrays, self.max_count)  # the bank bound (greedy coreset), as in training
-            else:
-                make = position_support if self.memory == "position" else tiled_support
-                arrays = make(self.tiling, self._support_tiles, images, self.max_shots,
-                              bound=shared_memory_bound(self.max_count, self.max_prototypes))
+            arrays = self.pipeline.prototypes(images)
         protos = Prototypes(tuple(arrays), self.fingerprint, k)
         self.use(protos)
         return protos
-
-    def _support_tiles(self, tiles: np.ndarray) -> list[np.ndarray]:
-        out = self.backend.run(SUPPORT, {IMAGES: tiles})
-        return [out[name] for name in self.prototype_names]
 
     @property
     def threshold(self) -> float | None:
@@ -308,35 +274,24 @@ class Detector:
             raise PackdError(f"threshold must be a number, got {type(threshold).__name__} {threshold!r:.40}")
         if threshold is not None and not np.isfinite(float(threshold)):
             raise PackdError(f"threshold must be a finite number, got {threshold}")
-        feeds: dict[str, Any] = {}
+        arrays = None
         t = self._threshold
         if self.few_shot:
             protos = prototypes or self._current
             if protos is None:
-                raise PackdError(f"this {self.manifest['kind']} bundle needs prototypes first: call "
+                raise PackdError(f"this {self.manifest.kind} bundle needs prototypes first: call "
                                  "detector.prototypes(support_images) at product changeover "
                                  "(or detector.use(Prototypes.load(path)))")
             if prototypes is not None:
                 self._check_prototypes(prototypes)
-            feeds = dict(zip(self.prototype_names, protos.arrays))
+            arrays = protos.arrays
             t = protos.threshold
         t = float(threshold) if threshold is not None else t
         if masks and t is None:
             raise PackdError(NO_THRESHOLD)
 
-        def run(chunk: Any, positions: Any = None) -> tuple[np.ndarray, np.ndarray]:
-            index = {TILE_INDEX: positions.astype(np.int64)} if self.memory == "position" else {}
-            out = self.backend.run(QUERY, {IMAGES: chunk, **feeds, **index})  # per position: each tile its own
-            return out[SCORES], out[MAPS]
-
         with self._gate.call():
-            if self.tiling is not None:
-                scores, maps = tiled_query(self.tiling, run, images, self.max_batch)
-            else:
-                n = _batch_size(images)
-                parts = [run(images if n <= self.max_batch else images[i:i + self.max_batch])
-                         for i in range(0, n, self.max_batch)]
-                scores, maps = (np.concatenate(x) for x in zip(*parts))
+            scores, maps = self.pipeline.score(images, arrays)
         if not np.isfinite(scores).all():
             raise PackdError("the model gave non-finite scores: this bundle or these prototypes are broken")
         if t is None:
@@ -367,8 +322,3 @@ class Detector:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def _batch_size(images: Any) -> int:
-    """Frames in a batch: a numpy array's first axis, or what a device array's interface says."""
-    cai = getattr(images, "__cuda_array_interface__", None)
-    return int(cai["shape"][0]) if cai is not None else images.shape[0]

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from packd_runtime.atomic import atomic_file, write_json
-from packd_runtime.bundle_format import read_manifest, verify_files
+from packd_runtime.bundle_format import verify_files
 from packd_runtime.errors import PackdError
 from packd_runtime.files import read_json
+from packd_runtime.manifest import Manifest, read_manifest
 
 SIGNATURE = "manifest.sig"
 PRIVATE_KEY, PUBLIC_KEY = "packd_signing_key.pem", "packd_signing_key.pub.pem"
@@ -38,12 +39,12 @@ def _crypto() -> tuple[Any, Any]:
     return serialization, ed25519
 
 
-def signed_payload(manifest: dict[str, Any], engines: list[dict[str, str]]) -> bytes:
+def signed_payload(manifest: Manifest, engines: list[dict[str, str]]) -> bytes:
     """The bytes a signature covers: the manifest without its engines (and their files), and the engines the
     signer vouched for, as canonical JSON."""
-    engine_files = {e.get("file") for e in manifest.get("engines", []) if isinstance(e, dict)}
-    view = {k: v for k, v in manifest.items() if k != "engines"}
-    view["files"] = {k: v for k, v in manifest.get("files", {}).items() if k not in engine_files}
+    engine_files = {e.file for e in manifest.engines}
+    view = {k: v for k, v in manifest.to_dict().items() if k != "engines"}
+    view["files"] = {k: v for k, v in manifest.files.items() if k not in engine_files}
     return json.dumps({"manifest": view, "engines": engines}, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -99,14 +100,14 @@ def sign_bundle(bundle: str | Path, private_key: str | Path) -> dict[str, Any]:
     key = _load(private_key, private=True)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)  # never sign a bundle that was altered since export
-    engines = [{"file": e["file"], "sha256": manifest["files"][e["file"]]} for e in manifest["engines"]]
+    engines = [{"file": e.file, "sha256": manifest.files[e.file]} for e in manifest.engines]
     signature = {"algorithm": "ed25519", "key": key_id(key.public_key()), "engines": engines,
                  "signature": base64.b64encode(key.sign(signed_payload(manifest, engines))).decode()}
     write_json(bundle / SIGNATURE, signature)
     return signature
 
 
-def verify_signature(bundle: str | Path, manifest: dict[str, Any], trusted_keys: Iterable[str | Path]) -> set[str]:
+def verify_signature(bundle: str | Path, manifest: Manifest, trusted_keys: Iterable[str | Path]) -> set[str]:
     """Refuse the bundle unless one of `trusted_keys` signed this very manifest; returns the engine files the
     signer vouched for (whose hashes the manifest still lists unchanged)."""
     keys = [_load(k, private=False) for k in trusted_keys]
@@ -131,6 +132,6 @@ def verify_signature(bundle: str | Path, manifest: dict[str, Any], trusted_keys:
             key.verify(raw, payload)
         except InvalidSignature:
             continue
-        return {e["file"] for e in sig["engines"] if manifest["files"].get(e["file"]) == e["sha256"]}
+        return {e["file"] for e in sig["engines"] if manifest.files.get(e["file"]) == e["sha256"]}
     raise PackdError(f"{bundle}'s signature does not match any trusted key, or the bundle changed after it was "
                      "signed: refused")

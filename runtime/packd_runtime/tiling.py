@@ -13,13 +13,11 @@ interest the stitched map is 0: nothing there is ever flagged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
-from packd_runtime.coreset import bound_prototypes
 from packd_runtime.errors import PackdError
 
 MAX_TILES = 4096  # tiles of one frame: a bound on the batch a frame needs, checked before any work
@@ -142,85 +140,3 @@ class Tiling:
         summed = np.bincount((index[None] + offsets).ravel(), minlength=b * size,
                              weights=(maps.reshape(b, n, m, m) * weights).ravel())
         return (summed.reshape(b, size) * norm).reshape(b, *self.map_hw).astype(np.float32)
-
-
-def tiling_from_manifest(manifest: dict, where: str = "") -> Tiling | None:
-    """The Tiling a manifest records (None when it records none); tile maps are stitched at its `map_side` (default:
-    the query graph's own map side, the model's input size), which must divide the graph's."""
-    spec = manifest.get("tiling")
-    if spec is None:
-        return None
-    try:
-        rois = tuple(tuple(r) for r in spec.get("rois", ()))
-        if not all(len(r) == 4 and all(isinstance(v, int) and not isinstance(v, bool) for v in r) for r in rois):
-            raise PackdError("every region of interest must be four whole numbers Y,X,H,W")
-        side, size = spec.get("map_side", manifest["image_size"]), manifest["image_size"]
-        if not isinstance(side, int) or isinstance(side, bool) or not 1 <= side <= size or size % side:
-            raise PackdError(f"the map side {side!r} must divide the model's input size {size}")
-        return Tiling((manifest["input"]["height"], manifest["input"]["width"]), tile=spec["tile"],
-                      overlap=spec.get("overlap", 0), rois=rois, map_side=side)
-    except (KeyError, TypeError, AttributeError) as e:
-        raise PackdError(f"invalid manifest {where}: its tiling is malformed ({type(e).__name__}: {e})") from None
-    except PackdError as e:
-        raise PackdError(f"invalid manifest {where}: its tiling is unusable: {e}") from None
-
-
-
-def map_hw(manifest: dict) -> tuple[int, int]:
-    """The size of the anomaly map the runtime returns per frame: a tiled bundle's stitched map, else the model's
-    input size."""
-    tiling = tiling_from_manifest(manifest)
-    return tiling.map_hw if tiling is not None else (manifest["image_size"], manifest["image_size"])
-
-
-def max_pool(maps: np.ndarray, side: int) -> np.ndarray:
-    """(n, s, s) maps -> (n, side, side) by the max over s/side x s/side blocks (side divides s)."""
-    n, s = maps.shape[0], maps.shape[1]
-    if s == side:
-        return maps
-    f = s // side
-    return maps.reshape(n, side, f, side, f).max(axis=(2, 4))
-
-
-def tiled_query(tiling: Tiling, run: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-                frames: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Score whole frames with a query graph that takes tiles: `run(tiles, positions) -> (scores, maps)` over every
-    frame's tiles in batches of at most `limit` (`positions`: each tile's index in its frame's tiling, what a
-    per-position memory looks its prototypes up by); maps stitched; a frame's score is the max of its stitched map
-    (so the score rule sees the frame, and nothing outside the regions of interest counts). Tile maps larger than
-    the tiling's map side are max-pooled to it first: a coarser map never loses a defect's peak."""
-    tiles = tiling.cut(frames)
-    positions = np.tile(np.arange(tiling.count), len(frames))
-    maps = np.concatenate([run(tiles[i:i + limit], positions[i:i + limit])[1] for i in range(0, len(tiles), limit)])
-    stitched = tiling.stitch(max_pool(maps, tiling.map_side or tiling.tile))
-    return stitched.reshape(len(stitched), -1).max(axis=1), stitched
-
-
-def shared_memory_bound(max_count: int, prototype_limit: int) -> int:
-    """The most prototypes a tiled changeover keeps: the kind's own bank bound, else the most its query graph takes
-    (every tile of every support frame pooled would grow with the frame: bounded, changeover and query time stay
-    bounded whatever the frame size). One rule for the runtime, export's threshold and `packd eval --tile`."""
-    return max_count or prototype_limit
-
-
-def tiled_support(tiling: Tiling, run: Callable[[np.ndarray], list[np.ndarray]], frames: np.ndarray,
-                  limit: int, bound: int) -> list[np.ndarray]:
-    """The shared memory of k normal frames: `run(tiles) -> prototype arrays` over every frame's tiles in batches
-    of at most `limit`, pooled and bounded to `bound` rows by greedy coreset (see `shared_memory_bound`)."""
-    tiles = tiling.cut(frames)
-    parts = [run(tiles[i:i + limit]) for i in range(0, len(tiles), limit)]
-    return bound_prototypes([np.concatenate(arrays) for arrays in zip(*parts)], bound)
-
-
-def position_support(tiling: Tiling, run: Callable[[np.ndarray], list[np.ndarray]], frames: np.ndarray,
-                     limit: int, bound: int) -> list[np.ndarray]:
-    """A per-position memory of k normal frames: for each tile position, `run(tiles) -> prototype arrays` on the
-    k frames' tiles at that position (in batches of at most `limit`), bounded to `bound` rows by greedy coreset;
-    stacked, (positions, n, C_i) per prototype tensor. A changeover runs one support call per position."""
-    s = tiling.tile
-    tiles = tiling.cut(frames).reshape(len(frames), tiling.count, s, s, frames.shape[-1])
-    banks = []
-    for i in range(tiling.count):
-        parts = [run(np.ascontiguousarray(tiles[j:j + limit, i])) for j in range(0, len(frames), limit)]
-        banks.append(bound_prototypes([np.concatenate(arrays) for arrays in zip(*parts)], bound))
-    return [np.stack(stage) for stage in zip(*banks)]

@@ -112,7 +112,7 @@ def test_a_full_disk_during_export_or_a_report_keeps_the_old_files(checkpoints, 
 
     import packd_export.bundle as bundle_mod
     import packd_runtime.atomic as atomic
-    from packd_runtime.reports import write_report
+    from packd.reports import write_report
 
     export_bundle(checkpoints["rd"], tmp_path / "b", max_batch=2, engines="never")
     before = (tmp_path / "b" / "manifest.json").read_text()

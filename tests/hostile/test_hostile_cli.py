@@ -69,7 +69,7 @@ def test_bad_synth_options(capsys, tmp_path, extra, message):
 @pytest.mark.parametrize("extra, message", [
     (["--overlap", "8"], "--overlap, --roi and --map-scale need --tile S"),
     (["--frame-size", "100x100"], "--frame-size describes a tiled evaluation: add --tile S"),
-    (["--memory", "position"], "--memory describes a tiled evaluation: add --tile S"),
+    (["--memory", "position"], "--memory position describes a tiled export or evaluation: add --tile S"),
     (["--tile", "64", "--memory", "pooled"], "--memory must be one of shared, position"),
     (["--tile", "64", "--roi", "1,2"], "--roi must look like Y,X,H,W"),
     (["--tile", "64", "--frame-size", "10x"], "--frame-size must look like 480x640"),
@@ -145,7 +145,7 @@ def _export(capsys, args):
     (["--tile", "64", "--frame-size", "100x100", "--roi", "1,2,3,\u0663"], "--roi must look like Y,X,H,W"),
     (["--tile", "64", "--frame-size", "100x100", "--overlap", "70"], "--overlap 70 must be at least 0 and less"),
     (["--roi", "0,0,10,10"], "--overlap, --roi and --map-scale need --tile S"),
-    (["--memory", "position"], "--memory position describes a tiled export: add --tile S"),
+    (["--memory", "position"], "--memory position describes a tiled export or evaluation: add --tile S"),
     (["--tile", "64", "--frame-size", "100x100", "--memory", "pooled"], "--memory must be one of shared, position"),
 ])
 def test_bad_int8_export_options_are_one_line_before_any_work(capsys, tmp_path, extra, message):

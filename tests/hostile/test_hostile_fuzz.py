@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from packd_runtime import Detector, Prototypes
-from packd_runtime.bundle_format import check_manifest, read_manifest, verify_files
+from packd_runtime.bundle_format import verify_files
 from packd_runtime.errors import PackdError
+from packd_runtime.manifest import Manifest, read_manifest
 from packd_runtime.onnx_scan import external_data_locations, graph_inputs_outputs, local_functions
 
 FUZZ = settings(max_examples=150, derandomize=True, deadline=None, database=None,
@@ -73,7 +74,7 @@ def packd_bundle(bundles):
 @FUZZ
 @given(value=JSON)
 def test_any_json_is_a_manifest_or_one_line(value):
-    _works_or_one_line(check_manifest, value, "fuzz")
+    _works_or_one_line(Manifest.from_dict, value, "fuzz")
 
 
 @FUZZ
@@ -82,8 +83,9 @@ def test_a_manifest_with_any_field_replaced_or_removed_is_checked_in_one_line(pa
     manifest, folder = packd_bundle
     path = data.draw(st.sampled_from(sorted(_paths(manifest), key=repr)))
     forged = _mutate(manifest, path, data.draw(JSON | st.just(DELETE)))
-    checked = _works_or_one_line(check_manifest, forged, "fuzz")
+    checked = _works_or_one_line(Manifest.from_dict, forged, "fuzz")
     if checked is not None:
+        assert checked.to_dict() == forged  # typed, nothing dropped or defaulted
         _works_or_one_line(verify_files, folder, checked)  # reads only inside the bundle, or refuses
 
 

@@ -5,6 +5,7 @@ import errno
 import threading
 import time
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def test_calls_after_close_are_clear_errors(bundles):
 
 def test_close_waits_for_calls_in_flight(bundles):
     det = Detector.open(bundles["rd"][1], backend="onnxruntime")
-    real = det.backend.run
+    real = det.pipeline.run
     started = threading.Event()
 
     def slow(graph, feeds):
@@ -81,7 +82,7 @@ def test_close_waits_for_calls_in_flight(bundles):
         time.sleep(0.5)
         return real(graph, feeds)
 
-    det.backend.run = slow
+    det.pipeline = replace(det.pipeline, run=slow)
     results = []
     t = threading.Thread(target=lambda: results.append(det.detect(_frames(2))))
     t.start()

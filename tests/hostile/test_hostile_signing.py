@@ -12,8 +12,8 @@ from conftest import FRAME
 from packd.errors import PackdError
 from packd_export.cli import main as export_main
 from packd_runtime import Detector
-from packd_runtime.bundle_format import read_manifest
 from packd_runtime.files import sha256
+from packd_runtime.manifest import read_manifest
 from packd_runtime.signing import PRIVATE_KEY, PUBLIC_KEY, SIGNATURE, generate_keys, sign_bundle, verify_signature
 
 

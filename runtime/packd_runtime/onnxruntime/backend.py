@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from packd_runtime.cuda_arrays import producer_stream
 from packd_runtime.errors import PackdError
 from packd_runtime.files import native_path
 from packd_runtime.onnx_scan import external_data_locations
+
+if TYPE_CHECKING:
+    from packd_runtime.manifest import Graph
 
 
 def _model_source(path: Path) -> bytes | str:
@@ -29,30 +32,35 @@ def _model_source(path: Path) -> bytes | str:
 
 
 class OnnxRuntimeBackend:
-    """`Backend` on ONNX Runtime; outputs are returned by name."""
+    """`Backend` on ONNX Runtime; outputs are returned by name. `models`: per graph its ONNX bytes (or path);
+    `graphs`: their I/O, which the sessions must have."""
 
     name = "onnxruntime"
 
-    def __init__(self, bundle: Path, manifest: dict[str, Any], device: int = 0):
+    @classmethod
+    def open(cls, bundle: Path, graphs: Mapping[str, Graph], device: int | None = 0) -> OnnxRuntimeBackend:
+        """The backend of a bundle's graph files (device None: the CPU provider only)."""
+        return cls({g: _model_source(bundle / spec.file) for g, spec in graphs.items()}, graphs, device)
+
+    def __init__(self, models: Mapping[str, bytes | str], graphs: Mapping[str, Graph], device: int | None = 0):
         try:
             import onnxruntime as ort
         except ImportError:
             raise PackdError("the ONNX Runtime backend needs onnxruntime: pip install onnxruntime "
                              "(or onnxruntime-gpu on NVIDIA machines)") from None
-        wanted = "CUDAExecutionProvider" in ort.get_available_providers()
+        wanted = device is not None and "CUDAExecutionProvider" in ort.get_available_providers()
         providers = ([("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"] if wanted
                      else ["CPUExecutionProvider"])
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        self._sessions = {g: ort.InferenceSession(_model_source(bundle / spec["file"]), sess_options=opts,
-                                                  providers=providers)
-                          for g, spec in manifest["graphs"].items()}
-        self._outputs = {g: [o["name"] for o in spec["outputs"]] for g, spec in manifest["graphs"].items()}
-        for g, spec in manifest["graphs"].items():  # the runtime reads outputs by name: the names must be right
+        self._sessions = {g: ort.InferenceSession(models[g], sess_options=opts, providers=providers)
+                          for g in graphs}
+        self._outputs = {g: [o.name for o in spec.outputs] for g, spec in graphs.items()}
+        for g, spec in graphs.items():  # the runtime reads outputs by name: the names must be right
             session = self._sessions[g]
             real = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-            if real != ([i["name"] for i in spec["inputs"]], self._outputs[g]):
-                raise PackdError(f"{spec['file']} has inputs/outputs {real}, not the manifest's: refused")
+            if real != ([i.name for i in spec.inputs], self._outputs[g]):
+                raise PackdError(f"{spec.file} has inputs/outputs {real}, not the manifest's: refused")
         got = {p for session in self._sessions.values() for p in session.get_providers()}
         self.cuda = all("CUDAExecutionProvider" in s.get_providers() for s in self._sessions.values())
         self.device_id = device

@@ -15,16 +15,15 @@ the names it uses are checked against a real TensorRT 11 binding where that bind
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from packd_runtime.atomic import atomic_dir, write_json
-from packd_runtime.bundle_format import BATCH, BUNDLE, MANIFEST, PROTOTYPES, SHOTS, read_manifest, verify_files
+from packd_runtime.bundle_format import BATCH, BUNDLE, MANIFEST, PROTOTYPES, SHOTS, verify_files
 from packd_runtime.errors import PackdError
 from packd_runtime.files import native_path, sha256
-from packd_runtime.tiling import tiling_from_manifest
+from packd_runtime.manifest import Engine, Manifest, read_manifest
 
 WORKSPACE_BYTES = 4 << 30
 OPT_BATCH, OPT_SHOTS = 8, 4
@@ -81,20 +80,16 @@ def engine_name(graph: str, trt_version: str, cc: str) -> str:
     return f"{graph}.trt{trt_version}.sm{cc}.engine"
 
 
-def profile_shapes(manifest: dict[str, Any], graph: str) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """(min, opt, max) shape of every input of `graph` from the manifest's dynamic ranges; a tiled bundle's
-    query batch is tuned for one frame's tiles."""
-    dyn = manifest["dynamic"]
-    tiling = tiling_from_manifest(manifest)
-    batch = OPT_BATCH if tiling is None else tiling.count  # a tiled bundle's batch is one frame's tiles
-    opts = {BATCH: batch, SHOTS: OPT_SHOTS}
-    if PROTOTYPES in dyn:
-        opts[PROTOTYPES] = OPT_SHOTS * manifest["prototypes"]["per_shot"]
+def profile_shapes(manifest: Manifest, graph: str) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) shape of every input of `graph` from the manifest's limits; a tiled bundle's query batch is
+    tuned for one frame's tiles."""
+    most = manifest.limits.most
+    opts = {BATCH: OPT_BATCH if manifest.tiling is None else manifest.tiling.tiling.count,  # one frame's tiles
+            SHOTS: OPT_SHOTS, PROTOTYPES: OPT_SHOTS * (manifest.prototypes.per_shot if manifest.prototypes else 0)}
     shapes = {}
-    for spec in manifest["graphs"][graph]["inputs"]:  # named axes are dynamic (a per-position axis is fixed)
-        dims = [(d, d, d) if isinstance(d, int) else (dyn[d][0], min(dyn[d][1], opts[d]), dyn[d][1])
-                for d in spec["shape"]]
-        shapes[spec["name"]] = tuple(tuple(d[i] for d in dims) for i in range(3))
+    for spec in manifest.graphs[graph].inputs:  # named axes are dynamic (a per-position axis is fixed)
+        dims = [(d, d, d) if isinstance(d, int) else (1, min(most(d), opts[d]), most(d)) for d in spec.shape]
+        shapes[spec.name] = tuple(tuple(d[i] for d in dims) for i in range(3))
     return shapes
 
 
@@ -139,7 +134,7 @@ def build_engine(onnx_path: Path, shapes: dict[str, tuple], out: Path, timing_ca
     timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
 
 
-def build_engines(bundle: Path, manifest: dict[str, Any], device: int = 0) -> list[dict[str, Any]]:
+def build_engines(bundle: Path, manifest: Manifest, device: int = 0) -> list[Engine]:
     """Build an engine for every graph of the bundle on GPU `device`; returns their manifest entries."""
     trt, cudart = modules()
     err, = cudart.cudaSetDevice(device)
@@ -148,16 +143,16 @@ def build_engines(bundle: Path, manifest: dict[str, Any], device: int = 0) -> li
     version, cc, gpu = trt.__version__, compute_capability(device), device_name(device)
     cache = bundle / f"timing.trt{version}.sm{cc}.cache"
     entries = []
-    for graph, spec in manifest["graphs"].items():
+    for graph, spec in manifest.graphs.items():
         name = engine_name(graph, version, cc)
         shapes = profile_shapes(manifest, graph)
-        build_engine(bundle / spec["file"], shapes, bundle / name, cache)
-        entries.append({"graph": graph, "file": name, "tensorrt": version, "compute_capability": cc, "gpu": gpu,
-                        "profile": {k: [list(s) for s in v] for k, v in shapes.items()}})
+        build_engine(bundle / spec.file, shapes, bundle / name, cache)
+        entries.append(Engine(graph=graph, file=name, tensorrt=version, compute_capability=cc, gpu=gpu,
+                              profile={k: [list(s) for s in v] for k, v in shapes.items()}))
     return entries
 
 
-def build_bundle_engines(bundle: str | Path, device: int = 0) -> dict[str, Any]:
+def build_bundle_engines(bundle: str | Path, device: int = 0) -> Manifest:
     """Build engines for an existing bundle on this machine's GPU `device` and record them (and the
     timing cache) in the manifest; the bundle is rewritten atomically."""
     bundle = Path(bundle)
@@ -168,9 +163,10 @@ def build_bundle_engines(bundle: str | Path, device: int = 0) -> dict[str, Any]:
     with atomic_dir(bundle, BUNDLE) as tmp:
         shutil.copytree(bundle, tmp, dirs_exist_ok=True)
         entries = build_engines(tmp, manifest, device)
-        built = {e["file"] for e in entries}
-        manifest["engines"] = [e for e in manifest["engines"] if e["file"] not in built] + entries
-        for name in [*built, *(p.name for p in tmp.glob("timing.*.cache"))]:
-            manifest["files"][name] = sha256(tmp / name)
-        write_json(tmp / MANIFEST, manifest)
-    return json.loads((bundle / MANIFEST).read_text())
+        built = {e.file for e in entries}
+        files = {**manifest.files, **{name: sha256(tmp / name)
+                                      for name in [*built, *(p.name for p in tmp.glob("timing.*.cache"))]}}
+        manifest = manifest.with_engines((*(e for e in manifest.engines if e.file not in built), *entries),
+                                         files).checked()
+        write_json(tmp / MANIFEST, manifest.to_dict())
+    return manifest

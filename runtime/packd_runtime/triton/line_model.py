@@ -30,7 +30,6 @@ from packd_runtime.bundle_format import MAPS, SCORES
 from packd_runtime.detector import Detector, Prototypes, Result
 from packd_runtime.errors import PackdError
 from packd_runtime.threshold import threshold_from_normal_scores
-from packd_runtime.tiling import map_hw
 
 ACTIONS = ("detect", "changeover", "calibrate", "stage")
 STAGE = "stage"  # request parameter: the token that ties staged frames to their changeover or calibration
@@ -175,7 +174,7 @@ class TritonPythonModel:
             try:
                 if action == "stage":
                     self.server.stage(line, tokens[group[0]], frames[0])
-                    result = _staged(len(frames[0]), map_hw(self.server.detector.manifest))
+                    result = _staged(len(frames[0]), self.server.detector.manifest.map_hw)
                 else:
                     staged = self.server.take_staged(line, tokens[group[0]]) if action != "detect" else []
                     result = self.server.run(line, action, np.concatenate([*staged, *frames]))

@@ -1,0 +1,56 @@
+"""A bundle's default threshold, from its OWN graphs (so fp16 / int8 bundles get theirs) driven by the runtime's
+graph pipeline: mean + 3 std of the scores of normal training images, few-shot kinds with prototypes from
+THRESHOLD_SHOTS of each category's images. (A product's own threshold is the runtime's `Detector.calibrate`.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from packd.errors import PackdError
+from packd_runtime.manifest import Graph, Limits, NormalScores, TilingSpec
+from packd_runtime.onnxruntime.backend import OnnxRuntimeBackend
+from packd_runtime.pipeline import Pipeline
+from packd_runtime.threshold import score_range, threshold_from_normal_scores
+
+THRESHOLD_SHOTS = 2  # few-shot kinds: supports per category when scoring the normal images
+
+
+def check_threshold_images(frames: dict[str, np.ndarray], few_shot: bool) -> None:
+    """Before the long work: the default threshold needs normal images to score, which few-shot kinds do not
+    take as supports; one line when the categories have none left."""
+    spare = sum(max(0, len(f) - THRESHOLD_SHOTS) if few_shot else len(f) for f in frames.values())
+    if spare == 0:
+        counts = ", ".join(f"{c}: {len(f)}" for c, f in frames.items())
+        need = f"{THRESHOLD_SHOTS + 1} (a few-shot kind takes {THRESHOLD_SHOTS} as supports)" if few_shot else "1"
+        raise PackdError(f"the bundle's default threshold needs normal images to score and the training categories "
+                         f"have too few ({counts}); at least {need} in one category are needed: pass "
+                         "--calibration-data DIR with more normal images of them")
+
+
+def normal_scores(pipeline: Pipeline, frames: dict[str, np.ndarray]) -> np.ndarray:
+    """Scores of normal frames as the runtime computes them; few-shot kinds take each category's first
+    THRESHOLD_SHOTS frames as supports and score the rest."""
+    scores = []
+    for images in frames.values():
+        prototypes, queries = None, images
+        if pipeline.prototype_names:
+            prototypes, queries = pipeline.prototypes(images[:THRESHOLD_SHOTS]), images[THRESHOLD_SHOTS:]
+        if len(queries):
+            scores.append(pipeline.score(queries, prototypes)[0])
+    return np.concatenate(scores)
+
+
+def bundle_threshold(folder: Path, graphs: dict[str, Graph], frames: dict[str, np.ndarray], *, limits: Limits,
+                     prototype_names: tuple[str, ...], max_count: int,
+                     tiling: TilingSpec | None) -> tuple[float, NormalScores]:
+    """The default threshold of the graphs written in `folder` and the range of the normal scores it came from
+    (which the manifest records, so that a threshold far outside it is refused)."""
+    backend = OnnxRuntimeBackend.open(folder, graphs, device=None)
+    try:
+        scores = normal_scores(Pipeline(backend.run, limits, prototype_names, max_count, tiling), frames)
+    finally:
+        backend.close()
+    return threshold_from_normal_scores(scores), NormalScores(**score_range(scores))
+
