@@ -4,6 +4,10 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 TRITON_VENV ?= .venv-triton
+# the runtime alone, as camera software installs it (no torch), on the oldest Python it supports (JetPack 6: 3.10)
+RUNTIME_VENV ?= .venv-runtime
+RUNTIME_PYTHON ?= $(firstword $(shell for p in python3.10 $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10); do \
+	$$p -c 'import venv' 2>/dev/null && echo $$p; done) python3)
 
 .PHONY: demo test lint docs quick triton-env bench-accuracy mutation
 
@@ -23,6 +27,15 @@ $(TRITON_VENV)/.installed: runtime/pyproject.toml
 	touch $@
 
 triton-env: $(TRITON_VENV)/.installed
+
+# The runtime's own tests run here, where torch is not installed: onnx builds their toy bundles.
+$(RUNTIME_VENV)/.installed: runtime/pyproject.toml
+	$(RUNTIME_PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RUNTIME_VENV)/bin/python -m pip install -q -e './runtime[signing]' "pytest>=8" "hypothesis>=6.100" "onnx>=1.16"
+	touch $@
+
+runtime-env: $(RUNTIME_VENV)/.installed
 
 demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(VENV)/bin/packd-demo --out runs/demo

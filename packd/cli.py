@@ -37,6 +37,7 @@ data_app = typer.Typer(help="Datasets: synthetic generator and layout converters
                        rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 console = Console()
+err_console = Console(stderr=True)
 
 
 @data_app.command("synth")
@@ -115,7 +116,13 @@ def train(**options: Any) -> None:
     from packd.train import configure
     from packd.train import train as run_training
 
-    kind, data, out = options.pop("model"), options.pop("data"), options.pop("out")
+    kind, deprecated, data, out = options.pop("kind"), options.pop("model"), options.pop("data"), options.pop("out")
+    if deprecated is not None:
+        if kind is not None and kind != deprecated:
+            raise PackdError(f"--model {deprecated} and --kind {kind} disagree: give --kind only")
+        err_console.print("--model is deprecated and goes in the next release: use --kind", markup=False)
+        kind = kind or deprecated
+    kind = kind or "rd"
     categories, preset, resume = options.pop("categories"), options.pop("preset"), options.pop("resume")
     tile, cache_gb = options.pop("tile"), options.pop("teacher_cache_gb")
     check_cache_gb(cache_gb)
@@ -137,8 +144,10 @@ def _train_signature() -> inspect.Signature:
             help="Dataset root (MVTec AD / MPDD layout or VisA).")]),
         inspect.Parameter("out", kw, annotation=Annotated[Path, typer.Option(
             help="Checkpoint folder to write (updated every epoch).")]),
-        inspect.Parameter("model", kw, default="rd", annotation=Annotated[str, typer.Option(
-            help=f"Model kind: {kinds}.")]),
+        inspect.Parameter("kind", kw, default=None, annotation=Annotated[str | None, typer.Option(
+            help=f"The kind to train: {kinds}.", show_default="rd")]),
+        inspect.Parameter("model", kw, default=None, annotation=Annotated[str | None, typer.Option(
+            help="Deprecated name of --kind (kept for one release).", hidden=True)]),
         inspect.Parameter("categories", kw, default=None, annotation=Annotated[str | None, typer.Option(
             help="Comma-separated categories to train on (default: all in DATA). For few-shot kinds: the "
                  "meta-training categories, never the targets.")]),
@@ -164,7 +173,7 @@ app.command("train")(train)
 
 
 def _print_fewshot(report: dict) -> None:
-    table = Table(title=f"{report['model']} {report['shots']}-shot, {report['runs']} support sets (mean ± std)")
+    table = Table(title=f"{report['kind']} {report['shots']}-shot, {report['runs']} support sets (mean ± std)")
     keys = ("image_auroc", "pixel_auroc", "aupro")
     table.add_column("category")
     for k in keys:
@@ -175,7 +184,7 @@ def _print_fewshot(report: dict) -> None:
 
 
 def _print_report(report: dict) -> None:
-    table = Table(title=f"{report['model']} / {report['teacher']} @ {report['image_size']} px")
+    table = Table(title=f"{report['kind']} / {report['teacher']} @ {report['image_size']} px")
     keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
     table.add_column("category")
     for k in keys:
@@ -247,7 +256,7 @@ def eval_(
         return
     scorer, config = load_scorer(checkpoint, scoring)
     cats = evaluation_categories(config, data, categories, scorer.few_shot)
-    meta = {"checkpoint": str(checkpoint), "model": config["kind"], "teacher": config["teacher"]["name"],
+    meta = {"checkpoint": str(checkpoint), "kind": config["kind"], "teacher": config["teacher"]["name"],
             "image_size": scorer.spec.image_size}
     report = evaluate_fewshot(scorer, data, cats, shots=shots, runs=runs, seed=seed, json_path=json_out,
                               supports_from=supports_from, batch_size=batch_size, device=device, meta=meta,

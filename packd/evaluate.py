@@ -153,7 +153,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[st
     report = {
         "checkpoint": str(checkpoint),
         "data": str(data),
-        "model": config["kind"],
+        "kind": config["kind"],
         "teacher": config["teacher"]["name"],
         "image_size": scorer.spec.image_size,
         **({"tiling": tile.to_dict()} if tile else {}),

@@ -62,7 +62,7 @@ def test_synth_train_eval_end_to_end(tmp_path):
     r = runner.invoke(app, ["data", "synth", "--out", str(data), "--size", "64", "--categories", "disc",
                             "--train", "6", "--test-good", "3", "--test-defect", "2"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train", "--model", "rd", "--data", str(data), "--categories", "disc",
+    r = runner.invoke(app, ["train", "--kind", "rd", "--data", str(data), "--categories", "disc",
                             "--teacher", TEACHER, "--image-size", "64", "--epochs", "1",
                             "--batch-size", "3", "--lr", "0.005", "--seed", "1", "--out", str(ckpt)])
     assert r.exit_code == 0, r.output
@@ -100,16 +100,18 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synth_root):
     cases = [
         (["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "ck")], "dataset folder not found"),
         (["eval", "--checkpoint", str(tmp_path), "--data", str(tmp_path)], "not a packd checkpoint"),
-        (["train", "--model", "gan", "--data", str(tmp_path), "--out", str(tmp_path / "ck")], "unknown model kind"),
+        (["train", "--kind", "gan", "--data", str(tmp_path), "--out", str(tmp_path / "ck")], "unknown kind 'gan'"),
+        (["train", "--model", "rd", "--kind", "memkd", "--data", str(tmp_path), "--out", str(tmp_path / "ck")],
+         "--model rd and --kind memkd disagree: give --kind only"),
         (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--epochs", "0"], "--epochs must be at"),
-        (["train", "--model", "packd", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--rotations", "5"],
+        (["train", "--kind", "packd", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--rotations", "5"],
          "--rotations must be at most 4"),
         (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--image-size", "16"],
          "--image-size must be at least 32"),
         (["train", "--data", str(synth_root), "--out", str(tmp_path / "ck"), "--image-size", "100", "--teacher",
           TEACHER], "--image-size must be a multiple of 32 for tf_efficientnet_lite0"),
         (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--slots", "4"],
-         "--slots does not apply to --model rd"),
+         "--slots does not apply to --kind rd"),
         (["train", "--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--preset", "fast"], "unknown --preset"),
     ]
     for args, message in cases:
@@ -120,3 +122,14 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synth_root):
         assert err.strip().count("\n") == 0, err
     r = _packd(*cases[0][0])  # the installed entry point behaves the same
     assert r.returncode == 2 and cases[0][1] in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_model_is_the_deprecated_name_of_kind(tmp_path, capsys, synth_root):
+    """`--model` still trains for one release, with a one-line notice; `kind` is the word everywhere else."""
+    with pytest.raises(SystemExit) as e:
+        run_app(app, ["train", "--model", "knn", "--data", str(synth_root), "--categories", "grid", "--out",
+                      str(tmp_path / "ck"), "--teacher", TEACHER, "--image-size", "64"], prog_name="packd")
+    captured = capsys.readouterr()
+    assert e.value.code == 0
+    assert captured.err.strip() == "--model is deprecated and goes in the next release: use --kind"
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["kind"] == "knn"

@@ -32,7 +32,7 @@ def _args(options: dict) -> list[str]:
 def torchrun(kind: str, data: Path, out: Path, categories: str, **options) -> subprocess.Popen:
     """`torchrun --standalone --nproc_per_node 2 -m packd train ...` as a user types it, in its own process group."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "packd",
-           "train", "--model", kind, "--data", str(data), "--out", str(out), "--categories", categories,
+           "train", "--kind", kind, "--data", str(data), "--out", str(out), "--categories", categories,
            *_args({**OPTIONS[kind], **options})]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

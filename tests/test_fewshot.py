@@ -83,7 +83,7 @@ def test_models_without_support_path_are_scored_once_per_category(synth_root, tm
 
 def test_cli_packd_and_memkd(synth_root, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(app, ["train", "--model", "packd", "--data", str(synth_root), "--categories", "grid",
+    r = runner.invoke(app, ["train", "--kind", "packd", "--data", str(synth_root), "--categories", "grid",
                             "--teacher", TEACHER, "--image-size", "64", "--epochs", "1",
                             "--batch-size", "2", "--shots", "2", "--prototypes", "3", "--rotations", "1",
                             "--cds-weight", "0", "--out", str(tmp_path / "pk")])
@@ -93,18 +93,18 @@ def test_cli_packd_and_memkd(synth_root, tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "fs.json").read_text())
     assert list(rep["categories"]) == ["disc"]  # default targets: categories not meta-trained on
-    assert rep["shots"] == 1 and rep["runs"] == 2 and rep["model"] == "packd"
+    assert rep["shots"] == 1 and rep["runs"] == 2 and rep["kind"] == "packd"
     r = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "pk"), "--data", str(synth_root),
                             "--supports-from", str(tmp_path / "fs.json"), "--json", str(tmp_path / "again.json")])
     assert r.exit_code == 0, r.output
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["shots"] == 1 and again["categories"]["disc"]["runs"] == rep["categories"]["disc"]["runs"]
-    r = runner.invoke(app, ["train", "--model", "memkd", "--data", str(synth_root), "--categories", "disc",
+    r = runner.invoke(app, ["train", "--kind", "memkd", "--data", str(synth_root), "--categories", "disc",
                             "--teacher", TEACHER, "--image-size", "64", "--epochs", "1",
                             "--batch-size", "4", "--slots", "5", "--exemplars", "3", "--out", str(tmp_path / "mk")])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "mk" / "config.json").read_text())["settings"]["slots"] == 5
-    r = runner.invoke(app, ["train", "--model", "packd", "--data", str(synth_root), "--categories", "grid,disc",
+    r = runner.invoke(app, ["train", "--kind", "packd", "--data", str(synth_root), "--categories", "grid,disc",
                             "--preset", "paper", "--out", str(tmp_path / "x")])
     assert isinstance(r.exception, PackdError) and "wide_resnet50_2" in str(r.exception)  # paper teacher, offline
 

@@ -26,7 +26,7 @@ def _frames(n, seed):
 
 def test_knn_checkpoint_is_written_at_once_and_evaluates(synth_root, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(app, ["train", "--model", "knn", "--data", str(synth_root), "--categories", "grid",
+    r = runner.invoke(app, ["train", "--kind", "knn", "--data", str(synth_root), "--categories", "grid",
                             "--teacher", "tf_efficientnet_lite0", "--image-size", "64", "--distance", "l2",
                             "--score", "top1", "--out", str(tmp_path / "knn")])
     assert r.exit_code == 0, r.output
@@ -37,7 +37,7 @@ def test_knn_checkpoint_is_written_at_once_and_evaluates(synth_root, tmp_path):
                             "--runs", "2", "--json", str(tmp_path / "r.json")])
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "r.json").read_text())
-    assert list(rep["categories"]) == ["disc"] and rep["model"] == "knn" and rep["runs"] == 2
+    assert list(rep["categories"]) == ["disc"] and rep["kind"] == "knn" and rep["runs"] == 2
 
 
 @pytest.mark.parametrize("distance", ["cosine", "l2"])

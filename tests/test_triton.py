@@ -16,7 +16,8 @@ from packd_bench.triton_local import local_triton, why_no_local_triton
 from packd_export.cli import main as export_main
 from packd_export.triton import LINE_MODEL, write_repository
 from packd_runtime import Detector
-from packd_runtime.bundle_format import fingerprint, read_manifest
+from packd_runtime.bundle_format import fingerprint
+from packd_runtime.manifest import read_manifest
 from packd_runtime.triton.line_model import LineServer
 
 TRITON_ENV = Path(os.environ.get("PACKD_TRITON_ENV", Path(__file__).parents[1] / ".venv-triton"))
@@ -47,17 +48,17 @@ def test_repository_configs_parse_with_tritons_schema(bundles, tmp_path, kind):
     if few_shot:  # prototypes (n, C) have no batch axis: no Triton batching, the batch axis is in the dims
         assert query.max_batch_size == 0 and not query.HasField("dynamic_batching")
         assert inputs["images"] == (model_config_pb2.TYPE_UINT8, [-1, *FRAME, 3])
-        channels = [s["shape"][1] for s in manifest["graphs"]["query"]["inputs"][1:]]
+        channels = [s.shape[1] for s in manifest.graphs["query"].inputs[1:]]
         assert [inputs[f"prototypes_{i + 1}"] for i in range(len(channels))] == [
             (model_config_pb2.TYPE_FP32, [-1, c]) for c in channels]
         support = _config(tmp_path / "repo" / "support" / "config.pbtxt")
         assert support.max_batch_size == 0 and [i.name for i in support.input] == ["images"]
     else:  # every tensor has the batch axis: Triton batches across requests
-        assert query.max_batch_size == manifest["dynamic"]["batch"][1] and query.dynamic_batching is not None
+        assert query.max_batch_size == manifest.limits.batch and query.dynamic_batching is not None
         assert inputs == {"images": (model_config_pb2.TYPE_UINT8, [*FRAME, 3])}
         assert outputs == {"scores": (model_config_pb2.TYPE_FP32, []), "maps": (model_config_pb2.TYPE_FP32, [64, 64])}
     line = _config(tmp_path / "repo" / LINE_MODEL / "config.pbtxt")
-    assert line.backend == "python" and line.max_batch_size == manifest["dynamic"]["batch"][1]
+    assert line.backend == "python" and line.max_batch_size == manifest.limits.batch
     assert [(i.name, i.data_type) for i in line.input] == [
         ("line", model_config_pb2.TYPE_STRING), ("action", model_config_pb2.TYPE_STRING),
         ("frames", model_config_pb2.TYPE_UINT8)]
@@ -120,7 +121,7 @@ def test_the_repository_copies_only_the_listed_files_never_through_a_link(bundle
     copied = sorted(p.relative_to(tmp_path / "repo" / LINE_MODEL / "1" / "bundle").as_posix()
                     for p in (tmp_path / "repo" / LINE_MODEL / "1" / "bundle").rglob("*"))
     manifest = read_manifest(bundle)
-    assert copied == sorted(["manifest.json", *manifest["files"]])
+    assert copied == sorted(["manifest.json", *manifest.files])
     assert not any(p.is_symlink() for p in (tmp_path / "repo").rglob("*"))
     with pytest.raises(PackdError, match="is inside the bundle"):
         write_repository(bundle, bundle / "repo")

@@ -74,5 +74,5 @@ METHODS: dict[str, Method] = {m.kind: m for m in (
 def method(kind: str) -> Method:
     """The registry entry of `kind`, or a PackdError listing the known kinds."""
     if kind not in METHODS:
-        raise PackdError(f"unknown model kind {kind!r}; known: {', '.join(METHODS)}")
+        raise PackdError(f"unknown kind {kind!r}; known: {', '.join(METHODS)}")
     return METHODS[kind]

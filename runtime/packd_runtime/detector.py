@@ -129,6 +129,7 @@ class Detector:
         self.tiling = manifest.tiling.tiling if manifest.tiling is not None else None  # None: whole frames
         if self.tiling is not None:
             self.tiling.stitch_plan  # noqa: B018  built now, not on the first frame
+        self.memory = manifest.memory  # a tiled few-shot bundle's: "shared" or "position"; else None
         self.pipeline = Pipeline.of(manifest, backend.run)
         self.max_batch = manifest.limits.batch
         self.max_shots = manifest.limits.shots

@@ -1,5 +1,5 @@
 """The nearest-neighbour kind's settings and presets (torch-free: the registry and the command line read them).
-The kind is training-free: `packd train --model knn` writes its checkpoint (teacher weights and these settings) at
+The kind is training-free: `packd train --kind knn` writes its checkpoint (teacher weights and these settings) at
 once."""
 
 from __future__ import annotations

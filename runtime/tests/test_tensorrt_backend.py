@@ -248,7 +248,7 @@ def test_onnxruntime_reports_the_provider_its_sessions_got(tmp_path, monkeypatch
     graph = helper.make_graph([helper.make_node("Identity", ["images"], ["scores"])], "g",
                               [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "q.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), tmp_path / "q.onnx")
     graphs = {"query": Graph("q.onnx", (Tensor("images", "float32", (1,)),), (Tensor("scores", "float32", (1,)),))}
     real = ort.InferenceSession
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
