@@ -9,7 +9,7 @@ RUNTIME_VENV ?= .venv-runtime
 RUNTIME_PYTHON ?= $(firstword $(shell for p in python3.10 $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10); do \
 	$$p -c 'import venv' 2>/dev/null && echo $$p; done) python3)
 
-.PHONY: demo test lint docs quick triton-env bench-accuracy mutation
+.PHONY: demo test lint docs quick triton-env runtime-env bench-accuracy mutation
 
 $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	python3 -m venv $(VENV)
@@ -46,14 +46,19 @@ lint: $(VENV)/.installed
 docs: $(VENV)/.installed  # the documentation site, into runs/site; a broken link or page fails the build
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
-test: lint docs triton-env  # the 15 slowest tests are listed at the end
-	HF_HUB_OFFLINE=1 PACKD_TRITON_ENV=$(TRITON_VENV) $(PY) -m pytest -q --durations=15
+# pytest-xdist: 2 workers, one file each at a time (module fixtures built once), one thread each (tests/conftest.py)
+XDIST := -n 2 --dist loadfile
 
-quick: lint  # the developers' loop: everything but the tests that need exported bundles
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+test: lint docs triton-env runtime-env  # the runtime's own tests without torch first, then the suite; 20 slowest listed
+	$(RUNTIME_VENV)/bin/python -m pytest -q runtime/tests
+	HF_HUB_OFFLINE=1 PACKD_TRITON_ENV=$(TRITON_VENV) $(PY) -m pytest -q $(XDIST) --durations=20
+
+quick: lint  # the developers' loop: every module touched, no bundle exported but the shared ones
+	$(PY) -m pytest -q runtime/tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(XDIST) -m "not slow"
 
 bench-accuracy: $(VENV)/.installed  # every recorded accuracy table again, and what moved beyond its noise band
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/accuracy_check.py --out runs/accuracy
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/tables/accuracy_check.py --out runs/accuracy
 
 # Mutation testing with cosmic-ray, one configuration per module in mutation/ (MUTATE=coreset for one): each
 # mutant is applied to the source file in place, the module's tests run, the file is restored. Checkpoints and

@@ -17,10 +17,7 @@ from rich.table import Table
 
 from packd.console import run_app
 from packd.errors import PackdError
-from packd.methods import METHODS
-from packd.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
-from packd.settings import CACHE_HELP, DEFAULT_CACHE_GB, DEVICE_HELP, RunConfig, check_cache_gb, cli_fields, default_of
-from packd.tiling_options import (
+from packd.evaluation.tiling_options import (
     MAP_SCALE_HELP,
     MEMORY_HELP,
     OVERLAP_HELP,
@@ -29,6 +26,17 @@ from packd.tiling_options import (
     parse_frame_size,
     parse_roi,
     tile_options,
+)
+from packd.methods import METHODS
+from packd.models.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
+from packd.training.settings import (
+    CACHE_HELP,
+    DEFAULT_CACHE_GB,
+    DEVICE_HELP,
+    RunConfig,
+    check_cache_gb,
+    cli_fields,
+    default_of,
 )
 
 app = typer.Typer(help="Few-shot industrial anomaly detection: data, training, evaluation.", no_args_is_help=True,
@@ -59,7 +67,7 @@ def data_synth(
         show_default="0: sized to the image")] = 0,
 ) -> None:
     """Write a synthetic anomaly-detection dataset in the MVTec AD layout."""
-    from packd.synth import Counts, synthesize, synthesize_photos
+    from packd.data.synth import Counts, synthesize, synthesize_photos
 
     counts = Counts(train=train, test_good=test_good, test_defect=test_defect)
     cats = synthesize(out, seed=seed, size=size, categories=categories.split(",") if categories else None,
@@ -75,7 +83,7 @@ def data_convert_visa(
     out: Annotated[Path, typer.Option(help="Empty folder to write the MVTec-layout copy into.")],
 ) -> None:
     """Copy VisA into the MVTec AD layout (masks binarised)."""
-    from packd.data import convert_visa
+    from packd.data.datasets import convert_visa
 
     cats = convert_visa(src, out)
     console.print(f"converted {len(cats)} VisA categories to {out}")
@@ -112,9 +120,9 @@ def setting_options() -> dict[str, tuple[Any, str, str]]:
 
 def train(**options: Any) -> None:
     """Train a model: RD or MemKD on the listed categories (normally one), PACKD meta-trained on many."""
-    from packd import distributed
-    from packd.train import configure
-    from packd.train import train as run_training
+    from packd.training import distributed
+    from packd.training.train import configure
+    from packd.training.train import train as run_training
 
     kind, deprecated, data, out = options.pop("kind"), options.pop("model"), options.pop("data"), options.pop("out")
     if deprecated is not None:
@@ -237,10 +245,10 @@ def eval_(
     memory: Annotated[str, typer.Option(help=MEMORY_HELP)] = "shared",
 ) -> None:
     """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO (and F1-max), per category and mean."""
-    from packd.evaluate import evaluate, evaluation_categories
-    from packd.fewshot import evaluate_fewshot
-    from packd.loading import load_scorer
-    from packd.settings import check_device
+    from packd.evaluation.evaluate import evaluate, evaluation_categories
+    from packd.evaluation.fewshot import evaluate_fewshot
+    from packd.models.loading import load_scorer
+    from packd.training.settings import check_device
 
     check_device(device)
     if tile is None and frame_size:

@@ -6,10 +6,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait for a hub these machi
 import pytest
 import torch
 
-from packd.synth import Counts, synthesize
-from packd.train import configure, train
+from packd.data.synth import Counts, synthesize
+from packd.training.train import configure, train
 
-torch.set_num_threads(2)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # `make test` runs 2 pytest-xdist workers
+if WORKERS > 1:  # one thread each (and in the commands they start): 2 workers x 2 threads on 2 cores ran slower
+    os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1 if WORKERS > 1 else 2)
 
 TEACHER = "tf_efficientnet_lite0"
 SMALL = dict(teacher=TEACHER, image_size=64)  # every test model: offline teacher, 64 px
@@ -44,7 +47,7 @@ def synth_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def effnet_teacher():
-    from packd.teachers import create_teacher
+    from packd.models.teachers import create_teacher
 
     return create_teacher(TEACHER)
 
@@ -77,9 +80,16 @@ def bundles(checkpoints, tmp_path_factory):
             for kind, ck in checkpoints.items()}
 
 
+# Modules whose tests export their own bundles, train their own models or run the documentation blocks: their tests
+# that use one of these fixtures are `slow`, as is every test marked so by hand (an export or training of its own).
+SLOW_MODULES = {"test_docs.py", "test_tiled_bundles.py", "test_tiled_eval.py", "test_int8.py", "test_distributed.py",
+                "test_accuracy_canaries.py"}
+HEAVY_FIXTURES = {"demo_tree", "tiled", "line_data", "checkpoints", "canary_data", "synth_root"}
+
+
 def pytest_collection_modifyitems(items):
-    """Tests that need exported bundles (about 30 s to build once) are `slow`: `pytest -m "not slow"`
-    is the quick loop; the README's `make test` runs everything."""
+    """`make quick` (`-m "not slow"`) keeps every module touched through the shared checkpoints and bundles (built
+    once per run) and leaves out what builds its own; `make test` runs everything."""
     for item in items:
-        if "bundles" in getattr(item, "fixturenames", ()):
+        if item.path.name in SLOW_MODULES and HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

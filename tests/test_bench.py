@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from packd_bench.bench import accuracy, latency_stats
@@ -67,8 +68,9 @@ def test_accuracy_comparison_flags_only_cells_beyond_their_band():
     assert compare(rd_old, rd_new) == [("rd wood image_auroc", 0.90, 0.84, 0.05)]
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_its_path_on_the_cpu(tmp_path):
-    """benchmarks/gpu_check.py as the test suite can run it (no GPU): every kind's eager row at each batch, the
+    """benchmarks/speed/gpu_check.py as the test suite can run it (no GPU): every kind's eager row at each batch, the
     training rows without autocast, the CUDA-only parts said to be skipped; its CUDA refusal is one line."""
     import subprocess
     import sys
@@ -76,7 +78,7 @@ def test_the_gpu_check_runs_its_path_on_the_cpu(tmp_path):
 
     import pytest
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "speed" / "gpu_check.py"
     results = tmp_path / "gpu_check.json"
     done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--out", str(tmp_path / "run"),
                            "--results", str(results)], capture_output=True, text=True, timeout=900)

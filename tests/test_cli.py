@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from packd.cli import app, setting_options
 from packd.console import run_app
-from packd.evaluate import METRIC_KEYS
+from packd.evaluation.evaluate import METRIC_KEYS
+from packd.evaluation.overlays import DEFECT_COLOUR, OK_COLOUR
 from packd.methods import METHODS
-from packd.overlays import DEFECT_COLOUR, OK_COLOUR
 
 runner = CliRunner()
 
@@ -40,14 +40,14 @@ def test_every_option_has_help_and_shows_it():
                 assert param.help and len(param.help.strip()) > 10, (path, param.name)
         text = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
         for param in cmd.params:
-            if param.param_type_name == "option" and param.help:
+            if param.param_type_name == "option" and param.help and not param.hidden:  # --model: deprecated, hidden
                 assert param.help.split()[0] in text, (path, param.name)
 
 
 def test_train_options_come_from_the_settings_dataclasses():
     options = setting_options()
     for kind, m in METHODS.items():  # every kind's CLI settings are options, with their own default shown
-        from packd.settings import cli_fields, default_of
+        from packd.training.settings import cli_fields, default_of
 
         for f in cli_fields(m.settings):
             assert kind in options[f.name][1]

@@ -8,7 +8,7 @@ import pytest
 
 HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "scipy", "sklearn")
 ENTRY_POINTS = {"packd": "packd.cli:main", "packd-export": "packd_export.cli:main",
-                "packd-bench": "packd_bench.cli:run", "packd-demo": "packd_bench.demo:main"}
+                "packd-bench": "packd_bench.cli:run", "packd-demo": "packd_demo.demo:main"}
 HELP_CALLS = [
     ("packd", []), ("packd", ["train"]), ("packd", ["eval"]), ("packd", ["data"]), ("packd", ["data", "synth"]),
     ("packd", ["data", "convert-visa"]), ("packd-export", []), ("packd-export", ["export"]),

@@ -5,16 +5,16 @@ import pytest
 import torch
 from PIL import Image
 
-from packd.data import (
+from packd.data.datasets import (
     AnomalyDataset,
     convert_visa,
     list_categories,
     list_split,
     resolve_categories,
 )
+from packd.data.preprocess import InputSpec
+from packd.data.synth import CATEGORIES, Counts, synthesize
 from packd.errors import PackdError
-from packd.preprocess import InputSpec
-from packd.synth import CATEGORIES, Counts, synthesize
 
 SPEC = InputSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -171,7 +171,7 @@ def test_a_defect_window_paints_small_defects_on_large_frames(tmp_path, category
 
 def test_new_objects_vary_in_pose_and_lighting():
     """The later objects turn freely and are lit from varying directions, as MVTec's objects are."""
-    from packd.synth import CATEGORIES as CATS
+    from packd.data.synth import CATEGORIES as CATS
 
     rng = np.random.default_rng(0)
     draws = [CATS["screw"][0](rng, 64) for _ in range(6)]

@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import SMALL, train_small
 
-from packd.checkpoint import read_config
-from packd.data import AnomalyDataset, list_split
-from packd.evaluate import predict
-from packd.loading import load_scorer
+from packd.data.datasets import AnomalyDataset, list_split
+from packd.evaluation.evaluate import predict
 from packd.methods.packd.losses import cds_loss
+from packd.models.checkpoint import read_config
+from packd.models.loading import load_scorer
 
 pytestmark = pytest.mark.slow
 OPTIONS = {"rd": {"norm": "group", "batch_size": 4},  # BatchNorm students keep per-rank statistics on CPUs

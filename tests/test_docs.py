@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import train_small
 
-from packd.synth import Counts, synthesize
+from packd.data.synth import Counts, synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import FRAME
 
-from packd.checkpoint import read_config
 from packd.errors import PackdError
-from packd.loading import load_scorer
+from packd.models.checkpoint import read_config
+from packd.models.loading import load_scorer
 from packd_export.bundle import export_bundle
 from packd_export.check import check_bundle
 from packd_export.cli import main as export_main

@@ -6,15 +6,15 @@ import torch
 from conftest import TEACHER, train_small
 from typer.testing import CliRunner
 
-import packd.fewshot as fewshot
+import packd.evaluation.fewshot as fewshot
 from packd.cli import app
+from packd.data.preprocess import InputSpec
+from packd.data.synth import Counts, synthesize
 from packd.errors import PackdError
-from packd.fewshot import draw_support_sets, evaluate_fewshot, load_supports
-from packd.loading import load_scorer
+from packd.evaluation.fewshot import draw_support_sets, evaluate_fewshot, load_supports
 from packd.methods.knn.model import NearestNeighbour
-from packd.preprocess import InputSpec
-from packd.scoring import Scorer
-from packd.synth import Counts, synthesize
+from packd.models.loading import load_scorer
+from packd.models.scoring import Scorer
 
 SPEC = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
 
@@ -126,8 +126,8 @@ def test_default_categories_are_the_same_for_both_eval_paths(synth_root, tmp_pat
 
 def test_prototype_swap_diagnostic(synth_root, effnet_teacher):
     """swap="other" scores a category with the next category's prototypes (same k and run), "zero" with zeros."""
-    from packd.data import AnomalyDataset, list_split
-    from packd.evaluate import category_metrics, predict
+    from packd.data.datasets import AnomalyDataset, list_split
+    from packd.evaluation.evaluate import category_metrics, predict
 
     scorer = Scorer(NearestNeighbour(effnet_teacher, rotations=1), SPEC, few_shot=True)
     cats = ["grid", "disc"]

@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 from conftest import FRAME
 
-from packd.checkpoint import read_config
+from packd.data.synth import paint_defects
 from packd.errors import PackdError
-from packd.synth import paint_defects
+from packd.models.checkpoint import read_config
 from packd_export.bundle import export_bundle
 from packd_export.cli import main as export_main
 from packd_export.int8 import FALLBACK_STEPS, Int8Settings, int8_layers, mixed_int8, quantize

@@ -11,9 +11,9 @@ from conftest import FRAME, train_small
 from typer.testing import CliRunner
 
 from packd.cli import app
-from packd.loading import load_scorer
-from packd.preprocess import InputSpec
-from packd.scoring import AnomalyMap
+from packd.data.preprocess import InputSpec
+from packd.models.loading import load_scorer
+from packd.models.scoring import AnomalyMap
 from packd_export.bundle import export_bundle
 from packd_export.check import check_bundle
 from packd_export.graphs import QueryGraph, SupportGraph

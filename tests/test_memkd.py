@@ -2,9 +2,9 @@ import torch
 from conftest import train_small
 from safetensors.torch import load_file
 
-from packd.loading import load_model
 from packd.methods.memkd.model import MemKD, NRMemory
-from packd.student_plan import plan_for
+from packd.models.loading import load_model
+from packd.models.student_plan import plan_for
 
 
 def test_memory_recalls_its_values():
@@ -32,7 +32,7 @@ def test_memorisation_loss_is_zero_for_remembered_features(effnet_teacher):
 def test_memory_trains_and_is_checkpointed(synth_root, tmp_path):
     out = train_small("memkd", synth_root, "grid", tmp_path / "mk", epochs=1, batch_size=4, slots=6, exemplars=4)
     torch.manual_seed(0)  # the same seed train_memkd used: the initial memory
-    from packd.teachers import create_teacher
+    from packd.models.teachers import create_teacher
 
     teacher = create_teacher("tf_efficientnet_lite0")
     fresh = MemKD(teacher, plan_for(teacher), slots=6)

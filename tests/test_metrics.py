@@ -4,7 +4,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from packd.errors import PackdError
-from packd.metrics import f1_max, image_auroc, pixel_metrics
+from packd.evaluation.metrics import f1_max, image_auroc, pixel_metrics
 
 
 def exact_aupro(maps, masks, limit=0.3):

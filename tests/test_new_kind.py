@@ -11,14 +11,14 @@ from conftest import SMALL, TEACHER
 
 import packd.methods
 from packd.methods import METHODS, Method
-from packd.train import configure, train
+from packd.training.train import configure, train
 
 FILES = {
     "__init__.py": '"""featnorm: how far the deepest teacher feature\'s norm is from its mean."""\n',
     "settings.py": '''
         from dataclasses import dataclass
 
-        from packd.settings import setting, validate
+        from packd.training.settings import setting, validate
 
 
         @dataclass(frozen=True)

@@ -3,15 +3,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from packd.data.preprocess import InputSpec
 from packd.errors import PackdError
-from packd.layers import rotate_supports
-from packd.losses import orthogonality_loss
 from packd.methods.packd.episodes import EpisodeSampler
 from packd.methods.packd.losses import cds_loss, correspondence_similarity, packd_loss
 from packd.methods.packd.model import PACKD, PrototypeExtractor, integrate, prototype_distance
-from packd.preprocess import InputSpec
-from packd.scoring import Scorer, cosine_distances
-from packd.student_plan import plan_for
+from packd.models.layers import rotate_supports
+from packd.models.losses import orthogonality_loss
+from packd.models.scoring import Scorer, cosine_distances
+from packd.models.student_plan import plan_for
 
 SPEC = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
 
@@ -133,7 +133,7 @@ def test_packd_loss_weights_each_term_by_its_own_setting(model, synth_root):
     builds it from the settings (every other test uses 0.5 / 0.5, where a swap is invisible)."""
     from packd.methods.packd.settings import PACKDSettings
     from packd.methods.packd.training import make_training
-    from packd.settings import RunConfig
+    from packd.training.settings import RunConfig
 
     model.eval()  # no dropout or batch statistics: every call below computes the same terms
     settings = PACKDSettings(cds_weight=0.3, orth_weight=0.7, prototypes=5, rotations=2)
@@ -209,7 +209,7 @@ def test_prototype_score_adds_the_nearest_prototype_distance(model):
 
 
 def test_scoring_overrides_change_scoring_not_weights(checkpoints):
-    from packd.loading import load_scorer
+    from packd.models.loading import load_scorer
 
     scorer, config = load_scorer(checkpoints["packd"])
     assert config["settings"]["norm"] == "group" and scorer.model.prototype_score == 1.0
@@ -229,7 +229,7 @@ def test_scoring_overrides_change_scoring_not_weights(checkpoints):
 
 
 def test_paper_preset_is_the_papers_method():
-    from packd.train import configure
+    from packd.training.train import configure
 
     run, settings = configure("packd", preset="paper")
     assert run.teacher == "wide_resnet50_2" and run.image_size == 256 and run.lr == 5e-4

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from packd.overlays import DEFECT_COLOUR, MIN_SIDE, OK_COLOUR, THRESHOLD_AT, colorize, overlay
+from packd.evaluation.overlays import DEFECT_COLOUR, MIN_SIDE, OK_COLOUR, THRESHOLD_AT, colorize, overlay
 from packd.progress import LogProgress, progress, stage
 
 

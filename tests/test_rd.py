@@ -6,13 +6,13 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from packd.errors import PackdError
-from packd.losses import kd_loss
 from packd.methods.rd.model import ReverseDistillation
-from packd.score_settings import ScoreSettings, parse_weights
-from packd.scoring import AnomalyMap, cosine_distances, gaussian_kernel1d
-from packd.settings import from_dict, to_dict
-from packd.student_plan import ChannelPlan, plan_for
-from packd.teachers import create_teacher
+from packd.models.losses import kd_loss
+from packd.models.score_settings import ScoreSettings, parse_weights
+from packd.models.scoring import AnomalyMap, cosine_distances, gaussian_kernel1d
+from packd.models.student_plan import ChannelPlan, plan_for
+from packd.models.teachers import create_teacher
+from packd.training.settings import from_dict, to_dict
 
 
 @pytest.mark.parametrize("name, block, n_params_max", [
@@ -82,7 +82,7 @@ def test_each_kind_chooses_its_student(effnet_teacher, kind, outputs, norm):
     """RD and MemKD keep the reference student (ReLU outputs, BatchNorm: linear outputs cost RD 0.14 AUROC);
     PACKD's validated student ends linear with GroupNorm. The choice is a setting, recorded in the plan."""
     from packd.methods import method
-    from packd.train import configure
+    from packd.training.train import configure
 
     _, settings = configure(kind)
     assert (settings.stage_outputs, settings.norm) == (outputs, norm)

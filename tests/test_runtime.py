@@ -15,9 +15,9 @@ import pytest
 import torch
 from conftest import FRAME
 
-from packd.data import list_split
-from packd.loading import load_scorer
-from packd.preprocess import load_frames
+from packd.data.datasets import list_split
+from packd.data.preprocess import load_frames
+from packd.models.loading import load_scorer
 from packd_export.graphs import QueryGraph, SupportGraph
 from packd_runtime import Detector, PackdError, Prototypes
 
@@ -121,6 +121,7 @@ def test_single_frames_and_batches_of_any_size(packd_det):
     assert np.allclose(batched.scores, [s.scores[0] for s in single], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fingerprint_is_the_models_not_the_file_names(synth_root, bundles, tmp_path):
     """Two real bundles of one kind with the same file names but different weights have different fingerprints,
     and neither accepts the other's prototypes; a copy of a bundle keeps its fingerprint."""

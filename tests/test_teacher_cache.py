@@ -8,15 +8,26 @@ import pytest
 import torch
 from conftest import SMALL
 
+from packd.data.preprocess import InputSpec
 from packd.methods import METHODS
-from packd.preprocess import InputSpec
-from packd.settings import RunConfig
-from packd.teacher_features import TeacherFeatures
-from packd.train import configure
+from packd.training.settings import RunConfig
+from packd.training.teacher_features import TeacherFeatures
+from packd.training.train import configure
 
 SPEC = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
 OPTIONS = {"rd": {"norm": "group"}, "memkd": {"slots": 6, "exemplars": 3},
            "packd": {"prototypes": 5, "rotations": 2}}
+
+
+@pytest.fixture
+def two_threads():
+    """The gradients are compared at 1e-4 with the 2 threads training uses: one thread (a pytest-xdist worker's)
+    picks other convolution kernels for the cached batch than for the recomputed one, which moves the smallest
+    gradients by about 0.1 % of their tensor's largest."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def _training(kind, effnet_teacher, data, cache_gb, categories=("grid", "disc")):
@@ -31,7 +42,8 @@ def _training(kind, effnet_teacher, data, cache_gb, categories=("grid", "disc"))
 
 
 @pytest.mark.parametrize("kind", ["rd", "memkd", "packd"])
-def test_cached_teacher_maps_give_the_same_losses_and_run_the_teacher_once(kind, effnet_teacher, synth_root):
+def test_cached_teacher_maps_give_the_same_losses_and_run_the_teacher_once(kind, effnet_teacher, synth_root,
+                                                                            two_threads):
     model, plain, plain_calls = _training(kind, effnet_teacher, synth_root, cache_gb=0)
     cached_model, cached, cached_calls = _training(kind, effnet_teacher, synth_root, cache_gb=1)
     model.train(), cached_model.train()

@@ -3,9 +3,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from packd.data.preprocess import InputSpec, Preprocess
 from packd.errors import PackdError
-from packd.preprocess import InputSpec, Preprocess
-from packd.teachers import create_teacher, pretrained_backbone
+from packd.models.teachers import create_teacher, pretrained_backbone
 
 skimage_data = pytest.importorskip("skimage.data")
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -34,7 +34,7 @@ def test_preprocess_keeps_channel_order_and_per_channel_normalisation():
 def test_image_files_decode_to_rgb(tmp_path):
     from PIL import Image
 
-    from packd.preprocess import load_frames, load_image
+    from packd.data.preprocess import load_frames, load_image
 
     rgb = np.zeros((8, 8, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 10

@@ -2,11 +2,12 @@
 same graphs run on the tiles by hand and stitched with the tiling's own geometry."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from packd.tiling_options import tile_options
+from packd.evaluation.tiling_options import tile_options
 from packd_export.bundle import export_bundle
 from packd_export.check import check_bundle
 from packd_runtime import Detector
@@ -28,21 +29,24 @@ def tiled(checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("tiled")
     return {
         "rd": _export(checkpoints["rd"], root / "rd", frame_size=FRAME_HW, tile=64, overlap=16, max_batch=8),
-        "rd_tiles": _export(checkpoints["rd"], root / "rd_tiles", frame_size=(64, 64), max_batch=8),
         "rd_coarse": _export(checkpoints["rd"], root / "rd_coarse", frame_size=FRAME_HW, tile=64, overlap=16,
                                    max_batch=8, map_scale=0.5),
         "knn": _export(checkpoints["knn"], root / "knn", frame_size=FRAME_HW, tile=64, overlap=0, max_batch=8,
                              max_shots=4, rois=((10, 20, 90, 100),)),
         **{kind: _export(checkpoints[kind], root / kind, frame_size=FRAME_HW, tile=64, overlap=16, max_batch=8,
                                max_shots=2) for kind in ("memkd", "packd")},
-        **{f"{kind}_tiles": _export(checkpoints[kind], root / f"{kind}_tiles", frame_size=(64, 64), max_batch=8,
-                                          max_shots=2) for kind in ("memkd", "packd")},
         **{f"knn_position{p}": _export(checkpoints["knn"], root / f"knn_position{p}", frame_size=FRAME_HW,
                                              tile=64, overlap=16, max_batch=8, max_shots=4, memory="position",
                                              precision=p or "fp32") for p in ("", "fp16")},
         "knn_tiles": _export(checkpoints["knn"], root / "knn_tiles", frame_size=(64, 64), max_batch=8,
                                    max_shots=4),
     }, root
+
+
+def _by_hand(det):
+    """The tiled bundle's own graphs on whole 64-px inputs, through no tiling: the reference to cut and stitch by
+    hand (the graphs of a tiled bundle take tiles)."""
+    return replace(det.pipeline, tiling=None)
 
 
 def _frames(n, seed=0):
@@ -62,9 +66,9 @@ def test_tiled_detection_equals_the_graph_on_hand_cut_tiles_stitched(tiled):
     _, root = tiled
     frames = _frames(2)
     tiling = Tiling(FRAME_HW, tile=64, overlap=16, map_side=64)
-    with Detector.open(root / "rd") as det, Detector.open(root / "rd_tiles") as plain:
+    with Detector.open(root / "rd") as det:
         got = det.detect(frames)
-        by_hand = tiling.stitch(plain.detect(tiling.cut(frames)).maps)  # 2 x 12 tiles, batches of 8
+        by_hand = tiling.stitch(_by_hand(det).score(tiling.cut(frames))[1])  # 2 x 12 tiles, batches of 8
     assert got.maps.shape == (2, *FRAME_HW) and tiling.count == 12
     np.testing.assert_allclose(got.maps, by_hand, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.scores, by_hand.reshape(2, -1).max(axis=1), rtol=1e-6)
@@ -75,27 +79,25 @@ def test_tiled_detection_equals_the_graph_on_hand_cut_tiles_stitched(tiled):
 def test_every_kind_runs_tiled_equal_to_its_graphs_on_hand_cut_tiles(tiled, kind):
     """MemKD (a per-category kind) and PACKD (one prototype tensor per stage: a tiled changeover pools 2 frames x
     12 tiles of them, more than the query graph takes, and keeps the same coreset rows in every stage)."""
+    from packd_runtime.bundle_format import IMAGES, SUPPORT
     from packd_runtime.coreset import bound_prototypes
-    from packd_runtime.detector import Prototypes
 
     _, root = tiled
     tiling = Tiling(FRAME_HW, tile=64, overlap=16, map_side=64)
     supports, frames = _frames(2, seed=7), _frames(2, seed=8)
-    with Detector.open(root / kind) as det, Detector.open(root / f"{kind}_tiles") as plain:
-        protos = None
+    with Detector.open(root / kind) as det:
+        arrays = None
         if det.few_shot:
-            protos = det.prototypes(supports)
-            pooled = plain.prototypes(tiling.cut(supports)[:2]).arrays  # 2 tiles: within the plain bundle's shots
-            assert len(protos.arrays) == 3 and [a.shape[1] for a in protos.arrays] == [a.shape[1] for a in pooled]
-            assert all(len(a) == det.max_prototypes for a in protos.arrays)  # bounded: 24 tiles' worth pooled
+            arrays = det.prototypes(supports).arrays
+            assert len(arrays) == 3 and all(len(a) == det.max_prototypes for a in arrays)  # 24 tiles' worth pooled
             tiles = tiling.cut(supports)  # the support graph takes them 2 at a time (max_shots)
-            by_pair = [plain.prototypes(tiles[i:i + 2]).arrays for i in range(0, len(tiles), 2)]
-            expected = bound_prototypes([np.concatenate(a) for a in zip(*by_pair)], det.max_prototypes)
-            for a, b in zip(protos.arrays, expected):
+            by_pair = [det.backend.run(SUPPORT, {IMAGES: tiles[i:i + 2]}) for i in range(0, len(tiles), 2)]
+            pooled = [np.concatenate([p[n] for p in by_pair]) for n in det.prototype_names]
+            assert [a.shape[1] for a in arrays] == [a.shape[1] for a in pooled]
+            for a, b in zip(arrays, bound_prototypes(pooled, det.max_prototypes)):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-            protos = Prototypes(protos.arrays, plain.fingerprint, 2)
         got = det.detect(frames)
-        by_hand = tiling.stitch(plain.detect(tiling.cut(frames), prototypes=protos).maps)
+        by_hand = tiling.stitch(_by_hand(det).score(tiling.cut(frames), arrays)[1])
     assert got.maps.shape == (2, *FRAME_HW) and np.isfinite(got.maps).all()
     np.testing.assert_allclose(got.maps, by_hand, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got.scores, by_hand.reshape(2, -1).max(axis=1), rtol=1e-5)
@@ -171,7 +173,7 @@ def test_tensorrt_profiles_of_a_tiled_bundle_are_tuned_for_one_frames_tiles(tile
     manifests, _ = tiled
     lo, opt, hi = profile_shapes(manifests["knn"], "query")["images"]
     assert (lo, opt, hi) == ((1, 64, 64, 3), (4, 64, 64, 3), (8, 64, 64, 3)) and OPT_BATCH != 4  # 4 tiles
-    assert profile_shapes(manifests["rd_tiles"], "query")["images"][1][0] == OPT_BATCH
+    assert profile_shapes(manifests["knn_tiles"], "query")["images"][1][0] == OPT_BATCH
 
 
 def test_a_coarser_map_max_pools_the_tile_maps_before_stitching(tiled):
@@ -181,10 +183,9 @@ def test_a_coarser_map_max_pools_the_tile_maps_before_stitching(tiled):
     assert manifests["rd_coarse"].tiling.tiling.map_side == 32
     frames = _frames(2, seed=5)
     tiling = Tiling(FRAME_HW, tile=64, overlap=16, map_side=32)
-    with Detector.open(root / "rd_coarse") as det, Detector.open(root / "rd_tiles") as plain, \
-            Detector.open(root / "rd") as full:
+    with Detector.open(root / "rd_coarse") as det, Detector.open(root / "rd") as full:
         got = det.detect(frames)
-        tile_maps = plain.detect(tiling.cut(frames)).maps
+        tile_maps = _by_hand(det).score(tiling.cut(frames))[1]
         full_scores = full.detect(frames).scores
     assert got.maps.shape == (2, 80, 100)
     np.testing.assert_allclose(got.maps, tiling.stitch(max_pool(tile_maps, 32)), rtol=1e-5, atol=1e-6)

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from packd.data import list_split
+from packd.data.datasets import list_split
+from packd.data.preprocess import load_frames
+from packd.data.synth import Counts, synthesize
 from packd.errors import PackdError
-from packd.evaluate import evaluate, predict_split
-from packd.loading import load_scorer
-from packd.overlays import ROI_COLOUR
-from packd.preprocess import load_frames
-from packd.synth import Counts, synthesize
-from packd.tiled import tiled_for
-from packd.tiling_options import TileOptions, tile_options
+from packd.evaluation.evaluate import evaluate, predict_split
+from packd.evaluation.overlays import ROI_COLOUR
+from packd.evaluation.tiled import tiled_for
+from packd.evaluation.tiling_options import TileOptions, tile_options
+from packd.models.loading import load_scorer
 from packd_export.bundle import export_bundle
 from packd_runtime import Detector
 
@@ -96,7 +96,7 @@ def test_bad_tiled_evaluations_are_one_line_before_any_scoring(checkpoints, line
 def test_a_per_position_memory_scores_each_tile_against_its_own_positions_prototypes(checkpoints, line_data, kind):
     import torch
 
-    from packd.preprocess import Preprocess
+    from packd.data.preprocess import Preprocess
     from packd_runtime.coreset import bound_prototypes
 
     scorer, _ = load_scorer(checkpoints[kind])

@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import SMALL
 
-from packd.data import AnomalyDataset, list_split
+from packd.data.datasets import AnomalyDataset, list_split
+from packd.data.preprocess import InputSpec, Preprocess, load_image
+from packd.data.synth import Counts, synthesize
 from packd.errors import PackdError
-from packd.loading import load_model
-from packd.preprocess import InputSpec, Preprocess, load_image
-from packd.synth import Counts, synthesize
-from packd.train import configure, train
+from packd.models.loading import load_model
+from packd.training.train import configure, train
 
 SPEC = InputSpec(64, (0.5,) * 3, (0.5,) * 3)
 

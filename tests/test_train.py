@@ -4,13 +4,13 @@ import pytest
 import torch
 from conftest import train_small
 
-import packd.checkpoint as checkpoint
-from packd.checkpoint import save_checkpoint
+import packd.models.checkpoint as checkpoint
+from packd.data.preprocess import InputSpec
 from packd.errors import PackdError
-from packd.loading import load_model, model_config
 from packd.methods import METHODS
 from packd.methods.rd.settings import RDSettings
-from packd.preprocess import InputSpec
+from packd.models.checkpoint import save_checkpoint
+from packd.models.loading import load_model, model_config
 
 
 def _weights(model):
@@ -109,7 +109,7 @@ def test_mismatched_or_mistyped_configs_are_refused(synth_root, tmp_path):
         (lambda c: c["settings"]["plan"].update(decoder_blocks=[3, 3, 3]), "do not match"),
         (lambda c: c["settings"]["plan"].update(decoder_blocks="many"), "decoder_blocks must be a list"),
         (lambda c: c["settings"].update(extra=1), "unknown \\['extra'\\]"),
-        (lambda c: c.update(kind="gan"), "unknown model kind"),
+        (lambda c: c.update(kind="gan"), "unknown kind .gan."),
     ]:
         bad = json.loads(json.dumps(cfg))
         mutate(bad)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from packd.loading import load_scorer
+from packd.models.loading import load_scorer
 from packd_export.graphs import QueryGraph
 from packd_runtime import Detector
 from packd_runtime.bundle_format import IMAGES, QUERY

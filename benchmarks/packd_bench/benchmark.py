@@ -16,11 +16,11 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from packd.checkpoint import read_config
-from packd.data import list_categories, list_split
+from packd.data.datasets import list_categories, list_split
+from packd.data.preprocess import load_frames
 from packd.errors import PackdError
-from packd.preprocess import load_frames
-from packd.reports import check_report_path, write_report
+from packd.evaluation.reports import check_report_path, write_report
+from packd.models.checkpoint import read_config
 from packd_bench.bench import (
     TorchRunner,
     accuracy,

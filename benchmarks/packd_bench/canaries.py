@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import typer
 
-from packd.evaluate import evaluate
-from packd.fewshot import evaluate_fewshot
-from packd.loading import load_scorer
-from packd.synth import Counts, synthesize
-from packd.train import configure, train
+from packd.data.synth import Counts, synthesize
+from packd.evaluation.evaluate import evaluate
+from packd.evaluation.fewshot import evaluate_fewshot
+from packd.models.loading import load_scorer
+from packd.training.train import configure, train
 
 TEACHER = "tf_efficientnet_lite0"
 SIZE = 64

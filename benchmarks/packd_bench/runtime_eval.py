@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from packd.data import list_split
-from packd.fewshot import FEWSHOT_KEYS, draw_support_sets
-from packd.metrics import image_auroc, pixel_metrics
-from packd.preprocess import load_frames, load_mask
+from packd.data.datasets import list_split
+from packd.data.preprocess import load_frames, load_mask
+from packd.evaluation.fewshot import FEWSHOT_KEYS, draw_support_sets
+from packd.evaluation.metrics import image_auroc, pixel_metrics
 from packd_runtime import Detector
 
 

@@ -1,6 +1,6 @@
 """Training throughput of one kind: query images per second of the training step `packd train` runs (the kind's
-loss, backward, Adam), with the speed habits switched one at a time. Shared by `benchmarks/training_speed.py` (CPU)
-and `benchmarks/gpu_check.py`."""
+loss, backward, Adam), with the speed habits switched one at a time. Shared by
+`benchmarks/speed/training_speed.py` (CPU) and `benchmarks/speed/gpu_check.py`."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ def measure_training(kind: str, data: Path, categories: list[str], habits: Habit
     """Time `steps` training steps after a first one (the cache's fill, where there is one)."""
     import torch
 
-    from packd.allocator import keep_freed_memory
+    from packd.data.preprocess import InputSpec
     from packd.methods import method
-    from packd.preprocess import InputSpec
-    from packd.teachers import create_teacher
-    from packd.train import configure
+    from packd.models.teachers import create_teacher
+    from packd.training.allocator import keep_freed_memory
+    from packd.training.train import configure
 
     if habits.allocator:
         keep_freed_memory()

@@ -18,10 +18,10 @@ import torch
 
 import packd
 from packd.errors import PackdError
-from packd.loading import load_scorer
-from packd.reports import check_report_path, write_report
-from packd.scoring import Scorer
-from packd.tiling_options import DEFAULT_MAX_SHOTS, TileOptions
+from packd.evaluation.reports import check_report_path, write_report
+from packd.evaluation.tiling_options import DEFAULT_MAX_SHOTS, TileOptions
+from packd.models.loading import load_scorer
+from packd.models.scoring import Scorer
 from packd_export.fp16 import to_fp16
 from packd_export.graphs import GraphSpec, graph_specs
 from packd_export.int8 import Int8Settings, mixed_int8

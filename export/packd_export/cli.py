@@ -13,8 +13,7 @@ from typer.core import TyperGroup
 
 from packd.console import run_app
 from packd.errors import PackdError
-from packd.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
-from packd.tiling_options import (
+from packd.evaluation.tiling_options import (
     DEFAULT_MAX_SHOTS,
     FRAME_SIZE_HELP,
     MAP_SCALE_HELP,
@@ -26,6 +25,7 @@ from packd.tiling_options import (
     parse_roi,
     tile_options,
 )
+from packd.models.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
 
 console = Console()
 

@@ -1,8 +1,8 @@
 """The deployable graphs, built from the same modules as training so they cannot drift from it. Their names, inputs,
 outputs and axes are the bundle format's (`packd_runtime.bundle_format`).
 
-Resize and normalisation (`packd.preprocess.Preprocess`) and the anomaly map with its Gaussian
-blur (`packd.scoring.AnomalyMap`) are inside the graphs.
+Resize and normalisation (`packd.data.preprocess.Preprocess`) and the anomaly map with its Gaussian
+blur (`packd.models.scoring.AnomalyMap`) are inside the graphs.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from packd.preprocess import Preprocess
-from packd.scoring import Scorer
+from packd.data.preprocess import Preprocess
+from packd.models.scoring import Scorer
 from packd_runtime.bundle_format import IMAGES, QUERY, QUERY_OUTPUTS, SUPPORT, TILE_INDEX, graph_axes
 
 

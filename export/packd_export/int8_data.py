@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from packd.synth import paint_defects
+from packd.data.synth import paint_defects
 from packd_export.int8 import Feeds, Validation
 from packd_export.normal_frames import NORMAL_IMAGES, VALIDATION_IMAGES
 from packd_export.threshold import THRESHOLD_SHOTS, normal_scores

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from packd.data import list_split
+from packd.data.datasets import list_split
+from packd.data.preprocess import load_frames
 from packd.errors import PackdError
-from packd.preprocess import load_frames
 
 NORMAL_IMAGES = 32  # normal training images per training category: the default threshold and int8 calibration
 VALIDATION_IMAGES = 16  # the next ones per category: int8's sensitivity analysis and checks (never calibrated on)

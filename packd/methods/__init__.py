@@ -5,8 +5,9 @@ names a kind.
 A folder holds the kind's pure `nn.Module` (`model.py`), its settings dataclass and presets (`settings.py`,
 torch-free, so `--help` never imports torch), and `build(teacher, settings)` plus, unless the kind is
 training-free, `make_training(...)` (`training.py`). Its model provides `distances(x, prototypes)` (per-stage
-distance maps, see `packd.scoring.Scorer`); a few-shot model also `prototypes(supports)`, `prototype_channels` and
-`prototypes_per_shot(image_size)`. Rebuilding a model from a checkpoint is `packd.loading`'s job.
+distance maps, see `packd.models.scoring.Scorer`); a few-shot model also `prototypes(supports)`,
+`prototype_channels` and `prototypes_per_shot(image_size)`. Rebuilding a model from a checkpoint is
+`packd.models.loading`'s job.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A bounded memory bank: PatchCore's approximate greedy k-centre coreset, in numpy (torch-free).
 
 It runs at changeover, after the support graph, in the runtime (`Detector.prototypes`) and on the
-training side (`packd.scoring.Scorer.prototypes`) through this one function, so evaluation and
+training side (`packd.models.scoring.Scorer.prototypes`) through this one function, so evaluation and
 deployment keep the same bank. Features are first projected to `dim` random directions (seeded:
 the same supports give the same bank), then each step adds the bank entry farthest from those
 already kept. Kinds with one prototype tensor per stage (PACKD) keep the same rows in every stage (row i of each

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import train_small
 
-import packd.checkpoint as checkpoint
 import packd.methods.rd.training as rd_training
-from packd.checkpoint import save_checkpoint
+import packd.models.checkpoint as checkpoint
 from packd.errors import PackdError
-from packd.loading import load_model
+from packd.models.checkpoint import save_checkpoint
+from packd.models.loading import load_model
 from packd_export.bundle import export_bundle
 
 
@@ -107,12 +107,13 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_checkpoint(synth_root, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_export_or_a_report_keeps_the_old_files(checkpoints, tmp_path, monkeypatch):
     import io
 
     import packd_export.bundle as bundle_mod
     import packd_runtime.atomic as atomic
-    from packd.reports import write_report
+    from packd.evaluation.reports import write_report
 
     export_bundle(checkpoints["rd"], tmp_path / "b", max_batch=2, engines="never")
     before = (tmp_path / "b" / "manifest.json").read_text()
@@ -160,7 +161,7 @@ def test_a_knn_checkpoint_with_two_training_images_is_one_line_before_export_wor
     """Few-shot kinds take 2 normal images per category as supports for the default threshold: a category of 2
     leaves nothing to score. Said before the ONNX export, not as a numpy error after it."""
     import packd_export.bundle as bundle
-    from packd.synth import Counts, synthesize
+    from packd.data.synth import Counts, synthesize
 
     synthesize(tmp_path / "data", size=64, categories=["grid"], counts=Counts(train=2, test_good=1, test_defect=1))
     ck = train_small("knn", tmp_path / "data", "grid", tmp_path / "knn", rotations=1, max_bank=50)

@@ -192,6 +192,7 @@ def test_ctrl_c_in_any_command_says_what_was_kept(capsys):
     assert "run the same command again" in err and err.strip().count("\n") == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_an_export_keeps_the_old_bundle_and_says_so(tmp_path, bundles, checkpoints):
     import shutil
 

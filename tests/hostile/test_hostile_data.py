@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from packd.data import convert_visa, list_categories, list_split, resolve_categories
+from packd.data.datasets import convert_visa, list_categories, list_split, resolve_categories
+from packd.data.preprocess import load_image, load_mask
+from packd.data.synth import Counts, synthesize
 from packd.errors import PackdError
-from packd.preprocess import load_image, load_mask
-from packd.synth import Counts, synthesize
 
 
 def _visa(root, rows):

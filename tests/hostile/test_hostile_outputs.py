@@ -9,9 +9,9 @@ import time
 import pytest
 from conftest import train_small
 
-from packd.checkpoint import CHECKPOINT
+from packd.data.synth import SYNTHETIC_CATEGORY
 from packd.errors import PackdError
-from packd.synth import SYNTHETIC_CATEGORY
+from packd.models.checkpoint import CHECKPOINT
 from packd_export.triton import REPOSITORY
 from packd_runtime.atomic import atomic_dir, check_replaceable
 from packd_runtime.bundle_format import BUNDLE

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from packd.layers import rotate_supports
+from packd.models.layers import rotate_supports
 
 
 class NearestNeighbour(nn.Module):

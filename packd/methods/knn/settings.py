@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from packd.settings import ROTATIONS_HELP, setting, validate
+from packd.training.settings import ROTATIONS_HELP, setting, validate
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from packd.errors import PackdError
 from packd.methods.knn.model import NearestNeighbour
 from packd.methods.knn.settings import KNNSettings
-from packd.teachers import Teacher
+from packd.models.teachers import Teacher
 
 
 def build(teacher: Teacher, settings: KNNSettings) -> tuple[NearestNeighbour, KNNSettings]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from packd.data import AnomalyDataset, list_split
+from packd.data.datasets import AnomalyDataset, list_split
+from packd.data.preprocess import InputSpec
 from packd.errors import PackdError
-from packd.preprocess import InputSpec
 
 
 class EpisodeSampler:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from packd.distributed import gather_rows
-from packd.losses import kd_loss, orthogonality_loss
 from packd.methods.packd.model import PACKD
+from packd.models.losses import kd_loss, orthogonality_loss
+from packd.training.distributed import gather_rows
 
 
 def correspondence_similarity(support: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

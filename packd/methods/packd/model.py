@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from packd.layers import OCBE, Refine, decoder_stages, rotate_supports
-from packd.scoring import cosine_distances
-from packd.student_plan import ChannelPlan
+from packd.models.layers import OCBE, Refine, decoder_stages, rotate_supports
+from packd.models.scoring import cosine_distances
+from packd.models.student_plan import ChannelPlan
 
 
 class PrototypeExtractor(nn.Module):

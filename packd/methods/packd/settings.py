@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from packd.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, ScoreSettings
-from packd.settings import ORTH_HELP, ROTATIONS_HELP, setting
-from packd.student_plan import NORMS, PLAN_HELP, STAGE_OUTPUTS, STAGE_OUTPUTS_HELP, ChannelPlan
+from packd.models.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, ScoreSettings
+from packd.models.student_plan import NORMS, PLAN_HELP, STAGE_OUTPUTS, STAGE_OUTPUTS_HELP, ChannelPlan
+from packd.training.settings import ORTH_HELP, ROTATIONS_HELP, setting
 
 
 @dataclass(frozen=True)

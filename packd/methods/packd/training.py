@@ -8,18 +8,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from packd import distributed
+from packd.data.preprocess import InputSpec
 from packd.errors import PackdError
-from packd.fit import Training
 from packd.methods.packd.episodes import EpisodeSampler
 from packd.methods.packd.losses import packd_loss
 from packd.methods.packd.model import PACKD
 from packd.methods.packd.settings import PACKDSettings
-from packd.preprocess import InputSpec
-from packd.settings import RunConfig
-from packd.student_plan import student_plan
-from packd.teacher_features import TeacherFeatures
-from packd.teachers import Teacher
+from packd.models.student_plan import student_plan
+from packd.models.teachers import Teacher
+from packd.training import distributed
+from packd.training.fit import Training
+from packd.training.settings import RunConfig
+from packd.training.teacher_features import TeacherFeatures
 
 
 def build(teacher: Teacher, settings: PACKDSettings) -> tuple[PACKD, PACKDSettings]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from packd.layers import OCBE, decoder_stages
-from packd.scoring import cosine_distances
-from packd.student_plan import ChannelPlan
+from packd.models.layers import OCBE, decoder_stages
+from packd.models.scoring import cosine_distances
+from packd.models.student_plan import ChannelPlan
 
 
 class ReverseDistillation(nn.Module):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from packd.score_settings import ScoreSettings
-from packd.settings import setting
-from packd.student_plan import NORM_HELP, NORMS, PLAN_HELP, STAGE_OUTPUTS, STAGE_OUTPUTS_HELP, ChannelPlan
+from packd.models.score_settings import ScoreSettings
+from packd.models.student_plan import NORM_HELP, NORMS, PLAN_HELP, STAGE_OUTPUTS, STAGE_OUTPUTS_HELP, ChannelPlan
+from packd.training.settings import setting
 
 
 @dataclass(frozen=True)

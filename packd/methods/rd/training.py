@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from packd.data import AnomalyDataset, list_split
-from packd.fit import Training, index_batches
-from packd.losses import kd_loss
+from packd.data.datasets import AnomalyDataset, list_split
+from packd.data.preprocess import InputSpec
 from packd.methods.rd.model import ReverseDistillation
 from packd.methods.rd.settings import RDSettings
-from packd.preprocess import InputSpec
-from packd.settings import RunConfig
-from packd.student_plan import student_plan
-from packd.teacher_features import TeacherFeatures
-from packd.teachers import Teacher
+from packd.models.losses import kd_loss
+from packd.models.student_plan import student_plan
+from packd.models.teachers import Teacher
+from packd.training.fit import Training, index_batches
+from packd.training.settings import RunConfig
+from packd.training.teacher_features import TeacherFeatures
 
 
 def build(teacher: Teacher, settings: RDSettings) -> tuple[ReverseDistillation, RDSettings]:

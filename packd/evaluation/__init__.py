@@ -1,0 +1,1 @@
+"""Full-shot and few-shot evaluation, tiled evaluation, metrics, overlays and reports."""

@@ -1,0 +1,1 @@
+"""Teachers, students and their blocks, scoring (maps -> scores), checkpoints and loading them."""

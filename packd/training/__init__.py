@@ -1,0 +1,1 @@
+"""The training loop, its settings, the teacher cache, torchrun, the allocator."""
