@@ -98,3 +98,24 @@ def test_the_gpu_check_runs_its_path_on_the_cpu(tmp_path):
         assert refused.returncode == 2 and "no CUDA GPU here" in refused.stderr
     else:
         pytest.skip("a GPU is here: run the check itself")
+
+
+def test_the_runtime_scores_a_bundle_with_the_fewshot_protocol(bundles, synth_root):
+    """packd_bench.runtime_eval (the bundle rows of the knn table): support sets drawn as `packd eval` draws them,
+    metrics from the Detector's scores and maps."""
+    from packd_bench.runtime_eval import bundle_fewshot_runs
+    from packd_runtime import Detector
+
+    with Detector.open(bundles["packd"][1]) as det:
+        runs = bundle_fewshot_runs(det, synth_root, ["grid", "disc"], shots=2, runs=2)
+    assert list(runs) == ["grid", "disc"] and all(len(r) == 2 for r in runs.values())
+    assert all(0 <= m[k] <= 1 for r in runs.values() for m in r for k in ("image_auroc", "pixel_auroc", "aupro"))
+
+
+def test_training_throughput_is_measured_after_the_first_step(synth_root):
+    """packd_bench.train_timing (behind benchmarks/speed/training_speed.py and the GPU check), two RD steps."""
+    from packd_bench.train_timing import Habits, measure_training
+
+    row = measure_training("rd", synth_root, ["grid"], Habits(allocator=False), steps=2, image_size=64)
+    assert row["steps"] == 2 and row["query_images_per_s"] > 0 and row["s_per_step"] > 0
+    assert row["steps_per_epoch"] >= 1 and row["first_step_s"] > 0

@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 
 from packd.data.datasets import list_split
-from packd.data.preprocess import load_frames, load_mask
+from packd.data.preprocess import load_frames, mask_at
 from packd.evaluation.fewshot import FEWSHOT_KEYS, draw_support_sets
 from packd.evaluation.metrics import image_auroc, pixel_metrics
 from packd_runtime import Detector
 
 
-def category_test_frames(data: Path, category: str, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A category's test frames at the bundle's frame size, masks at the model's size, labels."""
+def category_test_frames(data: Path, category: str, hw: tuple[int, int], map_hw: tuple[int, int]
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A category's test frames at the bundle's frame size, masks at its maps' size, labels."""
     test = list_split(data, category, "test")
     frames = load_frames([s.path for s in test], hw)
-    masks = np.stack([load_mask(s.mask, hw) if s.mask else np.zeros(hw, bool) for s in test])
+    masks = np.stack([mask_at(s.mask, s.path, map_hw) for s in test])
     return frames, masks, np.array([s.label for s in test])
 
 
@@ -27,7 +28,7 @@ def bundle_fewshot_runs(det: Detector, data: Path, categories: list[str], shots:
     """Per category the metrics of each support set (FEWSHOT_KEYS), computed by the runtime."""
     out = {}
     for cat in categories:
-        frames, masks, labels = category_test_frames(data, cat, det.frame_hw)
+        frames, masks, labels = category_test_frames(data, cat, det.frame_hw, det.manifest.map_hw)
         out[cat] = []
         for support in draw_support_sets(data, cat, shots, runs, seed):
             det.prototypes(load_frames([s.path for s in support], det.frame_hw))

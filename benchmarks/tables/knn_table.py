@@ -98,7 +98,7 @@ def main(runs_dir: Path = Path("runs/fewshot"), runs: int = 3, seed: int = 0, sh
     # 3. bank size: changeover, query latency, AUROC (k = 8, held-out synthetic)
     sizes = [0, 2048, 512, 128]
     report["bank"] = {}
-    frames = category_test_frames(data, "dots", (128, 128))[0][:8]
+    frames = category_test_frames(data, "dots", (128, 128), (128, 128))[0][:8]
     for size in sizes:
         ck = _knn(data, out / f"bank_{size}", distance=distance, score=score, max_bank=size)
         b = out / f"bundle_bank_{size}"

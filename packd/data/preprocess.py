@@ -133,3 +133,20 @@ def load_mask(path: str | Path, expected_hw: tuple[int, int]) -> np.ndarray:
         raise PackdError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but its image is "
                          f"{expected_hw[1]}x{expected_hw[0]}")
     return m
+
+
+def image_hw(path: str | Path) -> tuple[int, int]:
+    """An image's (height, width), from its header."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, ValueError) as e:
+        raise PackdError(f"cannot read image {path}: {e}") from None
+
+
+def mask_at(mask_path: str | Path | None, image_path: str | Path, hw: tuple[int, int]) -> np.ndarray:
+    """An image's ground-truth mask (all False when it has none) at `hw` (nearest), whatever the image's own size."""
+    if mask_path is None:
+        return np.zeros(hw, bool)
+    mask = load_mask(mask_path, image_hw(image_path))
+    return mask if mask.shape == tuple(hw) else np.asarray(Image.fromarray(mask).resize((hw[1], hw[0]), Image.NEAREST))

@@ -13,13 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.progress import Progress
 
 from packd.data.datasets import Sample
-from packd.data.preprocess import Preprocess, load_frames, load_mask
+from packd.data.preprocess import Preprocess, image_hw, load_frames, mask_at
 from packd.device import pick_device
-from packd.errors import PackdError
 from packd.evaluation.tiling_options import DEFAULT_MAX_SHOTS, TileOptions
 from packd.models.scoring import Scorer
 from packd.progress import LogProgress
@@ -28,21 +26,6 @@ from packd_runtime.manifest import Limits, TilingSpec
 from packd_runtime.pipeline import Pipeline, Run
 
 FRAME_BYTES = 1 << 27  # frames decoded at once: at most about 128 MB of them (a 5 MP frame is 15 MB)
-
-
-def native_frame_hw(sample: Sample) -> tuple[int, int]:
-    """An image's (height, width), from its header."""
-    try:
-        with Image.open(sample.path) as im:
-            return im.height, im.width
-    except (OSError, ValueError) as e:
-        raise PackdError(f"cannot read image {sample.path}: {e}") from None
-
-
-def _resized(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if mask.shape == tuple(hw):
-        return mask
-    return np.asarray(Image.fromarray(mask).resize((hw[1], hw[0]), Image.NEAREST))
 
 
 def torch_graphs(scorer: Scorer, device: torch.device) -> Run:
@@ -112,11 +95,8 @@ class TiledScorer:
             maps.append(chunk_maps)
             if progress is not None:
                 progress.update(task, advance=len(chunk))
-        map_hw = self.tiling.map_hw
-        masks = [_resized(load_mask(x.mask, native_frame_hw(x)) if x.mask else np.zeros(self.frame_hw, bool),
-                          self.frame_hw) for x in samples]
         return {"scores": np.concatenate(scores), "maps": np.concatenate(maps),
-                "masks": np.stack([_resized(m, map_hw) for m in masks]),
+                "masks": np.stack([mask_at(x.mask, x.path, self.tiling.map_hw) for x in samples]),
                 "labels": np.array([s.label for s in samples])}
 
     def describe(self) -> dict:
@@ -140,5 +120,5 @@ def tiled_for(scorer: Scorer, options: TileOptions | None, samples: list[Sample]
     """The TiledScorer of `options` for a category whose images are `samples` (None: no tiling)."""
     if options is None:
         return None
-    spec = options.spec(scorer.spec.image_size, scorer.few_shot, native_frame_hw(samples[0]))
+    spec = options.spec(scorer.spec.image_size, scorer.few_shot, image_hw(samples[0].path))
     return TiledScorer(scorer, spec, batch_size, device)

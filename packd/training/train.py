@@ -11,10 +11,9 @@ from typing import Any
 import torch
 
 from packd.data.datasets import list_split, resolve_categories
-from packd.data.preprocess import InputSpec
+from packd.data.preprocess import InputSpec, image_hw
 from packd.device import pick_device
 from packd.errors import PackdError
-from packd.evaluation.tiled import native_frame_hw
 from packd.methods import method
 from packd.models.checkpoint import CHECKPOINT, save_checkpoint
 from packd.models.loading import model_config
@@ -32,7 +31,7 @@ def check_tile(data: Path, categories: list[str], tile: int) -> None:
         raise PackdError(f"--tile must be at least 1 pixel, got {tile}")
     for cat in categories:
         for sample in list_split(data, cat, "train"):
-            h, w = native_frame_hw(sample)
+            h, w = image_hw(sample.path)
             if tile > min(h, w):
                 raise PackdError(f"--tile {tile} does not fit in the {h}x{w} training image {sample.path}")
 
