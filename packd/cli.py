@@ -237,7 +237,8 @@ def eval_(
              "given, bounded as a bundle of the default --max-shots bounds it); metrics on the stitched maps.",
         show_default="no tiling: the whole image resized")] = None,
     frame_size: Annotated[str | None, typer.Option(
-        help="With --tile: the frame size HxW images are resized to first.", show_default="each image's own")] = None,
+        help="With --tile: the frame size HxW images are resized to first.",
+        show_default="each category's own (one size per category)")] = None,
     overlap: Annotated[int, typer.Option(help=OVERLAP_HELP)] = 0,
     roi: Annotated[list[str] | None, typer.Option(help=ROI_HELP, show_default="the whole frame")] = None,
     map_scale: Annotated[float | None, typer.Option(

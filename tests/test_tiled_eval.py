@@ -132,3 +132,19 @@ def test_a_per_position_memory_needs_a_few_shot_kind(checkpoints, line_data):
         evaluate(checkpoints["rd"], line_data, "grid", progress=False, tile=TileOptions(tile=64, memory="position"))
     with pytest.raises(PackdError, match="--memory must be one of shared, position"):
         TileOptions(tile=64, memory="pooled")
+
+
+def test_a_category_of_mixed_image_sizes_is_one_line_unless_a_frame_size_is_given(checkpoints, line_data, tmp_path):
+    """Each category's frames are tiled at their own size: a category whose images differ in size is refused in
+    one line (before, the first test image's size was taken for all and the others resized to it)."""
+    import shutil
+
+    data = tmp_path / "mixed"
+    shutil.copytree(line_data, data)
+    first = sorted((data / "grid" / "test" / "good").glob("*.png"))[0]
+    Image.open(first).resize((96, 96)).save(first)
+    with pytest.raises(PackdError, match=r"have 2 sizes \(96x96, 128x128\): a tiling is for one frame size"):
+        evaluate(checkpoints["rd"], data, "grid", progress=False, device="cpu", tile=TileOptions(tile=64))
+    report = evaluate(checkpoints["rd"], data, "grid", progress=False, device="cpu",
+                      tile=TileOptions(tile=64, frame_size=(LINE, LINE)))
+    assert report["categories"]["grid"]["tiling"]["frame"] == [LINE, LINE]

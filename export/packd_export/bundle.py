@@ -63,9 +63,6 @@ def _checked_scorer(checkpoint: str | Path, scoring: dict[str, Any] | None) -> t
 
 def _limits(scorer: Scorer, max_batch: int, max_shots: int) -> Limits:
     """The largest batch, shot count and prototype count the graphs are exported (and engines built) for."""
-    if not 1 <= max_batch <= MAX_DYNAMIC["batch"] or not 1 <= max_shots <= MAX_DYNAMIC["shots"]:
-        raise PackdError(f"--max-batch must be 1 to {MAX_DYNAMIC['batch']} and --max-shots 1 to "
-                         f"{MAX_DYNAMIC['shots']}, got {max_batch} and {max_shots}")
     if not scorer.few_shot:
         return Limits(max_batch)
     return Limits(max_batch, max_shots, scorer.prototype_limit(max_shots))
@@ -121,6 +118,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
 
     if precision not in PRECISIONS:
         raise PackdError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not 1 <= max_batch <= MAX_DYNAMIC["batch"] or not 1 <= max_shots <= MAX_DYNAMIC["shots"]:
+        raise PackdError(f"--max-batch must be 1 to {MAX_DYNAMIC['batch']} and --max-shots 1 to "
+                         f"{MAX_DYNAMIC['shots']}, got {max_batch} and {max_shots}")
     if precision != "int8" and (report is not None or (int8 is not None and int8 != Int8Settings())):
         raise PackdError("--report, --calibration and --fp16-fallback describe an int8 export: add --precision int8")
     if report is not None:

@@ -122,14 +122,17 @@ def write_repository(bundle: str | Path, out: str | Path, *, backend: str = "aut
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
+    signed = None
     if trusted_keys:  # the server will refuse it otherwise: refuse it now, before writing anything
-        verify_signature(bundle, manifest, trusted_keys)
+        signed = verify_signature(bundle, manifest, trusted_keys)
     if out.resolve() == bundle.resolve() or bundle.resolve() in out.resolve().parents:
         raise PackdError(f"--out {out} is inside the bundle {bundle}: choose a folder outside it")
     if backend not in ("auto", "tensorrt", "onnxruntime"):
         raise PackdError(f"--runtime-backend must be auto, tensorrt or onnxruntime, got {backend!r}")
     check_replaceable(out, REPOSITORY)
     engines = _engines(manifest, engine_gpu)
+    if signed is not None:  # with trusted keys, only engines the signature vouched for become tensorrt_plan models
+        engines = {g: e for g, e in engines.items() if e.file in signed}
     models = {}
     with atomic_dir(out, REPOSITORY) as tmp:
         for graph, spec in manifest.graphs.items():

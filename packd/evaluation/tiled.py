@@ -18,6 +18,7 @@ from rich.progress import Progress
 from packd.data.datasets import Sample
 from packd.data.preprocess import Preprocess, image_hw, load_frames, mask_at
 from packd.device import pick_device
+from packd.errors import PackdError
 from packd.evaluation.tiling_options import DEFAULT_MAX_SHOTS, TileOptions
 from packd.models.scoring import Scorer
 from packd.progress import LogProgress
@@ -120,5 +121,13 @@ def tiled_for(scorer: Scorer, options: TileOptions | None, samples: list[Sample]
     """The TiledScorer of `options` for a category whose images are `samples` (None: no tiling)."""
     if options is None:
         return None
-    spec = options.spec(scorer.spec.image_size, scorer.few_shot, image_hw(samples[0].path))
+    native = None
+    if options.frame_size is None:  # each category's own frame size: one for all its images, or one line
+        sizes = sorted({image_hw(s.path) for s in samples})
+        if len(sizes) > 1:
+            shown = ", ".join(f"{h}x{w}" for h, w in sizes[:4])
+            raise PackdError(f"the images of one category ({samples[0].path.parent}, ...) have {len(sizes)} sizes "
+                             f"({shown}): a tiling is for one frame size; pass --frame-size HxW to resize them to one")
+        native = sizes[0]
+    spec = options.spec(scorer.spec.image_size, scorer.few_shot, native)
     return TiledScorer(scorer, spec, batch_size, device)

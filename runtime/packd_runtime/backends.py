@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from packd_runtime.bundle_format import bundle_path
 from packd_runtime.errors import PackdError
 
 if TYPE_CHECKING:
@@ -68,12 +69,13 @@ def engines_here(manifest: Manifest, device: int = 0) -> tuple[dict[str, str] | 
 
 
 def open_backend(bundle: Path, manifest: Manifest, backend: str = "auto", device: int = 0,
-                 build: bool = False, profile: bool = False,
-                 trusted_engines: set[str] | None = None) -> tuple[Backend, Manifest, str]:
+                 build: bool = False, profile: bool = False, trusted_engines: set[str] | None = None,
+                 verified: dict[str, bytes] | None = None) -> tuple[Backend, Manifest, str]:
     """(backend, manifest, reason): TensorRT when the bundle has engines for this GPU and TensorRT
     version (or `build=True` and the builder is here: build and cache them; the manifest then lists
     them), else ONNX Runtime (CUDA provider if present, else CPU). `trusted_engines`: when given, only these
-    engine files are ever loaded (those a trusted signature vouched for)."""
+    engine files are ever loaded (those a trusted signature vouched for). `verified`: the graphs' and engines'
+    bytes as `verify_files` hashed them, which the backend loads instead of reading the files again."""
     if backend not in BACKENDS:
         raise PackdError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend in ("auto", "tensorrt"):
@@ -87,13 +89,15 @@ def open_backend(bundle: Path, manifest: Manifest, backend: str = "auto", device
             from packd_runtime.tensorrt.build import build_bundle_engines, why_no_tensorrt
 
             if why_no_tensorrt(device) is None:
-                manifest = build_bundle_engines(bundle, device)
+                manifest, verified = build_bundle_engines(bundle, device), None  # built here, now
                 engines, why = engines_here(manifest, device)
                 why = f"built and cached {why}"
         if engines is not None:
             from packd_runtime.tensorrt.backend import TensorRTBackend
 
-            return TensorRTBackend(bundle, engines, device, profile=profile), manifest, f"TensorRT: {why}"
+            plans = {g: verified[f] if verified is not None else bundle_path(bundle, f).read_bytes()
+                     for g, f in engines.items()}
+            return TensorRTBackend(bundle, plans, device, profile=profile), manifest, f"TensorRT: {why}"
         if backend == "tensorrt":
             raise PackdError(f"TensorRT backend unavailable: {why}")
         fallback = f"ONNX Runtime, because TensorRT is not usable: {why}"
@@ -101,5 +105,5 @@ def open_backend(bundle: Path, manifest: Manifest, backend: str = "auto", device
         fallback = "ONNX Runtime, as asked"
     from packd_runtime.onnxruntime.backend import OnnxRuntimeBackend
 
-    ort_backend = OnnxRuntimeBackend.open(bundle, manifest.graphs, device)
+    ort_backend = OnnxRuntimeBackend.open(bundle, manifest.graphs, device, verified=verified)
     return ort_backend, manifest, f"{fallback} ({ort_backend.description})"

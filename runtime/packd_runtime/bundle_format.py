@@ -89,20 +89,26 @@ def bundle_path(bundle: str | Path, name: str) -> Path:
     return path
 
 
-def verify_files(bundle: str | Path, manifest: Manifest) -> None:
+def verify_files(bundle: str | Path, manifest: Manifest) -> dict[str, bytes]:
     """Every listed file is inside the bundle and has its recorded sha256; every graph has the manifest's inputs
     and outputs (names, dtypes, shapes) and defines no function; every external-data file a graph refers to is
-    inside the bundle and listed (so hashed too)."""
+    inside the bundle and listed (so hashed too). Returns the graphs' and engines' bytes as hashed: what loaders
+    get, so a file swapped after the check is never loaded (only external tensor data is read again, by path)."""
     bundle = Path(bundle)
+    loaded = {spec.file for spec in manifest.graphs.values()} | {e.file for e in manifest.engines}
+    verified: dict[str, bytes] = {}
     for name, digest in manifest.files.items():
         path = bundle_path(bundle, name)
         if not path.is_file():
             raise PackdError(f"bundle file missing: {path}")
-        if sha256(path) != digest:
+        data = path.read_bytes() if name in loaded else None
+        if (hashlib.sha256(data).hexdigest() if data is not None else sha256(path)) != digest:
             raise PackdError(f"bundle file {path} was altered or corrupted (sha256 does not match the manifest)")
+        if data is not None:
+            verified[name] = data
     for spec in manifest.graphs.values():
         graph = bundle_path(bundle, spec.file)
-        data = graph.read_bytes()
+        data = verified[spec.file]
         real = graph_inputs_outputs(data)
         said = tuple([(t.name, t.dtype, list(t.shape)) for t in ts] for ts in (spec.inputs, spec.outputs))
         if real != said:
@@ -125,10 +131,15 @@ def verify_files(bundle: str | Path, manifest: Manifest) -> None:
             if name not in manifest.files:
                 raise PackdError(f"{graph.name} keeps tensor data in {location!r}, which the manifest does not "
                                  "list (so it was never hashed): refused")
+    return verified
 
 
 def fingerprint(manifest: Manifest) -> str:
-    """Identity of the model inside a bundle: hash of its graphs' hashes (engines excluded, they
-    are derived). Prototypes carry it so that prototypes of another model are refused."""
-    graphs = sorted((name, manifest.files[spec.file]) for name, spec in manifest.graphs.items())
-    return hashlib.sha256(json.dumps(graphs).encode()).hexdigest()[:16]
+    """Identity of what prototypes and thresholds are valid for: the graphs' hashes (engines excluded, they are
+    derived), the frame size, the model's input size and normalisation, and the tiling with its memory. Prototypes
+    carry it, so those of another model, frame size, tiling or memory are refused."""
+    identity = {"graphs": sorted((name, manifest.files[spec.file]) for name, spec in manifest.graphs.items()),
+                "frame": list(manifest.frame_hw), "image_size": manifest.image_size,
+                "normalisation": [list(manifest.mean), list(manifest.std)],
+                "tiling": manifest.tiling.to_dict() if manifest.tiling is not None else None}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,14 +23,14 @@ import numpy as np
 
 from packd_runtime.atomic import atomic_file
 from packd_runtime.backends import Backend, open_backend
-from packd_runtime.bundle_format import fingerprint, verify_files
+from packd_runtime.bundle_format import THRESHOLD_SLACK, fingerprint, verify_files
 from packd_runtime.cuda_arrays import array_interface
 from packd_runtime.errors import PackdError
 from packd_runtime.gate import CallGate
 from packd_runtime.manifest import Manifest, read_manifest
 from packd_runtime.pipeline import Pipeline, batch_size
 from packd_runtime.signing import verify_signature
-from packd_runtime.threshold import threshold_from_normal_scores
+from packd_runtime.threshold import score_range, threshold_from_normal_scores
 
 PROTOTYPES_FILE_LIMIT = 1 << 28  # 256 MiB of arrays: a full bank of 8 shots x 4 rotations at 448 px is far below
 
@@ -59,22 +62,26 @@ class Prototypes:
     fingerprint: str
     shots: int
     threshold: float | None = None  # this product's, once calibrated; None: judged by no threshold yet
+    normal_scores: tuple[float, float] | None = None  # the lowest and highest score its threshold came from
 
     def save(self, path: str | Path) -> None:
         """Write an .npz (no pickles) atomically."""
+        low, high = self.normal_scores or (np.nan, np.nan)
         with atomic_file(path) as f:
             np.savez(f, fingerprint=np.array(self.fingerprint), shots=np.array(self.shots),
                      threshold=np.array(np.nan if self.threshold is None else self.threshold, np.float64),
+                     normal_scores=np.array([low, high], np.float64),
                      **{f"stage_{i + 1}": a for i, a in enumerate(self.arrays)})
 
     @classmethod
     def load(cls, path: str | Path, max_bytes: int = PROTOTYPES_FILE_LIMIT) -> Prototypes:
         """Read an .npz written by `save` (pickles are never loaded); a damaged file, or one whose arrays would
-        take more than `max_bytes` (checked from the headers, before any array is read), is refused."""
+        take more than `max_bytes` (checked from the headers, before any array is read), is refused, as is anything
+        but a regular file of at most `max_bytes` (a device or a pipe is never read)."""
         try:
-            with zipfile.ZipFile(path) as z:
-                _check_members(z, max_bytes)
-            with np.load(path, allow_pickle=False) as z:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: opening a pipe waits for a writer
+                raise ValueError("not a regular file")
+            with open(path, "rb") as f, _loaded(f, max_bytes) as z:
                 stages = sorted((k for k in z.files if k.startswith("stage_")), key=lambda k: int(k[6:]))
                 if not stages or not {"fingerprint", "shots"} <= set(z.files):
                     raise ValueError(f"holds {sorted(z.files)}, not prototypes")
@@ -85,11 +92,31 @@ class Prototypes:
                 t = z["threshold"] if "threshold" in z.files else np.array(np.nan)  # files saved before thresholds
                 if t.dtype.kind != "f" or t.ndim or np.isinf(t):
                     raise ValueError("threshold of the wrong type")
-                return cls(arrays, str(fp), int(shots), None if np.isnan(t) else float(t))
+                basis = z["normal_scores"] if "normal_scores" in z.files else np.full(2, np.nan)
+                if basis.dtype.kind != "f" or basis.shape != (2,):
+                    raise ValueError("normal scores of the wrong type")
+                scores = None if np.isnan(basis).any() else (float(basis[0]), float(basis[1]))
+                return cls(arrays, str(fp), int(shots), None if np.isnan(t) else float(t), scores)
         except FileNotFoundError:
             raise PackdError(f"prototypes file not found: {path}") from None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
             raise PackdError(f"corrupted prototypes file {path}: {e}") from None
+
+
+@contextmanager
+def _loaded(f: Any, max_bytes: int) -> Iterator[Any]:
+    """np.load of an open regular file of at most `max_bytes` whose zip members were checked first (the same open
+    file throughout: what was checked is what is read)."""
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("not a regular file")
+    if st.st_size > max_bytes:
+        raise ValueError(f"{st.st_size} bytes, more than {max_bytes}: refused before reading it")
+    with zipfile.ZipFile(f) as z:
+        _check_members(z, max_bytes)
+    f.seek(0)
+    with np.load(f, allow_pickle=False) as z:
+        yield z
 
 
 NO_THRESHOLD = ("no threshold for this product yet: a new product is never judged by another product's threshold; "
@@ -158,11 +185,14 @@ class Detector:
             if build:
                 raise PackdError("build=True cannot be combined with trusted_keys: engines built now are not "
                                  "signed; build them with packd-export build, then sign the bundle")
-            keys = [trusted_keys] if isinstance(trusted_keys, (str, Path)) else list(trusted_keys)
+            keys = [trusted_keys] if isinstance(trusted_keys, (str, Path, bytes, int)) else list(trusted_keys)
+            if not all(isinstance(k, (str, Path)) for k in keys):
+                raise PackdError("trusted_keys must be public key files: a path or a list of paths, got "
+                                 f"{type(trusted_keys).__name__} {trusted_keys!r:.40}")
             trusted_engines = verify_signature(bundle, manifest, keys)
-        verify_files(bundle, manifest)
+        verified = verify_files(bundle, manifest)  # the bytes hashed are the bytes loaded
         chosen, manifest, reason = open_backend(bundle, manifest, backend, device, build=build, profile=profile,
-                                                trusted_engines=trusted_engines)
+                                                trusted_engines=trusted_engines, verified=verified)
         return cls(bundle, manifest, chosen, reason)
 
     # ---- input checks ---------------------------------------------------------------------
@@ -263,8 +293,20 @@ class Detector:
             if not np.isfinite(a).all():
                 raise PackdError("the prototypes hold NaN or infinite values: refused")
         t = prototypes.threshold
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t)):
+        if t is None:
+            return
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not np.isfinite(t):
             raise PackdError(f"the prototypes carry a threshold that is not a finite number ({t!r:.40}): refused")
+        basis = prototypes.normal_scores
+        if basis is None:
+            raise PackdError("the prototypes carry a threshold without the normal scores it came from (saved by an "
+                             "older packd, or made by hand): calibrate this product again")
+        low, high = (float(v) for v in basis)
+        if not (np.isfinite(low) and np.isfinite(high) and 0 <= low <= high) or t < 0 or not (
+                low / THRESHOLD_SLACK <= t <= high * THRESHOLD_SLACK):
+            raise PackdError(f"the prototypes' threshold {t} is more than {THRESHOLD_SLACK:g}x outside the scores of "
+                             f"the normal frames it came from ({low:.4g} to {high:.4g}), or negative: edited by "
+                             "hand? calibrate this product again")
 
     def detect(self, images: Any, prototypes: Prototypes | None = None, threshold: float | None = None,
                masks: bool = False) -> Result:
@@ -273,8 +315,12 @@ class Detector:
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(
                 threshold, (int, float, np.integer, np.floating))):
             raise PackdError(f"threshold must be a number, got {type(threshold).__name__} {threshold!r:.40}")
-        if threshold is not None and not np.isfinite(float(threshold)):
-            raise PackdError(f"threshold must be a finite number, got {threshold}")
+        try:
+            finite = threshold is None or np.isfinite(float(threshold))
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
+            raise PackdError(f"threshold must be a finite number, got {threshold!r:.40}")
         arrays = None
         t = self._threshold
         if self.few_shot:
@@ -303,12 +349,15 @@ class Detector:
         """The threshold from normal images only (mean + 3 std of their scores), returned. It becomes the
         detector's (per-category kinds) or the current product's (few-shot kinds: the current prototypes carry
         it, so saving them keeps it); for `prototypes` other than the current ones it is only returned."""
-        t = threshold_from_normal_scores(self.detect(normal_images, prototypes).scores)
+        used = (prototypes or self._current) if self.few_shot else None  # fixed now: a changeover may come
+        scores = self.detect(normal_images, used).scores
+        t = threshold_from_normal_scores(scores)
+        basis = score_range(scores)
         with self._lock:
             if not self.few_shot:
                 self._threshold = t
-            elif self._current is not None and (prototypes is None or prototypes is self._current):
-                self._current = replace(self._current, threshold=t)
+            elif self._current is used:  # only onto the prototypes it was computed with
+                self._current = replace(used, threshold=t, normal_scores=(basis["min"], basis["max"]))
         return t
 
     def close(self) -> None:

@@ -74,6 +74,13 @@ class Tiling:
                 if a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]:
                     raise PackdError(f"--roi {','.join(map(str, a))} and {','.join(map(str, b))} overlap: give one "
                                      "region covering both")
+        if self.map_side is not None:  # a region thinner than a map pixel would never be scored: nothing flagged
+            scale = self.map_side / s
+            for y, x, rh, rw in rois:
+                if round(y * scale) >= round((y + rh) * scale) or round(x * scale) >= round((x + rw) * scale):
+                    raise PackdError(f"--roi {y},{x},{rh},{rw} covers no pixel of the stitched map at {scale:g} of the "
+                                     "frame's resolution: nothing in it could ever be flagged; use a larger "
+                                     "--map-scale or region")
         stride = s - p
         counts = [len(_starts(y, rh, s, stride, h)) * len(_starts(x, rw, s, stride, w)) for y, x, rh, rw in rois]
         if sum(counts) > MAX_TILES:

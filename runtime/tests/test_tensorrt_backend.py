@@ -26,9 +26,8 @@ def fake(monkeypatch):
 
 
 def _backend(tmp_path, fake, **kwargs) -> TensorRTBackend:
-    (tmp_path / "query.engine").write_bytes(engine_bytes(["images"]))
-    (tmp_path / "support.engine").write_bytes(engine_bytes(["images", "prototypes_1"]))
-    return TensorRTBackend(tmp_path, {"query": "query.engine", "support": "support.engine"}, **kwargs)
+    plans = {"query": engine_bytes(["images"]), "support": engine_bytes(["images", "prototypes_1"])}
+    return TensorRTBackend(tmp_path, plans, **kwargs)  # the plans' bytes, as the bundle's check read them
 
 
 def _frames(n: int, value: int = 3) -> np.ndarray:

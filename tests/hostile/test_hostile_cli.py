@@ -211,3 +211,16 @@ def test_ctrl_c_during_an_export_keeps_the_old_bundle_and_says_so(tmp_path, bund
     assert proc.returncode == 130 and "interrupted: packd writes each output whole" in err, err
     assert (bundle / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporaries left
+
+
+@pytest.mark.parametrize("args, message", [(["--max-batch", "100000"], "--max-batch must be 1 to 4096"),
+                                           (["--max-shots", "5000"], "--max-shots 1 to 1024")])
+def test_limits_beyond_what_a_manifest_may_name_are_refused_before_the_checkpoint_is_read(tmp_path, capsys, args,
+                                                                                         message):
+    from packd_export.cli import main as export_main
+
+    with pytest.raises(SystemExit) as e:
+        export_main([str(tmp_path / "no-checkpoint"), "--out", str(tmp_path / "b"), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "b").exists()

@@ -104,6 +104,25 @@ def test_engines_added_after_signing_are_not_trusted(signed):
         verify_signature(bundle, read_manifest(bundle), [public])
 
 
+def test_the_triton_writer_serves_only_engines_the_signature_vouched_for(signed, tmp_path):
+    """With trusted keys, an engine added after signing never becomes the tensorrt_plan model (its graph is served
+    as ONNX); signed again, it does."""
+    from packd_export.triton import write_repository
+
+    bundle, (private, public) = signed
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "query.plan").write_bytes(b"a plan nobody vouched for")
+    manifest["engines"] = [{"graph": "query", "file": "query.plan", "tensorrt": "10.3", "compute_capability": "87",
+                            "gpu": "Orin"}]
+    manifest["files"]["query.plan"] = sha256(bundle / "query.plan")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    models = write_repository(bundle, tmp_path / "repo", backend="onnxruntime", trusted_keys=[public])
+    assert models["query"] == "onnxruntime_onnx" and not (tmp_path / "repo" / "query" / "1" / "model.plan").exists()
+    sign_bundle(bundle, private)
+    models = write_repository(bundle, tmp_path / "repo", backend="onnxruntime", trusted_keys=[public])
+    assert models["query"] == "tensorrt_plan"
+
+
 def test_the_signing_commands_end_to_end(bundles, tmp_path, capsys):
     bundle = tmp_path / "b"
     shutil.copytree(bundles["rd"][1], bundle)

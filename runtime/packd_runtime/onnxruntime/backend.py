@@ -25,9 +25,10 @@ if TYPE_CHECKING:
     from packd_runtime.manifest import Graph
 
 
-def _model_source(path: Path) -> bytes | str:
-    """A graph's bytes (any folder name works), or its path where tensors live in external files beside it."""
-    data = path.read_bytes()
+def _model_source(path: Path, data: bytes | None = None) -> bytes | str:
+    """A graph's bytes (any folder name works; `data` when already read and verified), or its path where tensors live
+    in external files beside it."""
+    data = path.read_bytes() if data is None else data
     return native_path(path) if external_data_locations(data) else data
 
 
@@ -38,9 +39,13 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     @classmethod
-    def open(cls, bundle: Path, graphs: Mapping[str, Graph], device: int | None = 0) -> OnnxRuntimeBackend:
-        """The backend of a bundle's graph files (device None: the CPU provider only)."""
-        return cls({g: _model_source(bundle / spec.file) for g, spec in graphs.items()}, graphs, device)
+    def open(cls, bundle: Path, graphs: Mapping[str, Graph], device: int | None = 0,
+             verified: Mapping[str, bytes] | None = None) -> OnnxRuntimeBackend:
+        """The backend of a bundle's graph files (device None: the CPU provider only); `verified`: their bytes as
+        already read and hashed."""
+        verified = verified or {}
+        return cls({g: _model_source(bundle / spec.file, verified.get(spec.file)) for g, spec in graphs.items()},
+                   graphs, device)
 
     def __init__(self, models: Mapping[str, bytes | str], graphs: Mapping[str, Graph], device: int | None = 0):
         try:

@@ -90,7 +90,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, bundle: Path, engines: dict[str, str], device: int = 0, profile: bool = False,
+    def __init__(self, bundle: Path, engines: dict[str, bytes], device: int = 0, profile: bool = False,
                  cuda_graphs: bool = True):
         self._trt, self._cudart = import_modules()
         trt, cudart = self._trt, self._cudart
@@ -101,10 +101,10 @@ class TensorRTBackend:
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engines = {}
-        for graph, file in engines.items():
-            engine = self._runtime.deserialize_cuda_engine((bundle / file).read_bytes())
+        for graph, plan in engines.items():  # the plans' bytes, as verified against the manifest
+            engine = self._runtime.deserialize_cuda_engine(plan)
             if engine is None:
-                raise PackdError(f"TensorRT could not load {file}: rebuild it on this device with "
+                raise PackdError(f"TensorRT could not load the {graph} engine: rebuild it on this device with "
                                  f"`packd-export build {bundle}`")
             self.engines[graph] = engine
         self.io = {g: self._io(e) for g, e in self.engines.items()}

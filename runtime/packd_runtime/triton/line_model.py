@@ -29,7 +29,7 @@ import numpy as np
 from packd_runtime.bundle_format import MAPS, SCORES
 from packd_runtime.detector import Detector, Prototypes, Result
 from packd_runtime.errors import PackdError
-from packd_runtime.threshold import threshold_from_normal_scores
+from packd_runtime.threshold import score_range, threshold_from_normal_scores
 
 ACTIONS = ("detect", "changeover", "calibrate", "stage")
 STAGE = "stage"  # request parameter: the token that ties staged frames to their changeover or calibration
@@ -86,7 +86,10 @@ class LineServer:
         elif action == "calibrate":
             line = self._line(name)
             scores = self.detector.detect(frames, line.prototypes).scores
-            line = Line(line.prototypes, threshold_from_normal_scores(scores))
+            t, basis = threshold_from_normal_scores(scores), score_range(scores)
+            low_high = (basis["min"], basis["max"])
+            protos = line.prototypes and replace(line.prototypes, threshold=t, normal_scores=low_high)
+            line = Line(protos, t)
         elif action == "detect":
             line = self._line(name)
             return self._detect(frames, line)
@@ -98,8 +101,8 @@ class LineServer:
 
     def _detect(self, frames: np.ndarray, line: Line) -> Result:
         """The frames scored with the line's prototypes, judged by the line's threshold only (none: no labels)."""
-        if line.prototypes is not None:
-            return self.detector.detect(frames, replace(line.prototypes, threshold=line.threshold))
+        if line.prototypes is not None:  # they carry the line's threshold, once calibrated
+            return self.detector.detect(frames, line.prototypes)
         return self.detector.detect(frames, threshold=line.threshold)
 
 
