@@ -129,9 +129,14 @@ def test_a_prototypes_file_that_unpacks_to_gigabytes_is_refused_before_reading(t
     packed = tmp_path / "many.npz"
     np.savez(packed, fingerprint=np.array("abc"), shots=np.array(2),
              **{f"stage_{i}": np.zeros((1000, 100), np.float32) for i in range(1, 5)})  # 1.6 MB of arrays
-    with pytest.raises(PackdError, match="would take more than 1000000 bytes"):
-        Prototypes.load(packed, max_bytes=1_000_000)
+    with pytest.raises(PackdError, match="1601522 bytes, more than 1000000: refused before reading it"):
+        Prototypes.load(packed, max_bytes=1_000_000)  # the file itself is larger than the limit
     assert len(Prototypes.load(packed).arrays) == 4
+    small = tmp_path / "many_small.npz"
+    np.savez_compressed(small, fingerprint=np.array("abc"), shots=np.array(2),
+                        **{f"stage_{i}": np.zeros((1000, 100), np.float32) for i in range(1, 5)})
+    with pytest.raises(PackdError, match="would take more than 1000000 bytes"):
+        Prototypes.load(small, max_bytes=1_000_000)  # a small file whose arrays together unpack past it
     objects = tmp_path / "objects.npz"
     with zipfile.ZipFile(objects, "w") as z:
         with z.open("stage_1.npy", "w") as f:
