@@ -87,14 +87,20 @@ def test_a_replaced_graph_is_refused_even_with_its_hash_recomputed(signed):
         Detector.open(bundle, trusted_keys=[public])
 
 
-def test_engines_added_after_signing_are_not_trusted(signed):
-    bundle, (private, public) = signed
+def _add_an_unsigned_engine(bundle):
+    """An engine added after signing, as `packd-export build` on the target adds one (hashed in the manifest)."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     (bundle / "query.plan").write_bytes(b"a plan nobody vouched for")
     manifest["engines"] = [{"graph": "query", "file": "query.plan", "tensorrt": "10.3", "compute_capability": "87",
                             "gpu": "Orin"}]
     manifest["files"]["query.plan"] = sha256(bundle / "query.plan")
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_engines_added_after_signing_are_not_trusted(signed):
+    bundle, (private, public) = signed
+    manifest = _add_an_unsigned_engine(bundle)
     assert verify_signature(bundle, read_manifest(bundle), [public]) == set()  # valid, but vouches for no engine
     sign_bundle(bundle, private)  # signed again after the build: now it does
     assert verify_signature(bundle, read_manifest(bundle), [public]) == {"query.plan"}
@@ -110,12 +116,7 @@ def test_the_triton_writer_serves_only_engines_the_signature_vouched_for(signed,
     from packd_export.triton import write_repository
 
     bundle, (private, public) = signed
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    (bundle / "query.plan").write_bytes(b"a plan nobody vouched for")
-    manifest["engines"] = [{"graph": "query", "file": "query.plan", "tensorrt": "10.3", "compute_capability": "87",
-                            "gpu": "Orin"}]
-    manifest["files"]["query.plan"] = sha256(bundle / "query.plan")
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    _add_an_unsigned_engine(bundle)
     models = write_repository(bundle, tmp_path / "repo", backend="onnxruntime", trusted_keys=[public])
     assert models["query"] == "onnxruntime_onnx" and not (tmp_path / "repo" / "query" / "1" / "model.plan").exists()
     sign_bundle(bundle, private)
