@@ -275,6 +275,10 @@ class Manifest:
         """This manifest as the runtime would read it back (so export never writes one the runtime refuses)."""
         return _parse(self.to_dict(), where)
 
+    def __reduce__(self) -> tuple:
+        """Pickled as its JSON and read back through the checks (a process pool returns one from an export)."""
+        return _parse, (self.to_dict(), "unpickled")
+
     def with_engines(self, engines: tuple[Engine, ...], files: Mapping[str, str]) -> Manifest:
         """The same manifest with other engines and files (after `packd-export build`)."""
         return replace(self, engines=tuple(engines), files=MappingProxyType(dict(files)))

@@ -3,6 +3,7 @@ bound, batches at the bundle's limit, tiles cut and maps stitched, a per-positio
 threshold, saved prototypes; and the typed manifest each way."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -133,6 +134,7 @@ def test_the_manifest_is_typed_once_and_written_back_exactly(toys):
     assert m.prototype_names == ("prototypes_1",) and m.limits.shots == 3
     with pytest.raises(AttributeError):
         m.threshold = 1.0  # frozen
+    assert pickle.loads(pickle.dumps(m)) == m  # a process pool hands one back from an export
     for edit, message in [
         (lambda d: d.update(extra=1), "unknown key"),
         (lambda d: d["normal_scores"].update(median=3), "'normal_scores.median' is not what packd writes"),
