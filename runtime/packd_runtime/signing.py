@@ -68,12 +68,26 @@ def generate_keys(out: str | Path) -> tuple[Path, Path]:
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    with atomic_file(public) as f:
-        f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    partial = out / f".{PRIVATE_KEY}.partial"  # written whole, owner-only, then linked in: never a cut key
+    partial.unlink(missing_ok=True)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(partial, private)  # fails if a key appeared meanwhile: never overwritten
+        try:
+            with atomic_file(public) as f:
+                f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+        except BaseException:
+            private.unlink()  # ours, written just now: a rerun must not find half a pair
+            raise
+    except OSError as e:
+        raise PackdError(f"cannot write the key pair in {out}: {e.strerror or e}; nothing was kept") from None
+    finally:
+        partial.unlink(missing_ok=True)
     return private, public
 
 
