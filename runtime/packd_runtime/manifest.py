@@ -42,7 +42,6 @@ from packd_runtime.tiling import Tiling
 KEYS = {"format", "kind", "teacher", "image_size", "input", "normalisation", "settings", "precision", "opset",
         "graphs", "dynamic", "threshold", "normal_scores", "versions", "checkpoint", "created", "engines", "files",
         "prototypes", "int8", "tiling"}
-OPTIONAL = {"prototypes", "int8", "tiling"}
 
 
 def _frozen(value: Any) -> Any:
