@@ -6,6 +6,7 @@ no hub), `config.json` (what the model is, how it was trained, and the sha256 of
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,10 @@ def save_checkpoint(out: str | Path, model: nn.Module, config: dict[str, Any],
         save_file(state, str(tmp / MODEL_FILE))
         config = {"format": FORMAT_VERSION, **config, "model_sha256": sha256(tmp / MODEL_FILE)}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        if trainer is not None:
-            torch.save(trainer, tmp / TRAINER_FILE)
+        if trainer is not None:  # serialised in memory: torch's file writer hides ENOSPC behind its own errors
+            buffer = io.BytesIO()
+            torch.save(trainer, buffer)
+            (tmp / TRAINER_FILE).write_bytes(buffer.getbuffer())
     return Path(out)
 
 

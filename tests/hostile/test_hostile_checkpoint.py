@@ -107,6 +107,18 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_checkpoint(synth_root, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
+def test_a_full_disk_under_the_trainer_state_is_one_line(synth_root, tmp_path, monkeypatch):
+    """The trainer state on a really full device (/dev/full: every write fails with ENOSPC): torch.save's own
+    writer said only 'enforce fail at inline_container.cc' (a 64-line traceback); it is one line now."""
+    out = train_small("rd", synth_root, "grid", tmp_path / "ck", epochs=1, batch_size=4)
+    before = (out / "trainer.pt").read_bytes()
+    monkeypatch.setattr(checkpoint, "TRAINER_FILE", "/dev/full")  # tmp / "/dev/full" is /dev/full
+    with pytest.raises(PackdError, match="disk full while writing .*ck"):
+        train_small("rd", synth_root, "grid", out, epochs=2, batch_size=4)
+    assert (out / "trainer.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
 @pytest.mark.slow
 def test_a_full_disk_during_export_or_a_report_keeps_the_old_files(checkpoints, tmp_path, monkeypatch):
     import io
