@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from packd_runtime.manifest import Manifest, read_manifest
 
 SIGNATURE = "manifest.sig"
 PRIVATE_KEY, PUBLIC_KEY = "packd_signing_key.pem", "packd_signing_key.pub.pem"
+KEY_FILE_LIMIT = 64 * 1024  # a PEM Ed25519 key is about 120 bytes
 INSTALL = "signing needs the cryptography package: pip install cryptography (or 'packd-runtime[signing]')"
 
 
@@ -56,8 +58,8 @@ def key_id(public_key: Any) -> str:
 
 
 def generate_keys(out: str | Path) -> tuple[Path, Path]:
-    """A new Ed25519 key pair as two PEM files in `out`: the private one readable by its owner only. Existing
-    keys are never overwritten."""
+    """A new Ed25519 key pair as two PEM files in `out`: the private one readable by its owner only (0600), the
+    public one writable by its owner only (0644). Existing keys are never overwritten."""
     serialization, ed25519 = _crypto()
     out = Path(out)
     private, public = out / PRIVATE_KEY, out / PUBLIC_KEY
@@ -81,6 +83,7 @@ def generate_keys(out: str | Path) -> tuple[Path, Path]:
             with atomic_file(public) as f:
                 f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+            os.chmod(public, 0o644)  # whatever the umask: a trusted key others can write is refused
         except BaseException:
             private.unlink()  # ours, written just now: a rerun must not find half a pair
             raise
@@ -91,11 +94,26 @@ def generate_keys(out: str | Path) -> tuple[Path, Path]:
     return private, public
 
 
+def _key_bytes(f: Any, path: str | Path, what: str, private: bool) -> bytes:
+    """A key file's bytes, if it is a small regular file only its owner can change (and, private, read): a
+    trusted key others can write lets them choose what is trusted; a private key others can read is not private."""
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode) or st.st_size > KEY_FILE_LIMIT:
+        raise PackdError(f"{path} is not a key file (a regular file of at most {KEY_FILE_LIMIT} bytes)")
+    loose = stat.S_IMODE(st.st_mode) & (0o077 if private else 0o022)
+    if os.name == "posix" and loose:
+        who = "read or written by group or others" if private else "written by group or others"
+        raise PackdError(f"the {what} key {path} can be {who} (mode {stat.S_IMODE(st.st_mode):o}): refused; "
+                         f"chmod {'600' if private else '644'} {path}")
+    return f.read(KEY_FILE_LIMIT + 1)
+
+
 def _load(path: str | Path, private: bool) -> Any:
     serialization, ed25519 = _crypto()
     what = "private" if private else "public"
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = _key_bytes(f, path, what, private)
     except OSError as e:
         raise PackdError(f"cannot read the {what} key {path}: {e.strerror or e}") from None
     try:
