@@ -26,6 +26,7 @@ from packd.evaluation.tiling_options import (
     parse_frame_size,
     parse_roi,
     tile_options,
+    untiled_warning,
 )
 from packd.methods import METHODS
 from packd.models.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
@@ -248,6 +249,7 @@ def eval_(
     """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO (and F1-max), per category and mean."""
     from packd.evaluation.evaluate import evaluate, evaluation_categories
     from packd.evaluation.fewshot import evaluate_fewshot
+    from packd.models.checkpoint import read_config
     from packd.models.loading import load_scorer
     from packd.training.settings import check_device
 
@@ -257,6 +259,8 @@ def eval_(
     tiling = tile_options(tile, overlap, tuple(parse_roi(r) for r in roi or ()), map_scale,
                           parse_frame_size(frame_size), memory)
     scoring = scoring_overrides(stage_weights=stage_weights, border=border, prototype_score=prototype_score)
+    if warning := untiled_warning(read_config(checkpoint), tiling):
+        err_console.print(warning, markup=False, soft_wrap=True)
     if shots is None and supports_from is None:
         if prototypes != "own":
             raise PackdError("--prototypes other/zero is a few-shot diagnostic: give --shots K")

@@ -85,3 +85,31 @@ def test_a_tile_that_does_not_fit_or_a_training_free_kind_is_one_line_before_tra
     with pytest.raises(PackdError, match="a knn model is training-free"):
         _train("knn", frames_root, "grid", tmp_path / "b", 64)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_tile_trained_checkpoint_used_on_whole_frames_is_warned_about(frames_root, tmp_path):
+    """Exported or evaluated without --tile, a model trained on tiles sees whole frames resized: wrong, silently,
+    before (issue 31). One warning line on stderr says what to add; with --tile there is none."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ck = _train("rd", frames_root, "grid", tmp_path / "ck", 48, epochs=1, batch_size=4)
+    export = Path(sys.executable).with_name("packd-export")
+    whole = subprocess.run([export, str(ck), "--out", str(tmp_path / "b"), "--max-batch", "2", "--engines", "never"],
+                           capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stderr.strip() == ("warning: this checkpoint was trained on 48 px tiles (packd train --tile 48) but "
+                                    "is used on whole frames resized to its input: add --tile 48 and --frame-size "
+                                    "HxW (the camera's frame)")
+    out = " ".join(whole.stdout.split())
+    assert "6 normal 64x64 frames of 1 training categories read" in out
+    assert "default threshold: grid (1 of 1), 6 frames" in out
+    tiled = subprocess.run([export, str(ck), "--out", str(tmp_path / "t"), "--max-batch", "2", "--engines", "never",
+                            "--tile", "48", "--overlap", "8", "--frame-size", "128x128"],
+                           capture_output=True, text=True, timeout=300)
+    assert tiled.returncode == 0 and "warning" not in tiled.stderr, tiled.stderr
+    assert "default threshold: grid (1 of 1), 6 frames, 9 tiles each" in " ".join(tiled.stdout.split())
+    evaluated = subprocess.run([sys.executable, "-m", "packd.cli", "eval", "--checkpoint", str(ck), "--data", str(frames_root),
+                                "--categories", "grid"], capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0 and "trained on 48 px tiles" in evaluated.stderr, evaluated.stderr

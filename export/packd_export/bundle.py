@@ -149,6 +149,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
         per_category = max(THRESHOLD_SHOTS + 1, min(per_category, (1 << 28) // (3 * frame_hw[0] * frame_hw[1])))
     loaded = normal_frames(config, frame_hw, per_category, calibration_data and Path(calibration_data))
     check_threshold_images(loaded, scorer.few_shot)
+    progress(f"{sum(len(f) for f in loaded.values())} normal {frame_hw[0]}x{frame_hw[1]} frames of {len(loaded)} "
+             f"training categories read; exporting the graphs to ONNX")
     positions = tiling.tiling.count if tiling and tiling.per_position else 0
     protos = {g.name: export_onnx(g, _example(scorer, g, graph_hw, positions), limits, opset)
               for g in graph_specs(scorer, per_position=bool(positions))}
@@ -163,7 +165,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
         graphs = _write_graphs(tmp, protos)
         threshold, basis = bundle_threshold(tmp, graphs, {c: f[:NORMAL_IMAGES] for c, f in loaded.items()},
                                             limits=limits, prototype_names=prototype_names,
-                                            max_count=scorer.max_prototypes, tiling=tiling)
+                                            max_count=scorer.max_prototypes, tiling=tiling, progress=progress)
         manifest = Manifest(
             kind=config["kind"], image_size=scorer.spec.image_size, frame_hw=frame_hw, mean=tuple(scorer.spec.mean),
             std=tuple(scorer.spec.std), precision=precision, opset=opset, graphs=graphs, limits=limits,

@@ -4,6 +4,7 @@ THRESHOLD_SHOTS of each category's images. (A product's own threshold is the run
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,14 @@ def check_threshold_images(frames: dict[str, np.ndarray], few_shot: bool) -> Non
                          "--calibration-data DIR with more normal images of them")
 
 
-def normal_scores(pipeline: Pipeline, frames: dict[str, np.ndarray]) -> np.ndarray:
+def normal_scores(pipeline: Pipeline, frames: dict[str, np.ndarray],
+                  progress: Callable[[str], None] = lambda _: None) -> np.ndarray:
     """Scores of normal frames as the runtime computes them; few-shot kinds take each category's first
     THRESHOLD_SHOTS frames as supports and score the rest."""
     scores = []
-    for images in frames.values():
+    tiles = f", {pipeline.tiling.tiling.count} tiles each" if pipeline.tiling else ""
+    for i, (category, images) in enumerate(frames.items()):
+        progress(f"default threshold: {category} ({i + 1} of {len(frames)}), {len(images)} frames{tiles}")
         prototypes, queries = None, images
         if pipeline.prototype_names:
             prototypes, queries = pipeline.prototypes(images[:THRESHOLD_SHOTS]), images[THRESHOLD_SHOTS:]
@@ -44,12 +48,14 @@ def normal_scores(pipeline: Pipeline, frames: dict[str, np.ndarray]) -> np.ndarr
 
 def bundle_threshold(folder: Path, graphs: dict[str, Graph], frames: dict[str, np.ndarray], *, limits: Limits,
                      prototype_names: tuple[str, ...], max_count: int,
-                     tiling: TilingSpec | None) -> tuple[float, NormalScores]:
+                     tiling: TilingSpec | None,
+                     progress: Callable[[str], None] = lambda _: None) -> tuple[float, NormalScores]:
     """The default threshold of the graphs written in `folder` and the range of the normal scores it came from
     (which the manifest records, so that a threshold far outside it is refused)."""
     backend = OnnxRuntimeBackend.open(folder, graphs, device=None)
     try:
-        scores = normal_scores(Pipeline(backend.run, limits, prototype_names, max_count, tiling), frames)
+        scores = normal_scores(Pipeline(backend.run, limits, prototype_names, max_count, tiling), frames,
+                               progress)
     finally:
         backend.close()
     return threshold_from_normal_scores(scores), NormalScores(**score_range(scores))

@@ -109,3 +109,13 @@ def tile_options(tile: int | None, overlap: int = 0, rois: tuple[Box, ...] = (),
             raise PackdError("--memory position describes a tiled export or evaluation: add --tile S")
         return None
     return TileOptions(tile, overlap, tuple(rois), map_scale, frame_size, memory)
+
+
+def untiled_warning(config: dict, tiles: TileOptions | None) -> str | None:
+    """A checkpoint trained on tiles (`packd train --tile`), used without --tile: its model learned tiles at its
+    input size, and a whole frame resized to that size looks nothing like one (the line to print, or None)."""
+    trained = config.get("train", {}).get("tile")
+    if tiles is not None or not trained:
+        return None
+    return (f"warning: this checkpoint was trained on {trained} px tiles (packd train --tile {trained}) but is used "
+            f"on whole frames resized to its input: add --tile {trained} and --frame-size HxW (the camera's frame)")
