@@ -122,14 +122,16 @@ def check(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     signature too."""
     from packd_export.check import check_bundle
     from packd_runtime.manifest import read_manifest
-    from packd_runtime.signing import verify_signature
+    from packd_runtime.signing import unverified_signature, verify_signature
 
-    signed = verify_signature(bundle, read_manifest(bundle), key) if key else None
+    manifest = read_manifest(bundle)
+    signed = verify_signature(bundle, manifest, key) if key else None
+    signer = None if key else unverified_signature(bundle, manifest)
     manifest = check_bundle(bundle)
+    trust = ("" if signed is None else f"; signed by a trusted key, {len(signed)} engine(s) signed") + (
+        "" if signer is None else f"; signed by key {signer}, not verified: give --key to verify")
     console.print(f"{bundle}: ok ({manifest.kind}, {manifest.precision}, "
-                  f"graphs: {', '.join(manifest.graphs)}, engines: {len(manifest.engines)}"
-                  + ("" if signed is None else f"; signed by a trusted key, {len(signed)} engine(s) signed") + ")",
-                  markup=False)
+                  f"graphs: {', '.join(manifest.graphs)}, engines: {len(manifest.engines)}{trust})", markup=False)
 
 
 @app.command()

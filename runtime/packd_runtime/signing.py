@@ -133,10 +133,37 @@ def sign_bundle(bundle: str | Path, private_key: str | Path) -> dict[str, Any]:
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)  # never sign a bundle that was altered since export
     engines = [{"file": e.file, "sha256": manifest.files[e.file]} for e in manifest.engines]
+    payload = signed_payload(manifest, engines)
     signature = {"algorithm": "ed25519", "key": key_id(key.public_key()), "engines": engines,
-                 "signature": base64.b64encode(key.sign(signed_payload(manifest, engines))).decode()}
+                 "payload_sha256": hashlib.sha256(payload).hexdigest(),
+                 "signature": base64.b64encode(key.sign(payload)).decode()}
     write_json(bundle / SIGNATURE, signature)
     return signature
+
+
+def unverified_signature(bundle: str | Path, manifest: Manifest) -> str | None:
+    """Without keys: the id of the key that signed this bundle (None if unsigned), after checking that the
+    signature still covers this very manifest (its payload's sha256): a stale signature, which every runtime with
+    trusted keys refuses, is one line. Only a key can tell a forged signature from a real one."""
+    path = Path(bundle) / SIGNATURE
+    if not path.exists():
+        return None
+    sig = _signature_file(path)
+    if sig.get("payload_sha256") != hashlib.sha256(signed_payload(manifest, sig["engines"])).hexdigest():
+        raise PackdError(f"{path} does not cover this manifest (changed after signing, or signed by an older packd): "
+                         "runtimes with trusted keys refuse the bundle; sign it again, or remove the signature")
+    return str(sig.get("key"))
+
+
+def _signature_file(path: Path) -> dict[str, Any]:
+    sig = read_json(path, f"{path.parent} is not signed ({SIGNATURE} missing): refused, because trusted keys were "
+                          "given")
+    if not isinstance(sig, dict) or not isinstance(sig.get("signature"), str) or not isinstance(
+            sig.get("engines"), list) or not all(isinstance(e, dict) and set(e) == {"file", "sha256"}
+                                                 and all(isinstance(v, str) for v in e.values())
+                                                 for e in sig["engines"]):
+        raise PackdError(f"{path} is not a packd signature: refused")
+    return sig
 
 
 def verify_signature(bundle: str | Path, manifest: Manifest, trusted_keys: Iterable[str | Path]) -> set[str]:
@@ -148,12 +175,7 @@ def verify_signature(bundle: str | Path, manifest: Manifest, trusted_keys: Itera
     from cryptography.exceptions import InvalidSignature
 
     path = Path(bundle) / SIGNATURE
-    sig = read_json(path, f"{bundle} is not signed ({SIGNATURE} missing): refused, because trusted keys were given")
-    if not isinstance(sig, dict) or not isinstance(sig.get("signature"), str) or not isinstance(
-            sig.get("engines"), list) or not all(isinstance(e, dict) and set(e) == {"file", "sha256"}
-                                                 and all(isinstance(v, str) for v in e.values())
-                                                 for e in sig["engines"]):
-        raise PackdError(f"{path} is not a packd signature: refused")
+    sig = _signature_file(path)
     try:
         raw = base64.b64decode(sig["signature"], validate=True)
     except ValueError:

@@ -134,12 +134,18 @@ def test_the_signing_commands_end_to_end(bundles, tmp_path, capsys):
             export_main(argv)
         assert e.value.code == 0, capsys.readouterr().err
     assert "signed by a trusted key" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit) as e:
+        export_main(["check", str(bundle)])
+    assert e.value.code == 0 and "not verified: give --key to verify" in " ".join(capsys.readouterr().out.split())
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["threshold"] *= 2  # within the normal scores' range: only the signature can tell
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SystemExit) as e:
         export_main(["check", str(bundle), "--key", str(tmp_path / "k" / PUBLIC_KEY)])
     assert e.value.code == 2 and "changed after it was signed" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(SystemExit) as e:  # without a key: a stale signature is no plain "ok" (issue 31)
+        export_main(["check", str(bundle)])
+    assert e.value.code == 2 and "does not cover this manifest" in " ".join(capsys.readouterr().err.split())
     with pytest.raises(PackdError, match="altered or corrupted"):  # never sign a bundle altered since export
         (bundle / "query.onnx").write_bytes(b"x" + (bundle / "query.onnx").read_bytes()[1:])
         sign_bundle(bundle, tmp_path / "k" / PRIVATE_KEY)
