@@ -110,6 +110,7 @@ def test_a_tile_trained_checkpoint_used_on_whole_frames_is_warned_about(frames_r
                            capture_output=True, text=True, timeout=300)
     assert tiled.returncode == 0 and "warning" not in tiled.stderr, tiled.stderr
     assert "default threshold: grid (1 of 1), 6 frames, 9 tiles each" in " ".join(tiled.stdout.split())
-    evaluated = subprocess.run([sys.executable, "-m", "packd.cli", "eval", "--checkpoint", str(ck), "--data", str(frames_root),
-                                "--categories", "grid"], capture_output=True, text=True, timeout=300)
+    evaluated = subprocess.run([sys.executable, "-m", "packd.cli", "eval", "--checkpoint", str(ck),
+                                "--data", str(frames_root), "--categories", "grid"],
+                               capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0 and "trained on 48 px tiles" in evaluated.stderr, evaluated.stderr

@@ -65,7 +65,8 @@ def test_keys_ids_differ_and_are_stable(keys):
     assert key_id(a) == key_id(signing._load(keys[0][0], private=True).public_key()) != key_id(b)
 
 
-@pytest.mark.parametrize("values", [{"threshold": 600.0}, {"threshold": 499.0}, {"created": "2027-01-01T00:00:00+00:00"}])
+@pytest.mark.parametrize("values", [{"threshold": 600.0}, {"threshold": 499.0},
+                                    {"created": "2027-01-01T00:00:00+00:00"}])
 def test_any_change_after_signing_is_refused_with_keys_and_stale_without(signed, keys, values):
     _edit(signed, **values)
     manifest = read_manifest(signed)
