@@ -3,13 +3,14 @@ becomes one line on stderr and exit code 2 (packd, packd-export, packd-bench, pa
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from packd.errors import PackdError
+from packd.errors import EveryRankError, PackdError
 
 INTERRUPTED = ("interrupted: packd writes each output whole or not at all, so nothing half-written was left and what "
                "was there before is unchanged (data synth keeps the categories it finished, train the last finished "
@@ -26,6 +27,10 @@ def run_app(typer_app: typer.Typer, args: list[str] | None = None, prog_name: st
     code 2; Ctrl-C -> one line saying what was kept, exit code 130."""
     try:
         code = typer_app(args, prog_name=prog_name, standalone_mode=False)
+    except EveryRankError as e:  # under torchrun: rank 0 reports it for all
+        if os.environ.get("RANK", "0") != "0":
+            sys.exit(2)
+        _fail(str(e), 2)
     except PackdError as e:
         _fail(str(e), getattr(e, "exit_code", 2))
     except typer.TyperException as e:  # bad option values, unknown options: the parser's own message

@@ -15,6 +15,7 @@ import torch
 from conftest import SMALL, train_small
 
 from packd.data.datasets import AnomalyDataset, list_split
+from packd.data.synth import Counts, synthesize
 from packd.evaluation.evaluate import predict
 from packd.methods.packd.losses import cds_loss
 from packd.models.checkpoint import read_config
@@ -63,7 +64,10 @@ def test_two_processes_train_resume_and_evaluate_as_one(kind, synth_root, tmp_pa
     assert np.allclose(a, b, rtol=2e-2)
 
 
-def test_ctrl_c_on_one_rank_ends_every_rank_and_keeps_the_last_checkpoint(synth_root, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
+def test_ctrl_c_or_a_kill_on_one_rank_ends_every_rank_and_keeps_the_last_checkpoint(synth_root, tmp_path, stop):
+    """Ctrl-C on rank 1 ends both in one line; rank 1 killed outright leaves rank 0 with a broken connection, which
+    gloo raises as a plain RuntimeError (a 40-line traceback before): rank 0 says it in one line too."""
     out = tmp_path / "ck"
     run = torchrun("rd", synth_root, out, "grid,disc", epochs=1000)
     deadline = time.monotonic() + 120
@@ -73,13 +77,14 @@ def test_ctrl_c_on_one_rank_ends_every_rank_and_keeps_the_last_checkpoint(synth_
     workers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == run.pid]
     ranks = {_env(p).get("RANK"): int(p.name) for p in workers}
     assert set(ranks) == {"0", "1"}
-    os.kill(ranks["1"], signal.SIGINT)
+    os.kill(ranks["1"], stop)
     text, _ = run.communicate(timeout=120)
     assert run.returncode != 0
     assert not any(Path(f"/proc/{pid}").exists() and _parent(Path(f"/proc/{pid}")) == run.pid
                    for pid in ranks.values())
-    assert "interrupted: the checkpoint of the last finished epoch" in text
-    assert "Traceback" not in text.split("interrupted")[0]  # the interrupted rank says one line
+    said = "interrupted" if stop == signal.SIGINT else "another process of this run stopped"
+    assert f"{said}: the checkpoint of the last finished epoch" in text
+    assert "Traceback" not in text.split(said)[0] and "[rank0]" not in text  # one line, then torchrun's report
     done = read_config(out)["train"]["epochs_done"]
     assert 1 <= done < 1000
     load_scorer(out)  # whole and loadable
@@ -112,11 +117,25 @@ def test_split_contrastive_loss_equals_the_whole_batch(synth_root):
         cds_loss(support[:1], query[:1], cand[:q])
 
 
-def test_a_batch_that_does_not_split_evenly_is_one_line(synth_root, tmp_path):
+def test_a_batch_that_does_not_split_evenly_is_one_line_once_saying_what_to_pass(synth_root, tmp_path):
     run = torchrun("rd", synth_root, tmp_path / "ck", "grid", batch_size=3)
     out, _ = run.communicate(timeout=300)
     assert run.returncode != 0  # torchrun's own code (1) after its report of the failed ranks
     first = out.lstrip().splitlines()[0]  # a rank's line comes before torchrun's report
     assert first == "error: --batch-size (3) must be a multiple of the 2 processes, so each takes an equal share of " \
-        "every batch"
+        "every batch: pass --batch-size 2"
+    assert out.count("error:") == 1  # rank 0 alone says it (before: once per rank)
     assert not (tmp_path / "ck").exists()
+
+
+def test_packd_on_three_categories_says_which_categories_per_batch_to_pass(tmp_path):
+    """PACKD's default --categories-per-batch (4) is capped at 3 training categories, which two processes cannot
+    split: the line says where the 3 came from and what to pass (the hostile pass's `torchrun ... train --model
+    packd` on 3 categories printed the refusal once per rank)."""
+    synthesize(tmp_path / "d", seed=0, size=64, categories=["grid", "disc", "plate"], counts=Counts(4, 1, 1))
+    run = torchrun("packd", tmp_path / "d", tmp_path / "ck", "grid,disc,plate", categories_per_batch=4)
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode != 0 and out.count("error:") == 1
+    assert out.lstrip().splitlines()[0] == (
+        "error: --categories-per-batch (3: --categories-per-batch 4 capped at the 3 training categories) must be a "
+        "multiple of the 2 processes, so each takes an equal share of every batch: pass --categories-per-batch 2")

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from packd.errors import PackdError
+from packd.errors import EveryRankError, PackdError
 
 T = TypeVar("T")
 TIMEOUT = timedelta(minutes=30)  # a rank waiting longer for the others (a checkpoint write, a cache) gives up
@@ -85,15 +85,24 @@ def on_main(fn: Callable[[], T]) -> T | None:
         dist.broadcast_object_list(box, src=0)
         error = box[0]
     if error is not None:
-        raise PackdError(error)
+        raise EveryRankError(error)
     return result
 
 
-def check_divides(count: int, what: str) -> None:
-    """A global batch of `count` splits evenly over the ranks (so the ranks' mean equals the whole batch's)."""
-    if count % world():
-        raise PackdError(f"{what} ({count}) must be a multiple of the {world()} processes, so each takes an equal "
-                         "share of every batch")
+def check_divides(count: int, what: str, why: str = "") -> None:
+    """A global batch of `count` splits evenly over the ranks (so the ranks' mean equals the whole batch's); the one
+    line says what to pass. `why` tells where `count` came from when the user did not give it."""
+    w = world()
+    if count % w:
+        fits = max(w, count - count % w)
+        raise EveryRankError(f"{what} ({count}{why}) must be a multiple of the {w} processes, so each takes an equal "
+                             f"share of every batch: pass {what} {fits}")
+
+
+def peer_lost(e: BaseException) -> bool:
+    """A collective failed because another rank of this run is gone (killed, crashed): gloo reports a reset
+    connection as a plain RuntimeError, NCCL and newer gloo paths as DistError."""
+    return active() and (isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and "/gloo/" in str(e)))
 
 
 def shard(item: Any) -> Any:

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -65,7 +64,8 @@ def index_batches(dataset: Any, run: RunConfig) -> tuple[Callable[[int], Iterabl
     """Shuffled global batches of dataset indices whose order depends only on (seed, epoch); returns
     (batches, steps). A dataset with `set_epoch` (tile crops) is told the epoch first."""
     batch = min(run.batch_size, len(dataset))
-    distributed.check_divides(batch, "--batch-size")
+    distributed.check_divides(batch, "--batch-size", "" if batch == run.batch_size else
+                              f": --batch-size {run.batch_size} capped at the {len(dataset)} training images")
     steps = len(dataset) // batch
 
     def batches(epoch: int) -> Iterable[np.ndarray]:
@@ -116,7 +116,9 @@ def fit(model: nn.Module, training: Training, *, run: RunConfig, out: str | Path
             with _terminate_interrupts():
                 return _fit(model, training, run=run, out=out, config=config, resume=resume,
                             show_progress=progress and distributed.is_main())
-        except (KeyboardInterrupt, dist.DistBackendError) as e:
+        except (KeyboardInterrupt, RuntimeError) as e:
+            if not isinstance(e, KeyboardInterrupt) and not distributed.peer_lost(e):
+                raise
             done = read_config(out)["train"]["epochs_done"] if (out / "config.json").is_file() else 0
             why = "interrupted" if isinstance(e, KeyboardInterrupt) else "another process of this run stopped"
             raise Interrupted(f"{why}: the checkpoint of the last finished epoch ({done} of {run.epochs}) is "

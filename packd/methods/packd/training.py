@@ -36,7 +36,9 @@ def make_training(model: PACKD, settings: PACKDSettings, *, run: RunConfig, data
     if settings.cds_weight and len(categories) < 2:
         raise PackdError("the contrastive loss needs at least two training categories (or --cds-weight 0)")
     per_batch = min(settings.categories_per_batch, len(categories))
-    distributed.check_divides(per_batch, "--categories-per-batch")
+    distributed.check_divides(per_batch, "--categories-per-batch", "" if per_batch == settings.categories_per_batch
+                              else f": --categories-per-batch {settings.categories_per_batch} capped at the "
+                                   f"{len(categories)} training categories")
     sampler = EpisodeSampler(data, categories, spec, shots=settings.shots, queries=max(1, run.batch_size // per_batch),
                              categories_per_batch=per_batch, seed=run.seed, tile=tile)
     features = TeacherFeatures(model.teacher, sampler.image, sampler.count, rotations=settings.rotations,
