@@ -39,6 +39,7 @@ def test_bench_on_a_bundle(bundles, checkpoints, tmp_path):
     assert r["backends"]["eager-fp32-cpu"]["accuracy_vs_reference"]["max_map_err"] == 0.0
     assert set(r["runtime_overhead"]) >= {"1"} and r["machine"]["cpu_count"] >= 1
     assert out.with_suffix(".png").stat().st_size > 1000 and "| backend | batch |" in out.with_suffix(".md").read_text()
+    assert result.output.rstrip().splitlines()[-1] == f"results written to {out}.json, {out}.md, {out}.png"
 
 
 def test_bench_refuses_a_checkpoint_the_bundle_was_not_made_from(bundles, checkpoints, tmp_path):

@@ -73,6 +73,28 @@ def test_the_readme_has_the_blocks_the_tests_run():
     assert len(ROOT.joinpath("README.md").read_text().splitlines()) <= 250
 
 
+def test_runtime_examples_import_only_what_their_page_says_to_install():
+    """A runtime-only install (`pip install ./runtime`) has numpy and onnxruntime: an example that needs more (Pillow,
+    to read PNG files) is run only after the page says to install it (issue 31: every example imported Pillow)."""
+    import ast
+
+    runtime = {"numpy", "onnxruntime", "packd_runtime"} | set(sys.stdlib_module_names)
+    for path in DOCS:
+        text = path.read_text()
+        for block_id, language, code in BLOCKS:
+            if not block_id.startswith(f"{path.relative_to(ROOT)}:") or language != "python":
+                continue
+            tree = ast.parse(code)
+            modules = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+            modules |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+            if "packd_runtime" not in modules or modules & {"packd", "packd_export", "torch"}:
+                continue  # not a camera-software example
+            extra = modules - runtime
+            assert extra <= {"PIL"}, (block_id, extra)
+            if extra:
+                assert "pip install ./runtime pillow" in text, block_id
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("language", "code"), [(lang, code) for _, lang, code in BLOCKS],
                          ids=[block_id for block_id, _, _ in BLOCKS])

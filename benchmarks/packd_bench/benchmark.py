@@ -182,6 +182,8 @@ def benchmark(target: Path, *, out: Path, checkpoint: Path | None, batch_sizes: 
     out.with_suffix(".md").write_text(markdown(results))
     plot(results, out.with_suffix(".png"))
     console.print(markdown(results), markup=False)
+    console.print(f"results written to {', '.join(str(out.with_suffix(x)) for x in ('.json', '.md', '.png'))}",
+                  markup=False, soft_wrap=True)
 
 
 def _with_gpu_time(call: Any, frames: np.ndarray, backend: Any, samples: list[float]) -> Any:
