@@ -54,7 +54,7 @@ def demo_tree(tmp_path_factory):
     try:
         data = Path("runs/demo/data")
         synthesize(data, seed=0, size=64, categories=["grid", "carpet", "tiles"],
-                   counts=Counts(train=8, test_good=3, test_defect=2))
+                   counts=Counts(train=10, test_good=3, test_defect=2))
         checkpoints = {
             "packd": train_small("packd", data, ["grid", "carpet"], Path("runs/demo/checkpoint_packd"), epochs=1,
                                  batch_size=4, shots=2, prototypes=4, rotations=2, categories_per_batch=2),

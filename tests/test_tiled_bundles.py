@@ -126,7 +126,7 @@ def test_a_tiled_few_shot_bundle_changes_over_on_every_tile_and_ignores_outside_
         outside[10:100, 20:120] = False
         assert (result.maps[:, outside] == 0).all() and (result.maps[:, ~outside] > 0).all()
         assert result.threshold is None  # a new product: no threshold until calibrate
-        t = det.calibrate(_frames(4, seed=3))
+        t = det.calibrate(_frames(5, seed=3))
         assert np.isfinite(t) and det.detect(_frames(1, seed=4)).labels.shape == (1,)
 
 

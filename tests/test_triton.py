@@ -171,12 +171,12 @@ def test_real_triton_serves_two_lines_to_8_threads(triton, bundles, protocol):
         assert client.changeover(line, frames) is None  # a new product: no threshold until it is calibrated
         with pytest.raises(PackdError, match="no threshold for this product yet"):
             _ = client.detect(line, _frames(1, 20)).labels
-    thresholds = {line: client.calibrate(line, _frames(4, 30 + i)) for i, line in enumerate(supports)}
+    thresholds = {line: client.calibrate(line, _frames(5, 30 + i)) for i, line in enumerate(supports)}
     expected = {}
     with Detector.open(path, backend="onnxruntime") as det:
         for i, (line, frames) in enumerate(supports.items()):
             det.prototypes(frames)
-            assert det.calibrate(_frames(4, 30 + i)) == pytest.approx(thresholds[line], rel=1e-5)
+            assert det.calibrate(_frames(5, 30 + i)) == pytest.approx(thresholds[line], rel=1e-5)
             expected[line] = det.detect(_frames(6, 20))
     def camera(i):  # each camera thread its own client; calls of 1, 2 and 3 frames
         with TritonDetector(url, protocol=protocol) as own:

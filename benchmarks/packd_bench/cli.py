@@ -17,9 +17,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
 def main(
     target: Annotated[Path, typer.Argument(
         help="A bundle (benchmarked as is) or a checkpoint (bundles exported per --precisions).")],
-    out: Annotated[Path, typer.Option(help="Where the results go, a file name without its suffix: OUT.json, OUT.md and OUT.png are written "
-                       "(and named at the end).")] = Path(
-        "benchmarks/results/bench"),
+    out: Annotated[Path, typer.Option(
+        help="Where the results go, a file name without its suffix: OUT.json, OUT.md and OUT.png are written (and "
+             "named at the end).")] = Path("benchmarks/results/bench"),
     checkpoint: Annotated[Path | None, typer.Option(
         help="For a bundle TARGET: the checkpoint it was exported from, for the PyTorch rows and the accuracy "
              "reference (checked against the manifest's weight hash).")] = None,

@@ -13,7 +13,7 @@ from packd.errors import PackdError
 from packd_runtime.manifest import Graph, Limits, NormalScores, TilingSpec
 from packd_runtime.onnxruntime.backend import OnnxRuntimeBackend
 from packd_runtime.pipeline import Pipeline
-from packd_runtime.threshold import score_range, threshold_from_normal_scores
+from packd_runtime.threshold import MIN_NORMAL_IMAGES, score_range, threshold_from_normal_scores
 
 THRESHOLD_SHOTS = 2  # few-shot kinds: supports per category when scoring the normal images
 
@@ -22,12 +22,12 @@ def check_threshold_images(frames: dict[str, np.ndarray], few_shot: bool) -> Non
     """Before the long work: the default threshold needs normal images to score, which few-shot kinds do not
     take as supports; one line when the categories have none left."""
     spare = sum(max(0, len(f) - THRESHOLD_SHOTS) if few_shot else len(f) for f in frames.values())
-    if spare == 0:
+    if spare < MIN_NORMAL_IMAGES:
         counts = ", ".join(f"{c}: {len(f)}" for c, f in frames.items())
-        need = f"{THRESHOLD_SHOTS + 1} (a few-shot kind takes {THRESHOLD_SHOTS} as supports)" if few_shot else "1"
-        raise PackdError(f"the bundle's default threshold needs normal images to score and the training categories "
-                         f"have too few ({counts}); at least {need} in one category are needed: pass "
-                         "--calibration-data DIR with more normal images of them")
+        taken = f" beside the {THRESHOLD_SHOTS} each category's supports take" if few_shot else ""
+        raise PackdError(f"the bundle's default threshold needs at least {MIN_NORMAL_IMAGES} normal images to score"
+                         f"{taken}, and the training categories have too few ({counts}): pass --calibration-data DIR "
+                         "with more normal images of them")
 
 
 def normal_scores(pipeline: Pipeline, frames: dict[str, np.ndarray],

@@ -30,7 +30,7 @@ from packd_runtime.gate import CallGate
 from packd_runtime.manifest import Manifest, read_manifest
 from packd_runtime.pipeline import Pipeline, batch_size
 from packd_runtime.signing import verify_signature
-from packd_runtime.threshold import score_range, threshold_from_normal_scores
+from packd_runtime.threshold import check_normal_count, score_range, threshold_from_normal_scores
 
 PROTOTYPES_FILE_LIMIT = 1 << 28  # 256 MiB of arrays: a full bank of 8 shots x 4 rotations at 448 px is far below
 
@@ -346,10 +346,14 @@ class Detector:
         return Result(scores, maps, t, scores > t, maps > t if masks else None)
 
     def calibrate(self, normal_images: Any, prototypes: Prototypes | None = None) -> float:
-        """The threshold from normal images only (mean + 3 std of their scores), returned. It becomes the
+        """The threshold from at least 5 normal images only (mean + 3 std of their scores), returned. It becomes the
         detector's (per-category kinds) or the current product's (few-shot kinds: the current prototypes carry
         it, so saving them keeps it); for `prototypes` other than the current ones it is only returned."""
         used = (prototypes or self._current) if self.few_shot else None  # fixed now: a changeover may come
+        self._gate.check_open()
+        normal_images = self._frames(normal_images, "normal images")
+        check_normal_count(normal_images.shape[0] if isinstance(normal_images, np.ndarray)  # before scoring them
+                           else array_interface(normal_images, "normal images")[0][0])
         scores = self.detect(normal_images, used).scores
         t = threshold_from_normal_scores(scores)
         basis = score_range(scores)

@@ -18,6 +18,11 @@ class CallGate:
         self._in_flight, self.closed = 0, False
         self._message = closed_message
 
+    def check_open(self) -> None:
+        """Before work that precedes a call (checking its arguments): the closed error first."""
+        if self.closed:
+            raise PackdError(self._message)
+
     @contextmanager
     def call(self) -> Iterator[None]:
         with self._idle:

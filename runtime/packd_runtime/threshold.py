@@ -6,13 +6,24 @@ import numpy as np
 
 from packd_runtime.errors import PackdError
 
+# Fewer normal images give a threshold that swings too far (docs/runtime.md, "How many images": from 3 frames about
+# 6-10 % false alarms on average and over 20 % for one product in ten; from 5 about 2-4 %; from 8 about 1 %).
+MIN_NORMAL_IMAGES = 5
+
+
+def check_normal_count(count: int) -> None:
+    """Before scoring them: enough normal images for a threshold (one line saying what is needed and why)."""
+    if count < MIN_NORMAL_IMAGES:
+        raise PackdError(f"a threshold needs at least {MIN_NORMAL_IMAGES} normal images, got {count}: from fewer, "
+                         "mean + 3 std swings too far (from 3 frames about 1 product in 10 gets over 20 % false "
+                         "alarms; 8 or more give about 1 %; see 'How many images' in the runtime docs)")
+
 
 def threshold_from_normal_scores(scores: np.ndarray) -> float:
     """Decision threshold from normal images only (few-shot has no anomalous validation set):
-    mean + 3 std of their scores. Non-finite scores (a broken model) are refused."""
+    mean + 3 std of their scores, from at least MIN_NORMAL_IMAGES. Non-finite scores (a broken model) are refused."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if scores.size == 0:
-        raise PackdError("a threshold needs scores of at least one normal image")
+    check_normal_count(scores.size)
     if not np.isfinite(scores).all():
         raise PackdError("the model gives non-finite scores on normal images: it is broken (diverged training?)")
     return float(scores.mean() + 3.0 * scores.std())

@@ -64,7 +64,7 @@ def test_a_changeover_during_calibrate_never_gets_the_old_products_threshold(toy
             return result
 
         monkeypatch.setattr(det, "detect", detect_then_changeover)
-        t = det.calibrate(_frames(4, seed=5))
+        t = det.calibrate(_frames(5, seed=5))
         monkeypatch.undo()
         assert np.isfinite(t) and det.threshold is None  # B has no threshold: judged by none, not by A's
         assert det.current_prototypes.threshold is None
@@ -75,7 +75,7 @@ def test_a_changeover_during_calibrate_never_gets_the_old_products_threshold(toy
 def test_saved_prototypes_with_an_edited_threshold_are_refused(toys, tmp_path, threshold, message):
     with Detector.open(toys / "few") as det:
         det.prototypes(_frames(2, seed=6))
-        det.calibrate(_frames(4, seed=7))
+        det.calibrate(_frames(5, seed=7))
         good = det.current_prototypes
         good.save(tmp_path / "p.npz")
         with np.load(tmp_path / "p.npz") as z:
@@ -148,3 +148,21 @@ def test_a_null_tiling_bad_key_types_and_huge_thresholds_are_one_line(toys, tmp_
         det.prototypes(_frames(2, seed=10))
         with pytest.raises(PackdError, match="threshold must be a finite number"):
             det.detect(_frames(1), threshold=10**400)
+
+
+@pytest.mark.parametrize("count", [1, 4])
+def test_a_threshold_from_too_few_normal_frames_is_refused_before_scoring(toys, count, monkeypatch):
+    """One frame gave std 0, so a threshold at that frame's own score (about half of all good frames flagged); the
+    measured curve (docs: 'How many images') puts the floor at 5. Refused before any frame is scored."""
+    from packd_runtime.threshold import MIN_NORMAL_IMAGES, threshold_from_normal_scores
+
+    with Detector.open(toys / "few") as det:
+        det.prototypes(_frames(2, seed=1))
+        monkeypatch.setattr(type(det.pipeline), "score", lambda *a: pytest.fail("frames were scored"))
+        with pytest.raises(PackdError, match=f"at least 5 normal images, got {count}: from fewer, mean \\+ 3 std"):
+            det.calibrate(_frames(count, seed=2))
+        assert det.current_prototypes.threshold is None
+    assert MIN_NORMAL_IMAGES == 5
+    with pytest.raises(PackdError, match="got 4"):
+        threshold_from_normal_scores(np.ones(4))
+    assert threshold_from_normal_scores(np.array([1.0, 2.0, 3.0, 4.0, 5.0])) == pytest.approx(3 + 3 * np.sqrt(2))

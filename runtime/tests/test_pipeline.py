@@ -117,7 +117,7 @@ def test_saved_prototypes_carry_their_threshold_and_fingerprint(toys, tmp_path):
     _, root = toys
     with Detector.open(root / "few") as det, Detector.open(root / "small") as other:
         det.prototypes(_frames(2, seed=10))
-        det.calibrate(_frames(3, seed=11))
+        det.calibrate(_frames(5, seed=11))
         det.current_prototypes.save(tmp_path / "p.npz")
         loaded = Prototypes.load(tmp_path / "p.npz")
         assert loaded.threshold == det.threshold and loaded.fingerprint == det.fingerprint

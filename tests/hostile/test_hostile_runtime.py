@@ -171,7 +171,7 @@ def test_a_new_product_is_never_judged_by_another_products_threshold(det, tmp_pa
     with pytest.raises(PackdError, match="no threshold for this product yet"):
         det.detect(_frames(1), masks=True)
     assert det.detect(_frames(1), threshold=0.5).labels.shape == (1,)  # an explicit threshold always works
-    t = det.calibrate(_frames(4, seed=2))
+    t = det.calibrate(_frames(5, seed=2))
     assert det.threshold == t and det.current_prototypes.threshold == t and protos.threshold is None
     assert det.detect(_frames(3, seed=1)).labels.shape == (3,)
     det.current_prototypes.save(tmp_path / "product_a.npz")  # a restart keeps the product's threshold

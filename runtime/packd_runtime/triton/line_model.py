@@ -29,7 +29,7 @@ import numpy as np
 from packd_runtime.bundle_format import MAPS, SCORES
 from packd_runtime.detector import Detector, Prototypes, Result
 from packd_runtime.errors import PackdError
-from packd_runtime.threshold import score_range, threshold_from_normal_scores
+from packd_runtime.threshold import check_normal_count, score_range, threshold_from_normal_scores
 
 ACTIONS = ("detect", "changeover", "calibrate", "stage")
 STAGE = "stage"  # request parameter: the token that ties staged frames to their changeover or calibration
@@ -85,6 +85,7 @@ class LineServer:
             line = Line(protos, None if self.detector.few_shot else self.detector.threshold)
         elif action == "calibrate":
             line = self._line(name)
+            check_normal_count(len(frames))  # before scoring them
             scores = self.detector.detect(frames, line.prototypes).scores
             t, basis = threshold_from_normal_scores(scores), score_range(scores)
             low_high = (basis["min"], basis["max"])
