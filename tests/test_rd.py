@@ -1,15 +1,12 @@
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
 
 from packd.errors import PackdError
 from packd.methods.rd.model import ReverseDistillation
 from packd.models.losses import kd_loss
 from packd.models.score_settings import ScoreSettings, parse_weights
-from packd.models.scoring import AnomalyMap, cosine_distances, gaussian_kernel1d
 from packd.models.student_plan import ChannelPlan, plan_for
 from packd.models.teachers import create_teacher
 from packd.training.settings import from_dict, to_dict
@@ -113,75 +110,9 @@ def test_kd_loss_values():
     assert kd_loss(a, [-x for x in a]).item() == pytest.approx(4.0, abs=1e-5)  # 2 per stage
 
 
-def test_anomaly_map_values():
-    scorer = AnomalyMap(64)
-    t = [torch.randn(2, 4, 16, 16), torch.randn(2, 6, 8, 8), torch.randn(2, 8, 4, 4)]
-    scores, maps = scorer(cosine_distances(t, [x.clone() for x in t]))
-    assert maps.shape == (2, 64, 64) and maps.dtype == torch.float32
-    assert torch.allclose(maps, torch.zeros_like(maps), atol=1e-5)
-    s = [x.clone() for x in t]
-    s[0][0, :, 5, 5] = -s[0][0, :, 5, 5]  # one opposite feature: distance 2 there
-    scores, maps = scorer(cosine_distances(t, s))
-    assert scores[0] > 0.05 and scores[1] < 1e-5
-    assert torch.equal(scores, maps.flatten(1).amax(1))
-    peak = np.unravel_index(maps[0].argmax().item(), (64, 64))
-    assert abs(peak[0] - 22) <= 2 and abs(peak[1] - 22) <= 2  # feature (5,5) at stride 4 covers pixel ~22
-
-
-def test_forward_blurs_the_summed_map():
-    """forward = bilinear upsampling of each stage map, their sum, then the Gaussian (checked against scipy)."""
-    torch.manual_seed(0)
-    d = [torch.rand(2, 16, 16), torch.rand(2, 8, 8), torch.rand(2, 4, 4)]
-    scores, maps = AnomalyMap(64)(d)
-    up = sum(torch.nn.functional.interpolate(x[:, None], size=(64, 64), mode="bilinear", align_corners=False)
-             for x in d)[:, 0].numpy().astype(np.float64)
-    ref = np.stack([gaussian_filter(m, sigma=4, mode="mirror") for m in up])
-    assert np.abs(maps.numpy() - ref).max() < 1e-5
-    assert np.abs(maps.numpy() - up).max() > 0.05  # the blur really changes the map
-    assert np.allclose(scores.numpy(), ref.reshape(2, -1).max(1), atol=1e-5)
-
-
-def test_blur_matches_scipy():
-    assert gaussian_kernel1d(4.0).numel() == 33
-    scorer = AnomalyMap(48)
-    x = torch.rand(1, 1, 48, 48)
-    ours = scorer.blur(x)
-    ref = gaussian_filter(x[0, 0].numpy().astype(np.float64), sigma=4, mode="mirror")
-    assert np.abs(ours[0, 0].numpy() - ref).max() < 1e-5
-
-
-def test_stage_weights_and_border():
-    scorer = AnomalyMap(64, weights=(0.0, 1.0, 2.0), border=8)
-    flat = [torch.zeros(1, 16, 16), torch.zeros(1, 8, 8), torch.zeros(1, 4, 4)]
-    d = [x.clone() for x in flat]
-    d[0][0, 8, 8] = 5.0  # stage 1, weight 0: no effect anywhere
-    scores, maps = scorer(d)
-    assert scores.item() == 0 and maps.abs().max() == 0
-    d = [x.clone() for x in flat]
-    d[1][0, 4, 4] = 1.0
-    scores, maps = scorer(d)
-    ref_scores, ref_maps = AnomalyMap(64)([flat[0], d[1] * 1.0, flat[2]])
-    assert torch.allclose(maps, ref_maps) and torch.allclose(scores, ref_scores)  # weight 1: unchanged
-    d = [x.clone() for x in flat]
-    d[2][0, 0, 0] = 1.0  # a corner maximum (zero-padded teacher features put them there)
-    d[2][0, 2, 2] = 0.4
-    scores, maps = scorer(d)
-    assert maps[0, :8].max() > maps[0, 8:56, 8:56].max()  # the map keeps the border...
-    assert torch.isclose(scores[0], maps[0, 8:56, 8:56].max())  # ...the image score leaves it out
-    with pytest.raises(PackdError, match="border"):
-        AnomalyMap(64, border=16)
-    with pytest.raises(PackdError, match="2 stage weights for 3"):
-        AnomalyMap(64, weights=(1.0, 1.0))(flat)
-
-
 @pytest.mark.parametrize("text, message", [("1,x,1", "comma-separated"), ("0,0,0", "not all zero"),
                                            ("1,-1,1", "non-negative"), ("1,inf,1", "finite"), ("1,1", "3 weights")])
 def test_stage_weights_setting_is_checked(text, message):
     with pytest.raises(PackdError, match=message):
         ScoreSettings(stage_weights=text)
     assert parse_weights("0.5, 1,2") == (0.5, 1.0, 2.0)
-
-
-def test_anomaly_map_rejects_tiny_images():
-    with pytest.raises(ValueError, match="blur radius"):
-        AnomalyMap(16)
