@@ -178,6 +178,7 @@ def test_a_knn_checkpoint_with_two_training_images_is_one_line_before_export_wor
     synthesize(tmp_path / "data", size=64, categories=["grid"], counts=Counts(train=2, test_good=1, test_defect=1))
     ck = train_small("knn", tmp_path / "data", "grid", tmp_path / "knn", rotations=1, max_bank=50)
     monkeypatch.setattr(bundle, "export_onnx", lambda *a, **k: pytest.fail("the graphs were exported"))
-    with pytest.raises(PackdError, match=r"at least 5 normal images to score beside the 2 each category's supports take, and the training categories have too few \(grid: 2\)"):
+    with pytest.raises(PackdError, match=r"at least 5 normal images to score beside the 2 each category's supports "
+                                         r"take, and the training categories have too few \(grid: 2\)"):
         export_bundle(ck, tmp_path / "b")
     assert not (tmp_path / "b").exists()
