@@ -105,7 +105,7 @@ def _key_bytes(f: Any, path: str | Path, what: str, private: bool) -> bytes:
         who = "read or written by group or others" if private else "written by group or others"
         raise PackdError(f"the {what} key {path} can be {who} (mode {stat.S_IMODE(st.st_mode):o}): refused; "
                          f"chmod {'600' if private else '644'} {path}")
-    return f.read(KEY_FILE_LIMIT + 1)
+    return f.read()
 
 
 def _load(path: str | Path, private: bool) -> Any:

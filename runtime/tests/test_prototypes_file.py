@@ -35,6 +35,9 @@ def test_what_is_saved_is_what_is_loaded(tmp_path):
     Prototypes(arrays[:1], "x", 1).save(tmp_path / "none.npz")
     r = Prototypes.load(tmp_path / "none.npz")
     assert (r.threshold, r.normal_scores, r.shots) == (None, None, 1)
+    Prototypes(arrays[:1], "x", 1, threshold=3, normal_scores=(1, 2)).save(tmp_path / "ints.npz")  # ints: floats
+    ints = Prototypes.load(tmp_path / "ints.npz")
+    assert (ints.threshold, ints.normal_scores) == (3.0, (1.0, 2.0)) and isinstance(ints.threshold, float)
     with np.load(tmp_path / "none.npz") as z:
         assert np.isnan(z["threshold"]) and np.isnan(z["normal_scores"]).all() and z["threshold"].dtype == np.float64
 

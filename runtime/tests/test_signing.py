@@ -173,3 +173,91 @@ def test_a_signed_bundle_scores_as_the_unsigned_one(signed, keys):
     copy = signed.parent / "copy"
     shutil.copytree(signed, copy)
     assert unverified_signature(copy, read_manifest(copy)) is not None
+
+
+def test_the_signed_bytes_are_canonical_json_without_the_engines_files(tmp_path, keys):
+    """The payload's form is part of the format: a signature made by one packd must verify in another, so its
+    bytes are pinned (sorted keys, no spaces), and the engines' files are left out of the manifest's file list."""
+    bundle = tmp_path / "b"
+    write_toy_bundle(bundle)
+    raw = json.loads((bundle / MANIFEST).read_text())
+    (bundle / "query.plan").write_bytes(b"plan")
+    raw["engines"] = [{"graph": "query", "file": "query.plan", "tensorrt": "10.0", "compute_capability": "8.7"}]
+    raw["files"]["query.plan"] = __import__("hashlib").sha256(b"plan").hexdigest()
+    (bundle / MANIFEST).write_text(json.dumps(raw))
+    manifest = read_manifest(bundle)
+    engines = [{"file": "query.plan", "sha256": raw["files"]["query.plan"]}]
+    payload = signed_payload(manifest, engines)
+    view = {k: v for k, v in manifest.to_dict().items() if k != "engines"}
+    view["files"] = {k: v for k, v in manifest.files.items() if k != "query.plan"}
+    assert payload == json.dumps({"manifest": view, "engines": engines}, sort_keys=True,
+                                 separators=(",", ":")).encode()
+    assert payload.startswith(b'{"engines":[{"file":"query.plan","sha256":"') and b", " not in payload
+    assert set(json.loads(payload)["manifest"]["files"]) == {"query.onnx", "support.onnx"}
+    sig = sign_bundle(bundle, keys[0][0])  # the engines present now are vouched for
+    assert sig["engines"] == engines and sig["payload_sha256"] == __import__("hashlib").sha256(payload).hexdigest()
+    assert verify_signature(bundle, manifest, [keys[0][1]]) == {"query.plan"}
+
+
+def test_base64_with_foreign_characters_is_no_signature(signed, keys):
+    sig = json.loads((signed / SIGNATURE).read_text())
+    sig["signature"] = sig["signature"][:8] + "!" + sig["signature"][8:]  # decodes to the same bytes if lenient
+    (signed / SIGNATURE).write_text(json.dumps(sig))
+    with pytest.raises(PackdError, match=r"manifest.sig is not a packd signature: refused$"):
+        verify_signature(signed, read_manifest(signed), [keys[0][1]])
+
+
+def test_messages_name_the_file_the_key_and_the_fix(signed, keys, tmp_path):
+    manifest = read_manifest(signed)
+    with pytest.raises(PackdError, match=r"trusted_keys is empty: give at least one public key file, or open "
+                                         r"without trusted keys$"):
+        verify_signature(signed, manifest, [])
+    _edit(signed, threshold=600.0)
+    with pytest.raises(PackdError, match=rf"^{signed / SIGNATURE} does not cover this manifest \(changed after "
+                                         r"signing, or signed by an older packd\): runtimes with trusted keys refuse "
+                                         r"the bundle; sign it again, or remove the signature$"):
+        unverified_signature(signed, read_manifest(signed))
+    (signed / SIGNATURE).unlink()
+    with pytest.raises(PackdError, match=rf"^{signed} is not signed \(manifest.sig missing\): refused, because "
+                                         r"trusted keys were given$"):
+        verify_signature(signed, manifest, [keys[0][1]])
+    public = keys[0][1]
+    public.chmod(0o666)
+    try:
+        with pytest.raises(PackdError, match=rf"^the public key {public} can be written by group or others \(mode "
+                                             rf"666\): refused; chmod 644 {public}$"):
+            signing._load(public, private=False)
+    finally:
+        public.chmod(0o644)
+    public.chmod(0o645)  # others may execute it: harmless, accepted
+    try:
+        assert signing._load(public, private=False) is not None
+    finally:
+        public.chmod(0o644)
+    with pytest.raises(PackdError, match=r"^cannot read the public key .*absent.pem: No such file or directory$"):
+        signing._load(tmp_path / "absent.pem", private=False)
+    text = tmp_path / "text.pem"
+    text.write_text("hello")
+    with pytest.raises(PackdError, match=r"text.pem is not a PEM public key: (?!None)\w"):
+        signing._load(text, private=False)
+    exact = tmp_path / "exact.pem"
+    exact.write_bytes(b"-" * signing.KEY_FILE_LIMIT)
+    with pytest.raises(PackdError, match="is not a PEM public key"):  # at the limit: read, then not a key
+        signing._load(exact, private=False)
+
+
+def test_keygen_makes_missing_folders_and_a_failed_open_keeps_nothing(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    private, public = generate_keys(tmp_path / "a" / "b" / "c")
+    assert private.parent == tmp_path / "a" / "b" / "c" and public.is_file()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(signing.os, "open", full)
+    with pytest.raises(PackdError, match=r"cannot write the key pair in .*: No space left on device; nothing was "
+                                         r"kept$"):
+        generate_keys(tmp_path / "d")
+    assert os.listdir(tmp_path / "d") == []
