@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from toy_bundle import POOL, toy_maps, write_toy_bundle
 
-from packd_runtime import Detector, PackdError, Prototypes, Result
+from packd_runtime import Detector, PackdError, Result
 
 
 def _frames(n, hw=(32, 32), seed=0, low=100, high=156):
