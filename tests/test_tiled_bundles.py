@@ -222,9 +222,9 @@ def test_a_tiled_int8_bundle_is_calibrated_on_tiles_and_keeps_the_fp32_maps(chec
     (lambda t: t.update(tile=500), "its tiling is unusable: --tile 500 must be at least 1 and fit"),
     (lambda t: t.update(overlap=64), "its tiling is unusable: --overlap 64 must be at least 0 and less"),
     (lambda t: t.update(rois=[[0, 0, 10]]), "every region of interest must be four whole numbers"),
-    (lambda t: t.update(rois="everywhere"), "its tiling is"),
+    (lambda t: t.update(rois="everywhere"), "'rois' has the wrong type"),
     (lambda t: t.update(map_side=48), "the map side 48 must divide the model's input size 64"),
-    (lambda t: t.pop("tile"), "its tiling is unusable: frame size, tile and overlap must be whole numbers"),
+    (lambda t: t.pop("tile"), "missing 'tile'"),
     (lambda t: t.update(tile=32), "the query graph's first input must be"),  # the graphs take 64-px tiles
 ])
 def test_a_forged_tiling_in_a_manifest_is_one_line(tiled, tmp_path, edit, message):

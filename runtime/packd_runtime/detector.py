@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import threading
@@ -48,7 +49,7 @@ def _check_members(z: zipfile.ZipFile, max_bytes: int) -> None:
                                else np.lib.format.read_array_header_2_0(member))
         if dtype.hasobject:
             raise ValueError(f"member {info.filename!r} holds Python objects")
-        total += max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, info.file_size)
+        total += max(math.prod(shape) * dtype.itemsize, info.file_size)
         if total > max_bytes:
             raise ValueError(f"its arrays would take more than {max_bytes} bytes: refused before reading them")
 
@@ -69,7 +70,7 @@ class Prototypes:
         low, high = self.normal_scores or (np.nan, np.nan)
         with atomic_file(path) as f:
             np.savez(f, fingerprint=np.array(self.fingerprint), shots=np.array(self.shots),
-                     threshold=np.array(np.nan if self.threshold is None else self.threshold, np.float64),
+                     threshold=np.array(self.threshold if self.threshold is not None else np.nan, np.float64),
                      normal_scores=np.array([low, high], np.float64),
                      **{f"stage_{i + 1}": a for i, a in enumerate(self.arrays)})
 
@@ -83,11 +84,11 @@ class Prototypes:
                 raise ValueError("not a regular file")
             with open(path, "rb") as f, _loaded(f, max_bytes) as z:
                 stages = sorted((k for k in z.files if k.startswith("stage_")), key=lambda k: int(k[6:]))
-                if not stages or not {"fingerprint", "shots"} <= set(z.files):
+                if not stages or {"fingerprint", "shots"} - set(z.files):
                     raise ValueError(f"holds {sorted(z.files)}, not prototypes")
                 arrays = tuple(z[k] for k in stages)
                 fp, shots = z["fingerprint"], z["shots"]
-                if fp.dtype.kind != "U" or fp.ndim or shots.dtype.kind not in "iu" or shots.ndim:
+                if fp.dtype.kind != "U" or fp.ndim or shots.dtype.kind not in ("i", "u") or shots.ndim:
                     raise ValueError("fingerprint or shot count of the wrong type")
                 t = z["threshold"] if "threshold" in z.files else np.array(np.nan)  # files saved before thresholds
                 if t.dtype.kind != "f" or t.ndim or np.isinf(t):
@@ -349,11 +350,10 @@ class Detector:
         """The threshold from at least 5 normal images only (mean + 3 std of their scores), returned. It becomes the
         detector's (per-category kinds) or the current product's (few-shot kinds: the current prototypes carry
         it, so saving them keeps it); for `prototypes` other than the current ones it is only returned."""
-        used = (prototypes or self._current) if self.few_shot else None  # fixed now: a changeover may come
+        used = prototypes or self._current  # fixed now: a changeover may come (a per-category bundle's: None)
         self._gate.check_open()
         normal_images = self._frames(normal_images, "normal images")
-        check_normal_count(normal_images.shape[0] if isinstance(normal_images, np.ndarray)  # before scoring them
-                           else array_interface(normal_images, "normal images")[0][0])
+        check_normal_count(batch_size(normal_images))  # before scoring them
         scores = self.detect(normal_images, used).scores
         t = threshold_from_normal_scores(scores)
         basis = score_range(scores)

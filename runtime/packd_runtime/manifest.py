@@ -340,19 +340,17 @@ def _tiling(m: dict, frame_hw: tuple[int, int], size: int, few_shot: bool, where
     spec = m["tiling"]
     if not isinstance(spec, dict):
         raise _fail(where, f"its tiling must be an object, got {type(spec).__name__}")
+    tile, overlap, rois, side = (_need(spec, k, t, where) for k, t in
+                                 (("tile", int), ("overlap", int), ("rois", list), ("map_side", int)))
     try:
-        rois = spec.get("rois", [])
-        if not isinstance(rois, list) or not all(isinstance(r, list) and len(r) == 4 and all(map(_whole, r))
-                                                 for r in rois):
+        if not all(isinstance(r, list) and len(r) == 4 and all(map(_whole, r)) for r in rois):
             raise PackdError("every region of interest must be four whole numbers Y,X,H,W")
-        side = spec.get("map_side", size)
-        if not _whole(side) or not 1 <= side <= size or size % side:
+        if not 1 <= side <= size or size % side:
             raise PackdError(f"the map side {side!r} must divide the model's input size {size}")
-        tiling = Tiling(frame_hw, tile=spec.get("tile"), overlap=spec.get("overlap", 0),
-                        rois=tuple(tuple(r) for r in rois), map_side=side)
+        tiling = Tiling(frame_hw, tile=tile, overlap=overlap, rois=tuple(tuple(r) for r in rois), map_side=side)
     except PackdError as e:
         raise _fail(where, f"its tiling is unusable: {e}") from None
-    memory = spec.get("memory", "shared") if few_shot else spec.get("memory")
+    memory = spec.get("memory")
     if memory not in (MEMORIES if few_shot else (None,)):
         raise _fail(where, f"the tiling's memory must be shared or (few-shot kinds) position, got {memory!r}")
     return TilingSpec(tiling, memory)

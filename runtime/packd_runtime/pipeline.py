@@ -32,7 +32,7 @@ def shared_memory_bound(max_count: int, prototype_limit: int) -> int:
 
 def max_pool(maps: np.ndarray, side: int) -> np.ndarray:
     """(n, s, s) maps -> (n, side, side) by the max over s/side x s/side blocks (side divides s)."""
-    n, s = maps.shape[0], maps.shape[1]
+    n, s, _ = maps.shape
     if s == side:
         return maps
     f = s // side
@@ -111,4 +111,4 @@ class Pipeline:
             index = {TILE_INDEX: positions[i:i + limit]} if self.tiling.per_position else {}
             maps.append(self.run(QUERY, {IMAGES: tiles[i:i + limit], **feeds, **index})[MAPS])
         stitched = tiling.stitch(max_pool(_joined(maps), tiling.map_side or tiling.tile))
-        return stitched.reshape(len(stitched), -1).max(axis=1), stitched
+        return stitched.max(axis=(1, 2)), stitched

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from toy_bundle import POOL, toy_maps, write_toy_bundle
 
-from packd_runtime import Detector, PackdError, Result
+from packd_runtime import Detector, PackdError, Prototypes, Result
 
 
 def _frames(n, hw=(32, 32), seed=0, low=100, high=156):
@@ -202,3 +202,26 @@ def test_the_detector_describes_its_bundle(root):
         assert det.bundle == root / "position" and det.backend.name == "onnxruntime" and "CPU" in det.reason
     with Detector.open(root / "plain") as det:
         assert (det.few_shot, det.tiling, det.memory, det.prototype_names) == (False, None, None, [])
+
+
+def test_calibration_frames_are_checked_like_any_frames_and_broken_scores_are_one_line(root):
+    with Detector.open(root / "few") as det:
+        det.prototypes(_frames(2))
+        with pytest.raises(PackdError, match=_exactly("normal images must be 32x32 frames (this bundle's input "
+                                                      "size), got 16x16")):
+            det.calibrate(_frames(5, hw=(16, 16)))
+        huge = Prototypes((np.full((1, 3), 3e38, np.float32),), det.fingerprint, 1)
+        with pytest.raises(PackdError, match=_exactly("the model gave non-finite scores: this bundle or these "
+                                                      "prototypes are broken")):
+            det.detect(_frames(1), prototypes=huge)
+
+
+def test_signing_without_cryptography_says_what_to_install(monkeypatch):
+    import sys
+
+    from packd_runtime import signing
+
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives", None)
+    with pytest.raises(PackdError, match=_exactly("signing needs the cryptography package: pip install "
+                                                  "cryptography (or 'packd-runtime[signing]')")):
+        signing.generate_keys("/nonexistent/never-written")

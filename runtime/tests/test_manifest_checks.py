@@ -186,8 +186,13 @@ CASES = [  # (base, changes, the line after "invalid manifest M: ")
                                                    "whole numbers Y,X,H,W"),
     ("tiled", [(("tiling", "rois"), [[0, 0, 8, 8.0]])], "its tiling is unusable: every region of interest must be "
                                                         "four whole numbers Y,X,H,W"),
-    ("tiled", [(("tiling", "rois"), {})], "its tiling is unusable: every region of interest must be four whole "
-                                          "numbers Y,X,H,W"),
+    ("tiled", [(("tiling", "rois"), {})], "'rois' has the wrong type (dict)"),
+    ("tiled", [(("tiling", "rois"), DELETE)], "missing 'rois'"),
+    ("tiled", [(("tiling", "overlap"), DELETE)], "missing 'overlap'"),
+    ("tiled", [(("tiling", "tile"), DELETE)], "missing 'tile'"),
+    ("tiled", [(("tiling", "map_side"), DELETE)], "missing 'map_side'"),
+    ("tiled", [(("tiling", "overlap"), 32)], "its tiling is unusable: --overlap 32 must be at least 0 and less "
+                                             "than the tile (32)"),
     ("tiled", [(("tiling", "rois"), [(0, 0, 8, 8)])], "its tiling is unusable: every region of interest must be "
                                                       "four whole numbers Y,X,H,W"),
     ("tiled", [(("tiling", "map_side"), 3)], "its tiling is unusable: the map side 3 must divide the model's input "
@@ -196,14 +201,13 @@ CASES = [  # (base, changes, the line after "invalid manifest M: ")
                                              "size 8"),
     ("tiled", [(("tiling", "map_side"), 16)], "its tiling is unusable: the map side 16 must divide the model's "
                                               "input size 8"),
-    ("tiled", [(("tiling", "map_side"), 4.0)], "its tiling is unusable: the map side 4.0 must divide the model's "
-                                               "input size 8"),
+    ("tiled", [(("tiling", "map_side"), 4.0)], "'map_side' has the wrong type (float)"),
     ("tiled", [(("tiling", "memory"), "x")], "the tiling's memory must be shared or (few-shot kinds) position, got "
                                              "'x'"),
     ("plain_tiled", [(("tiling", "memory"), "shared")], "the tiling's memory must be shared or (few-shot kinds) "
                                                         "position, got 'shared'"),
-    ("tiled", [(("tiling", "memory"), DELETE)], "'tiling.memory' is not what packd writes (an entry missing, "
-                                                "unknown or malformed)"),
+    ("tiled", [(("tiling", "memory"), DELETE)], "the tiling's memory must be shared or (few-shot kinds) position, "
+                                                "got None"),
     ("position", [(QUERY_IN, [GOOD_IMAGES, {"name": "prototypes_1", "dtype": "float32",
                                             "shape": [6, "prototypes", 3]}])],
      "a per-position query graph's last input must be tile_index int64 (batch)"),
@@ -308,3 +312,21 @@ def test_a_manifest_file_is_read_and_checked(tmp_path, bases):
         read_manifest(bundle)
     m = Manifest.from_dict(bases["few"], "M")
     assert m.checked() == m and m.with_engines((), {"query.onnx": "1" * 64}).files == {"query.onnx": "1" * 64}
+
+
+def test_what_the_manifest_writes_and_where_a_bad_one_is_named(bases):
+    import pickle
+    from dataclasses import replace
+
+    from packd_runtime.manifest import TilingSpec
+
+    plain_tiled = taken(bases["plain_tiled"])
+    assert "memory" not in plain_tiled.to_dict()["tiling"]  # a per-category tiling has no memory to write
+    assert taken(bases["tiled"]).to_dict()["tiling"]["memory"] == "shared"
+    with pytest.raises(PackdError, match=r"^--memory must be one of shared, position, got 'x'$"):
+        TilingSpec(plain_tiled.tiling.tiling, "x")
+    broken = replace(taken(bases["few"]), threshold=-1.0)
+    with pytest.raises(PackdError, match=r"^invalid manifest being written: the threshold is -1.0"):
+        broken.checked()
+    with pytest.raises(PackdError, match=r"^invalid manifest unpickled: the threshold is -1.0"):
+        pickle.loads(pickle.dumps(broken))

@@ -130,3 +130,23 @@ def test_the_size_limit_counts_every_member_by_its_header_and_is_exact(tmp_path)
     with pytest.raises(PackdError, match=f"{whole.stat().st_size} bytes, more than 100: refused before reading it"):
         Prototypes.load(whole, max_bytes=100)
     assert PROTOTYPES_FILE_LIMIT >= 1 << 28
+
+
+def test_the_file_names_its_arrays_stage_1_to_n_and_a_member_at_the_limit_is_read(tmp_path):
+    Prototypes((np.ones((2, 3), np.float32), np.zeros((2, 5), np.float32)), "x", 1).save(tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz") as z:
+        assert sorted(z.files) == ["fingerprint", "normal_scores", "shots", "stage_1", "stage_2", "threshold"]
+    member = _npy(np.zeros((1000, 3), np.float32))
+    path = _zip(tmp_path, {"stage_1.npy": member})  # alone, exactly at the limit: read, then found no prototypes
+    with pytest.raises(PackdError, match=r"holds \['stage_1'\], not prototypes$"):
+        Prototypes.load(path, max_bytes=len(member))
+    with pytest.raises(PackdError, match=r": not a regular file$"):
+        Prototypes.load(tmp_path)
+    bad = _saved(tmp_path, **{**GOOD, "shots": np.array(2.0)})
+    with pytest.raises(PackdError, match=r": fingerprint or shot count of the wrong type$"):
+        Prototypes.load(bad)
+    with pytest.raises(PackdError, match=r": threshold of the wrong type$"):
+        Prototypes.load(_saved(tmp_path, **GOOD, threshold=np.array(3)))
+    with pytest.raises(PackdError, match=r": normal scores of the wrong type$"):
+        Prototypes.load(_saved(tmp_path, **GOOD, normal_scores=np.array([1, 2])))
+    assert Prototypes.load(_saved(tmp_path, **{**GOOD, "shots": np.array(2, np.uint8)})).shots == 2
