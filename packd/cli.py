@@ -249,9 +249,11 @@ def eval_(
     """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO (and F1-max), per category and mean."""
     from packd.evaluation.evaluate import evaluate, evaluation_categories
     from packd.evaluation.fewshot import evaluate_fewshot
+    from packd.evaluation.reports import check_report_path
     from packd.models.checkpoint import read_config
     from packd.models.loading import load_scorer
     from packd.training.settings import check_device
+    from packd_runtime.atomic import check_writable
 
     check_device(device)
     if tile is None and frame_size:
@@ -259,6 +261,10 @@ def eval_(
     tiling = tile_options(tile, overlap, tuple(parse_roi(r) for r in roi or ()), map_scale,
                           parse_frame_size(frame_size), memory)
     scoring = scoring_overrides(stage_weights=stage_weights, border=border, prototype_score=prototype_score)
+    if json_out:  # the outputs before the checkpoint is read (as evaluate checks them, before any long work)
+        check_report_path(json_out)
+    if overlays:
+        check_writable(overlays)
     if warning := untiled_warning(read_config(checkpoint), tiling):
         err_console.print(warning, markup=False, soft_wrap=True)
     if shots is None and supports_from is None:

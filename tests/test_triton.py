@@ -135,7 +135,7 @@ def test_line_server_keeps_each_lines_state(bundles):
             server.run("a", "detect", _frames(2, 0))
         server.run("a", "changeover", _frames(2, 1))
         server.run("b", "changeover", _frames(2, 2))
-        t = server.run("b", "calibrate", _frames(4, 3)).threshold
+        t = server.run("b", "calibrate", _frames(5, 3)).threshold
         frames = _frames(3, 4)
         a, b = server.run("a", "detect", frames), server.run("b", "detect", frames)
         ref.prototypes(_frames(2, 1))

@@ -9,6 +9,7 @@ existing bundle never leaves half of one.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 import packd
 from packd.errors import PackdError
 from packd.evaluation.reports import check_report_path, write_report
-from packd.evaluation.tiling_options import DEFAULT_MAX_SHOTS, TileOptions
+from packd.evaluation.tiling_options import DEFAULT_MAX_SHOTS, TileOptions, untiled_warning
 from packd.models.loading import load_scorer
 from packd.models.scoring import Scorer
 from packd_export.fp16 import to_fp16
@@ -107,13 +108,14 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
                   calibration_data: str | Path | None = None, engines: str = "auto",
                   scoring: dict[str, Any] | None = None, int8: Int8Settings | None = None,
                   report: str | Path | None = None, progress=lambda _: None,
-                  tiles: TileOptions | None = None) -> Manifest:
+                  tiles: TileOptions | None = None, warn: Callable[[str], None] = lambda _: None) -> Manifest:
     """Export a checkpoint to a bundle. engines: 'auto' (build when TensorRT and a GPU are here),
     'never', or 'require' (fail without them); `scoring` overrides the checkpoint's scoring settings
     (the manifest records the ones the graphs compute); `int8` says how int8 is calibrated and mixed, and
     `report` where its per-layer report goes. `frame_size`: the camera frames the graphs take (resized inside).
     With `tiles` (whose frame size is the camera's), the graphs take tiles of the frames and the manifest records
-    the tiling and its memory (see `packd_runtime.tiling`). Returns the manifest."""
+    the tiling and its memory (see `packd_runtime.tiling`). `warn` gets what the user should know (a checkpoint
+    trained on tiles exported whole). Returns the manifest."""
     from packd_runtime.tensorrt.build import build_bundle_engines, why_no_tensorrt
 
     if precision not in PRECISIONS:
@@ -140,6 +142,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
         raise PackdError(f"engines were required but cannot be built here: {reason}")
     check_replaceable(out, BUNDLE)
     scorer, config = _checked_scorer(checkpoint, scoring)
+    if warning := untiled_warning(config, tiles):
+        warn(warning)
     limits = _limits(scorer, max_batch, max_shots)
     frame_hw = tuple(frame_size or (scorer.spec.image_size, scorer.spec.image_size))
     tiling = tiles.spec(scorer.spec.image_size, scorer.few_shot) if tiles is not None else None

@@ -24,7 +24,6 @@ from packd.evaluation.tiling_options import (
     parse_frame_size,
     parse_roi,
     tile_options,
-    untiled_warning,
 )
 from packd.models.score_settings import BORDER_HELP, PROTOTYPE_SCORE_HELP, STAGE_WEIGHTS_HELP, scoring_overrides
 
@@ -85,7 +84,6 @@ def export(
     memory: Annotated[str, typer.Option(help=MEMORY_HELP)] = "shared",
 ) -> None:
     """Export a checkpoint to a bundle: ONNX graphs, manifest, and TensorRT engines where possible."""
-    from packd.models.checkpoint import read_config
     from packd_export.bundle import export_bundle
     from packd_export.int8 import Int8Settings
     from packd_runtime.tensorrt.build import why_no_tensorrt
@@ -94,14 +92,13 @@ def export(
         raise PackdError(f"--engines must be auto, never or require, got {engines!r}")
     frame = parse_frame_size(frame_size)
     tiles = tile_options(tile, overlap, tuple(parse_roi(r) for r in roi or ()), map_scale, frame, memory)
-    if warning := untiled_warning(read_config(checkpoint), tiles):
-        err_console.print(warning, markup=False, soft_wrap=True)
     manifest = export_bundle(checkpoint, out, precision=precision, max_batch=max_batch, max_shots=max_shots,
                              frame_size=frame, opset=opset, calibration_data=calibration_data,
                              engines=engines, scoring=scoring_overrides(stage_weights=stage_weights, border=border,
                                                                         prototype_score=prototype_score),
                              int8=Int8Settings(calibration=calibration, fallback=fp16_fallback), report=report,
-                             progress=lambda text: console.print(text, markup=False), tiles=tiles)
+                             progress=lambda text: console.print(text, markup=False), tiles=tiles,
+                             warn=lambda text: err_console.print(text, markup=False, soft_wrap=True))
     console.print(f"bundle written to {out}: {', '.join(manifest.files)}")
     if manifest.int8 is not None:
         v, fp16 = manifest.int8["validation"], manifest.int8["fp16_layers"]

@@ -191,7 +191,7 @@ def test_a_triton_line_has_no_threshold_until_it_is_calibrated(bundles):
         assert server.run("a", "changeover", _frames(2)).threshold is None
         with pytest.raises(PackdError, match="no threshold for this product yet"):
             _ = server.run("a", "detect", _frames(1)).labels
-        t = server.run("a", "calibrate", _frames(4, seed=2)).threshold
+        t = server.run("a", "calibrate", _frames(5, seed=2)).threshold
         server.run("b", "changeover", _frames(2, seed=3))
         assert server.run("a", "detect", _frames(1)).threshold == t
         assert server.run("b", "detect", _frames(1)).threshold is None  # b never borrows a's threshold
