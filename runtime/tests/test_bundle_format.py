@@ -4,6 +4,7 @@ fingerprint's coverage, and a manifest that pickles as its JSON (a process pool 
 
 import json
 import pickle
+import re
 import shutil
 from dataclasses import replace
 
@@ -156,3 +157,99 @@ def test_max_pool_takes_the_max_of_each_block():
     assert max_pool(maps, 8) is maps
     three = np.random.default_rng(0).random((3, 6, 6))
     assert max_pool(three, 2).shape == (3, 2, 2) and max_pool(three, 2)[2, 1, 0] == three[2, 3:, :3].max()
+
+
+def _rewrite_query(bundle, edit):
+    """Edit the bundle's query graph with onnx and re-record its hash (as a forger with the manifest would)."""
+    import hashlib
+
+    import onnx
+
+    model = onnx.load(bundle / "query.onnx")
+    edit(model)
+    data = model.SerializeToString()
+    (bundle / "query.onnx").write_bytes(data)
+    raw = json.loads((bundle / MANIFEST).read_text())
+    raw["files"]["query.onnx"] = hashlib.sha256(data).hexdigest()
+    return raw
+
+
+def _external(location):
+    import onnx
+
+    def edit(model):
+        t = next(i for i in model.graph.initializer if i.name == "feat_shape")
+        t.ClearField("raw_data")
+        t.ClearField("int64_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        entry = t.external_data.add()
+        entry.key, entry.value = "location", location
+    return edit
+
+
+def test_tensor_data_outside_or_unlisted_is_refused_before_any_loader(tmp_path):
+    import hashlib
+
+    for location, message in [
+        ("../secret.bin", "query.onnx keeps tensor data outside the bundle ('../secret.bin': bundle {b} names a file "
+                          "outside it: '../secret.bin'): refused"),
+        ("/tmp/secret.bin", "query.onnx keeps tensor data outside the bundle ('/tmp/secret.bin': absolute or empty "
+                            "location): refused"),
+        ("weights.bin", "query.onnx keeps tensor data in 'weights.bin', which the manifest does not list (so it was "
+                        "never hashed): refused"),
+    ]:
+        bundle = tmp_path / location.replace("/", "_")
+        write_toy_bundle(bundle)
+        raw = _rewrite_query(bundle, _external(location))
+        manifest = Manifest.from_dict(raw, "M")
+        with pytest.raises(PackdError, match="^" + re.escape(message.format(b=bundle)) + "$"):
+            verify_files(bundle, manifest)
+    bundle = tmp_path / "listed"
+    write_toy_bundle(bundle)
+    raw = _rewrite_query(bundle, _external("weights.bin"))
+    (bundle / "weights.bin").write_bytes(np.array([0, -1, 3], np.int64).tobytes())
+    raw["files"]["weights.bin"] = hashlib.sha256((bundle / "weights.bin").read_bytes()).hexdigest()
+    assert set(verify_files(bundle, Manifest.from_dict(raw, "M"))) == {"query.onnx", "support.onnx"}
+
+
+def test_graphs_defining_functions_are_refused_naming_three(tmp_path):
+    from onnx import helper
+
+    def edit(model):
+        for i in range(4):
+            model.functions.append(helper.make_function("evil", f"F{i}", ["x"], ["y"], [
+                helper.make_node("Identity", ["x"], ["y"])], [helper.make_opsetid("", 18)]))
+
+    bundle = tmp_path / "b"
+    write_toy_bundle(bundle)
+    raw = _rewrite_query(bundle, edit)
+    with pytest.raises(PackdError, match=r"^query.onnx defines ONNX functions \(F0, F1, F2\), which packd never "
+                                         r"emits: refused$"):
+        verify_files(bundle, Manifest.from_dict(raw, "M"))
+
+
+def test_io_other_than_the_manifests_is_named_both_ways(tmp_path):
+    bundle = tmp_path / "b"
+    manifest = write_toy_bundle(bundle)
+    query = manifest.graphs["query"]
+    said = replace(query, inputs=(replace(query.inputs[0], shape=("batch", 64, 64, 3)), *query.inputs[1:]))
+    real_in = "[('images', 'uint8', ['batch', 32, 32, 3]), ('prototypes_1', 'float32', ['prototypes', 3])]"
+    real_out = "[('scores', 'float32', ['batch']), ('maps', 'float32', ['batch', 8, 8])]"
+    said_in = "[('images', 'uint8', ['batch', 64, 64, 3]), ('prototypes_1', 'float32', ['prototypes', 3])]"
+    message = (f"query.onnx has inputs {real_in} and outputs {real_out}, not the manifest's {said_in} and {real_out} "
+               "(a frame size or prototype width the graph does not take): refused")
+    with pytest.raises(PackdError, match="^" + re.escape(message) + "$"):
+        verify_files(bundle, replace(manifest, graphs={**manifest.graphs, "query": said}))
+
+
+def test_the_fingerprint_of_a_given_manifest_never_changes(tmp_path):
+    """Saved prototypes carry it: a packd that computed it otherwise would refuse every product saved before."""
+    manifest = write_toy_bundle(tmp_path / "b", frame_hw=(48, 64), tile=32, overlap=16)
+    fixed = replace(manifest, files={"query.onnx": "1" * 64, "support.onnx": "2" * 64})
+    import hashlib
+
+    identity = {"graphs": [["query", "1" * 64], ["support", "2" * 64]], "frame": [48, 64], "image_size": 8,
+                "normalisation": [[0.5] * 3, [0.5] * 3],
+                "tiling": {"tile": 32, "overlap": 16, "rois": [], "map_side": 8, "memory": "shared"}}
+    expected = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    assert fingerprint(fixed) == expected == "fe4b2bdfa5ab6e01"

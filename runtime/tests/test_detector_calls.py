@@ -225,3 +225,57 @@ def test_signing_without_cryptography_says_what_to_install(monkeypatch):
     with pytest.raises(PackdError, match=_exactly("signing needs the cryptography package: pip install "
                                                   "cryptography (or 'packd-runtime[signing]')")):
         signing.generate_keys("/nonexistent/never-written")
+
+
+class DeviceArray:
+    """What a device array shows the runtime: `__cuda_array_interface__` (shape, typestr, data), no numpy."""
+
+    def __init__(self, shape, typestr="|u1", sliceable=True):
+        self.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (1 << 20, False),
+                                         "version": 3}
+        if sliceable:
+            self.__getitem__ = lambda item: self
+
+
+def test_device_arrays_are_checked_from_their_interface(root, monkeypatch):
+    from packd_runtime.pipeline import batch_size
+
+    assert batch_size(DeviceArray((7, 32, 32, 3))) == 7 and batch_size(np.zeros((3, 2))) == 3
+    with Detector.open(root / "few") as det:
+        det.prototypes(_frames(2))
+        for array, message in [
+            (DeviceArray((32, 32, 3)), "images: device arrays must be batched (B,H,W,3), got shape (32, 32, 3)"),
+            (DeviceArray((1, 32, 32, 4)), "images must have 3 channels (RGB, last axis), got 4"),
+            (DeviceArray((1, 32, 32, 3), "<f4"), "images must be uint8 RGB 0-255, got dtype float32"),
+            (DeviceArray((1, 32, 32, 3)), "images: device arrays need a GPU backend (TensorRT, or onnxruntime-gpu's "
+                                          "CUDA provider); this detector runs onnxruntime on the CPU: pass numpy "
+                                          "arrays"),
+        ]:
+            with pytest.raises(PackdError, match=_exactly(message)):
+                det.detect(array)
+        monkeypatch.setattr(det.backend, "device", "cuda:0")  # as on a GPU: the checks after the CPU's
+        with pytest.raises(PackdError, match=_exactly("images: a device array of 5 frames, more than this bundle's "
+                                                      "batch of 4, must support slicing (cupy, torch, numba do)")):
+            det.detect(DeviceArray((5, 32, 32, 3), sliceable=False))
+        assert det._frames(DeviceArray((4, 32, 32, 3), sliceable=False), "images") is not None  # within the batch
+    with Detector.open(root / "position") as det:
+        monkeypatch.setattr(det.backend, "device", "cuda:0")
+        with pytest.raises(PackdError, match=_exactly("support images: this bundle tiles its frames on the host: "
+                                                      "pass numpy arrays")):
+            det.prototypes(DeviceArray((2, 48, 64, 3)))
+
+
+def test_open_refuses_what_cannot_be_trusted_in_one_line(root):
+    with pytest.raises(PackdError, match=_exactly("build=True cannot be combined with trusted_keys: engines built now "
+                                                  "are not signed; build them with packd-export build, then sign "
+                                                  "the bundle")):
+        Detector.open(root / "few", build=True, trusted_keys=["k.pem"])
+    for keys, shown in [(b"k.pem", "bytes b'k.pem'"), (5, "int 5"), ([5], "list [5]")]:
+        with pytest.raises(PackdError, match=_exactly(f"trusted_keys must be public key files: a path or a list of "
+                                                      f"paths, got {shown}")):
+            Detector.open(root / "few", trusted_keys=keys)
+    det = Detector.open(root / "few")
+    det.prototypes(_frames(2))
+    det.close()
+    with pytest.raises(PackdError, match=_exactly("this detector is closed: open the bundle again")):
+        det.detect(_frames(1))
