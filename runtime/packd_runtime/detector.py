@@ -70,7 +70,7 @@ class Prototypes:
         low, high = self.normal_scores or (np.nan, np.nan)
         with atomic_file(path) as f:
             np.savez(f, fingerprint=np.array(self.fingerprint), shots=np.array(self.shots),
-                     threshold=np.array(self.threshold if self.threshold is not None else np.nan, np.float64),
+                     threshold=np.array(np.nan if self.threshold is None else float(self.threshold)),
                      normal_scores=np.array([low, high], np.float64),
                      **{f"stage_{i + 1}": a for i, a in enumerate(self.arrays)})
 

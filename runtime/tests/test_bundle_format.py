@@ -253,3 +253,33 @@ def test_the_fingerprint_of_a_given_manifest_never_changes(tmp_path):
                 "tiling": {"tile": 32, "overlap": 16, "rois": [], "map_side": 8, "memory": "shared"}}
     expected = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     assert fingerprint(fixed) == expected == "fe4b2bdfa5ab6e01"
+
+
+def test_dot_dot_and_the_folder_itself_are_outside(tmp_path):
+    (tmp_path / "b" / "sub").mkdir(parents=True)
+    for name in ["sub/../x.onnx", "."]:
+        with pytest.raises(PackdError, match="^" + re.escape(f"bundle {tmp_path / 'b'} names a file outside it: "
+                                                             f"{name!r}") + "$"):
+            bundle_path(tmp_path / "b", name)
+
+
+def test_the_pipeline_never_sends_more_than_the_bundles_limits(tmp_path):
+    from packd_runtime.pipeline import Pipeline
+
+    seen = []
+
+    def run(graph, feeds):
+        n = len(feeds["images"])
+        seen.append((graph, n))
+        if graph == "support":
+            return {"prototypes_1": np.ones((n, 3), np.float32)}
+        return {"scores": np.zeros(n, np.float32), "maps": np.zeros((n, 2, 2), np.float32)}
+
+    pipe = Pipeline(run, Limits(4, 3, 100), ("prototypes_1",))
+    protos = pipe.prototypes(np.zeros((7, 8, 8, 3), np.uint8))
+    scores, maps = pipe.score(np.zeros((9, 8, 8, 3), np.uint8), protos)
+    assert seen == [("support", 3), ("support", 3), ("support", 1), ("query", 4), ("query", 4), ("query", 1)]
+    assert protos[0].shape == (7, 3) and scores.shape == (9,) and maps.shape == (9, 2, 2)
+    seen.clear()
+    pipe.score(np.zeros((4, 8, 8, 3), np.uint8), protos)
+    assert seen == [("query", 4)]

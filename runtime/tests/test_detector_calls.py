@@ -257,7 +257,15 @@ def test_device_arrays_are_checked_from_their_interface(root, monkeypatch):
         with pytest.raises(PackdError, match=_exactly("images: a device array of 5 frames, more than this bundle's "
                                                       "batch of 4, must support slicing (cupy, torch, numba do)")):
             det.detect(DeviceArray((5, 32, 32, 3), sliceable=False))
-        assert det._frames(DeviceArray((4, 32, 32, 3), sliceable=False), "images") is not None  # within the batch
+        within = DeviceArray((4, 32, 32, 3), sliceable=False)
+        assert det._frames(within, "images") is within  # device arrays pass unchanged
+        sliceable = DeviceArray((5, 32, 32, 3))
+        assert det._frames(sliceable, "images") is sliceable  # more than a batch, but it slices
+        with pytest.raises(PackdError, match="^" + re.escape("images: DeviceArray's __cuda_array_interface__ is "
+                                                             "malformed")):
+            broken = DeviceArray((1, 32, 32, 3))
+            broken.__cuda_array_interface__ = {"shape": "x"}
+            det._frames(broken, "images")
     with Detector.open(root / "position") as det:
         monkeypatch.setattr(det.backend, "device", "cuda:0")
         with pytest.raises(PackdError, match=_exactly("support images: this bundle tiles its frames on the host: "
@@ -279,3 +287,40 @@ def test_open_refuses_what_cannot_be_trusted_in_one_line(root):
     det.close()
     with pytest.raises(PackdError, match=_exactly("this detector is closed: open the bundle again")):
         det.detect(_frames(1))
+
+
+def test_host_frames_are_made_contiguous_and_numpys_own_complaint_is_cut_at_120_characters(root):
+    with Detector.open(root / "few") as det:
+        flipped = _frames(2)[:, ::-1]
+        assert not flipped.flags.c_contiguous and det._frames(flipped, "images").flags.c_contiguous
+        ragged = [np.zeros((32, 32, 3), np.uint8), np.zeros((16, 32, 3), np.uint8)]
+        try:
+            np.asarray(ragged)
+        except ValueError as e:
+            first = str(e).splitlines()[0]
+        assert len(first) > 120
+        with pytest.raises(PackdError, match=_exactly(f"images must be a uint8 RGB array, got list numpy cannot "
+                                                      f"convert ({first[:120]})")):
+            det.detect(ragged)
+
+
+def test_engines_the_signature_did_not_cover_are_said_to_be_ignored(tmp_path):
+    import hashlib
+    import json
+
+    from packd_runtime.bundle_format import MANIFEST
+    from packd_runtime.signing import generate_keys, sign_bundle
+
+    bundle = tmp_path / "b"
+    write_toy_bundle(bundle)
+    private, public = generate_keys(tmp_path / "k")
+    sign_bundle(bundle, private)
+    raw = json.loads((bundle / MANIFEST).read_text())
+    (bundle / "query.plan").write_bytes(b"plan")
+    raw["engines"] = [{"graph": "query", "file": "query.plan", "tensorrt": "10.0", "compute_capability": "8.7"}]
+    raw["files"]["query.plan"] = hashlib.sha256(b"plan").hexdigest()
+    (bundle / MANIFEST).write_text(json.dumps(raw))  # an engine added after signing: the signature still holds
+    with Detector.open(bundle, trusted_keys=[public]) as det:
+        assert "1 engine(s) not covered by the signature were ignored" in det.reason
+    with Detector.open(bundle) as det:  # without keys nothing is filtered
+        assert "not covered by the signature" not in det.reason

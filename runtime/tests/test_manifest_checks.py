@@ -10,7 +10,7 @@ import pytest
 from toy_bundle import write_toy_bundle
 
 from packd_runtime import PackdError
-from packd_runtime.manifest import Manifest, Tensor, read_manifest
+from packd_runtime.manifest import Limits, Manifest, Tensor, read_manifest
 
 DELETE = object()
 
@@ -208,6 +208,12 @@ CASES = [  # (base, changes, the line after "invalid manifest M: ")
     ("few", [(("input", "range"), [0, 255.0])], "'input.range.1' is not what packd writes (an entry missing, "
                                                 "unknown or malformed)"),
     ("few", [(("settings", 5), 1), (("settings", "a"), 2)], None),  # keys of mixed types compared as text
+    ("few", [(("normal_scores", "fooX"), 1)], "'normal_scores.fooX' is not what packd writes (an entry missing, "
+                                              "unknown or malformed)"),
+    ("tiled", [(("tiling",), 5)], "its tiling must be an object, got int"),
+    ("few", [(("graphs", "support", "outputs", 0, "shape"), ["n", 3])], None),  # the count's symbol may differ
+    ("plain", [(("input", "height"), 1), (("input", "width"), 8192),
+               ((*QUERY_IN, 0, "shape"), ["batch", 1, 8192, 3])], None),  # the sides' bounds themselves
     ("tiled", [(("tiling",), None)], "its tiling must be an object, got NoneType"),
     ("tiled", [(("tiling", "rois"), [[0, 0, 8]])], "its tiling is unusable: every region of interest must be four "
                                                    "whole numbers Y,X,H,W"),
@@ -327,6 +333,7 @@ def test_the_facts_readers_rely_on(bases):
     assert (few.map_hw, tiled.map_hw) == ((8, 8), tiled.tiling.tiling.map_hw) and tiled.map_hw == (12, 16)
     assert taken(edited(bases["few"], (("prototypes", "max_count"), 9))).max_count == 9
     assert (few.limits.batch, few.limits.shots, few.limits.prototypes, plain.limits.shots) == (4, 3, 192, 0)
+    assert plain.limits == Limits(4, 0, 0) and "int8" not in few.to_dict() and "prototypes" not in plain.to_dict()
     assert few.prototypes.per_shot == 64 and few.prototypes.channels == (3,) and plain.prototypes is None
     assert few.threshold == 500.0 and few.normal_scores.images == 8
     assert (few.normal_scores.min, few.normal_scores.max) == (250.0, 500.0)
