@@ -64,11 +64,12 @@ bench-accuracy: $(VENV)/.installed  # every recorded accuracy table again, and w
 # function, run in a forked process against the tests that cover that function (mutmut's coverage), so thousands
 # run in minutes. The runtime's modules (runtime/pyproject.toml's [tool.mutmut]) against its torch-free tests;
 # packd.models.scoring (pyproject.toml's) against the PyTorch tests of the maps and scores. Scores per module, the
-# equivalent survivors (mutation/equivalent.toml) taken out: mutation/score.py, which fails below 90 %.
+# equivalent survivors (mutation/equivalent.toml) taken out: mutation/score.py, which fails below 90 %. One torch
+# thread: a forked child of a process whose OpenMP pool is running hangs (mutants would "time out", not be killed).
 MUTMUT_SPEC ?= mutmut==3.8.1
 mutation: $(VENV)/.installed runtime-env
 	$(RUNTIME_VENV)/bin/python -m pip install -q "$(MUTMUT_SPEC)"
 	cd runtime && rm -rf mutants && ../$(RUNTIME_VENV)/bin/mutmut run --max-children 2 > /dev/null
 	$(PY) -m pip install -q -e '.[mutation]'
-	rm -rf mutants && HF_HUB_OFFLINE=1 $(VENV)/bin/mutmut run --max-children 2 > /dev/null
+	rm -rf mutants && OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(VENV)/bin/mutmut run --max-children 2 > /dev/null
 	$(PY) mutation/score.py runtime/mutants && $(PY) mutation/score.py mutants

@@ -154,7 +154,8 @@ def test_a_scorer_takes_prototypes_then_scores_with_them():
     assert scorer.prototype_limit(3) == 3 * 1600
     with pytest.raises(PackdError, match="empty support set"):
         scorer.prototypes(torch.zeros(0, 3, 40, 40))
-    with pytest.raises(PackdError, match="needs prototypes: compute them from the support images first"):
+    with pytest.raises(PackdError, match="^this few-shot model needs prototypes: compute them from the support "
+                                         "images first$"):
         scorer(x)
     with pytest.raises(PackdError, match="needs prototypes"):
         scorer(x, [])
@@ -203,3 +204,28 @@ def test_scoring_settings_reach_the_map():
     assert s1 == m1.max() and s2 == m2[0, 5:35, 5:35].max() < m2.max()  # the corner is in the border
     assert Scorer(Toy(image_score="top1"), SPEC, few_shot=True).anomaly_map.score == "top1"
     assert Scorer(Toy(), SPEC, few_shot=True).anomaly_map.weights is None
+
+
+class Bare(nn.Module):
+    """A per-category kind that declares nothing optional (no bank bound, no image score)."""
+
+    def distances(self, x, prototypes):
+        return [x.mean(dim=1)]
+
+
+def test_what_a_kind_does_not_declare_takes_the_defaults():
+    scorer = Scorer(Bare(), SPEC, few_shot=False)
+    assert scorer.max_prototypes == 0 and scorer.anomaly_map.score == "max" and scorer.anomaly_map.border == 0
+    assert scorer.prototype_limit(8) == 1
+    x = torch.zeros(1, 3, 40, 40)
+    x[0, :, 39, 39] = 1.0  # the far corner: inside the map with no border
+    assert scorer(x)[0].item() == pytest.approx(scorer(x)[1].max().item())
+
+
+def test_the_border_leaves_out_both_far_edges_and_the_blur_kernel_is_no_weight():
+    d = torch.zeros(1, 40, 40)
+    d[0, 38, 38] = 1.0  # near the bottom-right corner
+    scores, maps = AnomalyMap(40, border=5)([d])
+    assert scores.item() == pytest.approx(maps[0, 5:35, 5:35].max().item()) and scores.item() < maps.max().item()
+    assert AnomalyMap(40).state_dict() == {}  # the Gaussian is rebuilt, never saved into checkpoints
+    assert "anomaly_map.kx" not in Scorer(Toy(), SPEC, few_shot=True).state_dict()
