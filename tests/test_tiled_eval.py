@@ -26,7 +26,7 @@ LINE = 128  # frames twice the tests' 64 px model: 9 tiles of 64 px overlapping 
 @pytest.fixture(scope="module")
 def line_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("line")
-    synthesize(root, seed=1, size=LINE, categories=["grid"], counts=Counts(train=4, test_good=2, test_defect=1),
+    synthesize(root, seed=1, size=LINE, categories=["grid"], counts=Counts(train=5, test_good=2, test_defect=1),
                defect_window=40)
     return root
 
