@@ -8,12 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from toy_bundle import POOL, toy_maps, write_toy_bundle
+from toy_bundle import frames as _frames
 
 from packd_runtime import Detector, PackdError, Prototypes, Result
-
-
-def _frames(n, hw=(32, 32), seed=0, low=100, high=156):
-    return np.random.default_rng(seed).integers(low, high, (n, *hw, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")

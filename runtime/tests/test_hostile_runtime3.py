@@ -4,18 +4,17 @@ region of interest that no map pixel covers is refused, and a prototypes path th
 
 import os
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
-from toy_bundle import POOL, query_graph, toy_maps, write_toy_bundle
+from toy_bundle import POOL, frames, query_graph, toy_maps, write_toy_bundle
 
 from packd_runtime import Detector, PackdError, Prototypes
 from packd_runtime import detector as detector_module
 from packd_runtime.tiling import Tiling
 
-
-def _frames(n, hw=(32, 32), seed=0, low=0, high=256):
-    return np.random.default_rng(seed).integers(low, high, (n, *hw, 3), dtype=np.uint8)
+_frames = partial(frames, low=0, high=256)
 
 
 @pytest.fixture(scope="module")

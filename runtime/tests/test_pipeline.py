@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 from toy_bundle import POOL, toy_maps, write_toy_bundle
+from toy_bundle import frames as _frames
 
 from packd_runtime import Detector, PackdError, Prototypes
 from packd_runtime.coreset import bound_prototypes
@@ -16,10 +17,6 @@ from packd_runtime.pipeline import max_pool
 from packd_runtime.tiling import Tiling
 
 FRAME = (48, 64)
-
-
-def _frames(n, hw=(32, 32), seed=0, low=100, high=156):
-    return np.random.default_rng(seed).integers(low, high, (n, *hw, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")

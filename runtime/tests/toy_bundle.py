@@ -137,3 +137,8 @@ def toy_maps(frames: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
     feats = frames.astype(np.float32).reshape(b, h // POOL, POOL, w // POOL, POOL, 3).mean(axis=(2, 4))
     d = ((feats[..., None, :] - prototypes[None, None, None]) ** 2).sum(-1)
     return d.min(-1)
+
+
+def frames(n: int, hw: tuple[int, int] = (32, 32), seed: int = 0, low: int = 100, high: int = 156) -> np.ndarray:
+    """n random uint8 RGB frames; the default mid-grey range is the toys' normal product, 0-256 anything."""
+    return np.random.default_rng(seed).integers(low, high, (n, *hw, 3), dtype=np.uint8)
