@@ -192,6 +192,10 @@ def _print_fewshot(report: dict) -> None:
     console.print(table)
 
 
+def _warn(text: str) -> None:
+    err_console.print(text, markup=False, soft_wrap=True)
+
+
 def _print_report(report: dict) -> None:
     table = Table(title=f"{report['kind']} / {report['teacher']} @ {report['image_size']} px")
     keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
@@ -249,11 +253,8 @@ def eval_(
     """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO (and F1-max), per category and mean."""
     from packd.evaluation.evaluate import evaluate, evaluation_categories
     from packd.evaluation.fewshot import evaluate_fewshot
-    from packd.evaluation.reports import check_report_path
-    from packd.models.checkpoint import read_config
     from packd.models.loading import load_scorer
     from packd.training.settings import check_device
-    from packd_runtime.atomic import check_writable
 
     check_device(device)
     if tile is None and frame_size:
@@ -261,19 +262,15 @@ def eval_(
     tiling = tile_options(tile, overlap, tuple(parse_roi(r) for r in roi or ()), map_scale,
                           parse_frame_size(frame_size), memory)
     scoring = scoring_overrides(stage_weights=stage_weights, border=border, prototype_score=prototype_score)
-    if json_out:  # the outputs before the checkpoint is read (as evaluate checks them, before any long work)
-        check_report_path(json_out)
-    if overlays:
-        check_writable(overlays)
-    if warning := untiled_warning(read_config(checkpoint), tiling):
-        err_console.print(warning, markup=False, soft_wrap=True)
     if shots is None and supports_from is None:
         if prototypes != "own":
             raise PackdError("--prototypes other/zero is a few-shot diagnostic: give --shots K")
         _print_report(evaluate(checkpoint, data, categories, json_path=json_out, overlays=overlays,
-                               batch_size=batch_size, device=device, scoring=scoring, tile=tiling))
+                               batch_size=batch_size, device=device, scoring=scoring, tile=tiling, warn=_warn))
         return
     scorer, config = load_scorer(checkpoint, scoring)
+    if warning := untiled_warning(config, tiling):
+        _warn(warning)
     cats = evaluation_categories(config, data, categories, scorer.few_shot)
     meta = {"checkpoint": str(checkpoint), "kind": config["kind"], "teacher": config["teacher"]["name"],
             "image_size": scorer.spec.image_size}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from packd.evaluation.metrics import f1_max, image_auroc, pixel_metrics
 from packd.evaluation.overlays import save_overlay
 from packd.evaluation.reports import check_report_path, write_report
 from packd.evaluation.tiled import TiledScorer, tiled_for
-from packd.evaluation.tiling_options import TileOptions
+from packd.evaluation.tiling_options import TileOptions, untiled_warning
 from packd.models.loading import load_scorer
 from packd.models.scoring import Scorer
 from packd.progress import LogProgress
@@ -122,15 +123,18 @@ def image_rows(samples: list[Sample], pred: dict[str, np.ndarray]) -> list[dict[
 def evaluate(checkpoint: str | Path, data: str | Path, categories: str | list[str] | None = None, *,
              json_path: str | Path | None = None, overlays: str | Path | None = None, batch_size: int = 16,
              device: str = "auto", progress: bool = True, scoring: dict[str, Any] | None = None,
-             tile: TileOptions | None = None) -> dict[str, Any]:
+             tile: TileOptions | None = None, warn: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Full-shot evaluation of a checkpoint on the test split of `categories` (see `evaluation_categories`);
     `scoring` overrides the checkpoint's scoring settings (see `load_scorer`); with `tile`, whole frames through
-    their tiles, metrics on the stitched maps."""
+    their tiles, metrics on the stitched maps. `warn` gets what the user should know (a checkpoint trained on
+    tiles evaluated whole)."""
     if json_path:
         check_report_path(json_path)
     if overlays:
         check_writable(overlays)
     scorer, config = load_scorer(checkpoint, scoring)
+    if warning := untiled_warning(config, tile):
+        warn(warning)
     if scorer.few_shot:
         raise PackdError(f"{checkpoint} is a few-shot {config['kind']} model: evaluate it with --shots K")
     cats = evaluation_categories(config, data, categories, few_shot=False)
