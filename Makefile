@@ -9,7 +9,10 @@ RUNTIME_VENV ?= .venv-runtime
 RUNTIME_PYTHON ?= $(firstword $(shell for p in python3.10 $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10); do \
 	$$p -c 'import venv' 2>/dev/null && echo $$p; done) python3)
 
-.PHONY: demo test lint docs quick triton-env runtime-env bench-accuracy mutation
+# the line station alone, as a line PC installs it (no torch), on Python 3.10 too
+STATION_VENV ?= .venv-station
+
+.PHONY: demo test lint docs quick triton-env runtime-env station-env station-servers bench-accuracy mutation
 
 $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +40,22 @@ $(RUNTIME_VENV)/.installed: runtime/pyproject.toml
 
 runtime-env: $(RUNTIME_VENV)/.installed
 
+# The station's tests start real servers and a real browser from Debian's packages: mosquitto, PostgreSQL 15 and
+# chromium (installed here when missing; as root, as on CI and the development machines).
+station-servers:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] || ! command -v chromium >/dev/null 2>&1 \
+		|| [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			mosquitto postgresql chromium fonts-dejavu-core > /dev/null; fi
+
+$(STATION_VENV)/.installed: runtime/pyproject.toml station/pyproject.toml
+	$(RUNTIME_PYTHON) -m venv $(STATION_VENV)
+	$(STATION_VENV)/bin/python -m pip install -q --upgrade pip
+	$(STATION_VENV)/bin/python -m pip install -q -e ./runtime -e './station[test]'
+	touch $@
+
+station-env: $(STATION_VENV)/.installed station-servers
+
 demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(VENV)/bin/packd-demo --out runs/demo
 
@@ -49,12 +68,14 @@ docs: $(VENV)/.installed  # the documentation site, into runs/site; a broken lin
 # pytest-xdist: 2 workers, one file each at a time (module fixtures built once), one thread each (tests/conftest.py)
 XDIST := -n 2 --dist loadfile
 
-test: lint docs triton-env runtime-env  # the runtime's own tests without torch first, then the suite; 20 slowest listed
+test: lint docs triton-env runtime-env station-env  # torch-free runtime and station first, then the suite
 	$(RUNTIME_VENV)/bin/python -m pytest -q runtime/tests
+	$(STATION_VENV)/bin/python -m pytest -q station/tests
 	HF_HUB_OFFLINE=1 PACKD_TRITON_ENV=$(TRITON_VENV) $(PY) -m pytest -q $(XDIST) --durations=20
 
-quick: lint  # the developers' loop: every module touched, no bundle exported but the shared ones
+quick: lint station-env  # the developers' loop: every module touched, no bundle exported but the shared ones
 	$(PY) -m pytest -q runtime/tests
+	$(STATION_VENV)/bin/python -m pytest -q station/tests
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(XDIST) -m "not slow"
 
 bench-accuracy: $(VENV)/.installed  # every recorded accuracy table again, and what moved beyond its noise band

@@ -71,7 +71,7 @@ def serve(
     log.info("station: lines %s; page http://%s:%d/ ; operator token %s", ", ".join(station.lines),
              host if ":" not in host else f"[{host}]", port, shown)
     try:
-        uvicorn.run(app_for(station), host=host, port=port, log_level="warning")
+        uvicorn.run(app_for(station), host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
     finally:
         station.close()
 

@@ -147,8 +147,9 @@ class Line:
 
     # ---- operator actions ----------------------------------------------------------------------------------
 
-    def changeover(self, frames: list[np.ndarray], product: str, who: str) -> Product:
-        """A new product from k normal frames: the support graph once; not calibrated until `calibrate`."""
+    def changeover(self, frames: list[np.ndarray], product: str, who: str, pool: bool = True) -> Product:
+        """A new product from k normal frames: the support graph once; not calibrated until `calibrate`. The frames
+        join the product's normal pool (`pool`; not when they came from it)."""
         det = self.detector
         if not det.few_shot:
             raise PackdError(f"this {det.manifest.kind} bundle is per category: it has no changeover (calibrate it, "
@@ -161,15 +162,16 @@ class Line:
             self.store.save(new, prototypes)
             self.product = new
             self.drift.reset(None)
-        self.store.add_to_pool(product, frames, "support")
+        if pool:
+            self.store.add_to_pool(product, frames, "support")
         self.records.audit(self.name, "changeover", who, product=product, shots=len(frames),
                            prototypes=int(prototypes.arrays[0].shape[-2]))
         log.info("line %s: changeover to %s from %d images by %s", self.name, product, len(frames), who)
         return new
 
-    def calibrate(self, frames: list[np.ndarray], who: str) -> dict[str, Any]:
+    def calibrate(self, frames: list[np.ndarray], who: str, pool: bool = True) -> dict[str, Any]:
         """The product's threshold from normal frames (mean + 3 std of their scores, at least 5), and the drift
-        monitor's reference."""
+        monitor's reference; the frames join the normal pool (`pool`)."""
         det = self.detector
         frames = [fit(f, det.frame_hw) for f in frames]
         check_normal_count(len(frames))
@@ -187,7 +189,8 @@ class Line:
             self.product = replace(self.product, threshold=t, calibration=calibration, changed=time.time())
             self.store.save(self.product, prototypes)
             self.drift.reset(calibration)
-        self.store.add_to_pool(self.product.name, frames, "calibration")
+        if pool:
+            self.store.add_to_pool(self.product.name, frames, "calibration")
         self.records.audit(self.name, "calibrate", who, product=self.product.name, threshold=t, **basis)
         log.info("line %s: %s calibrated by %s: threshold %.6g from %d images", self.name, self.product.name, who,
                  t, len(frames))

@@ -86,9 +86,10 @@ def app_for(station: Station) -> Starlette:
                 return _error(409, str(e))
         return endpoint
 
-    async def frames_from(request: Request, line: Line) -> tuple[list, dict[str, str]]:
+    async def frames_from(request: Request, line: Line) -> tuple[list, dict[str, str], bool]:
         """The images a changeover or calibration uses: uploaded files (field `images`), recent OK frames
-        (field `recent`: result ids), or the product's normal pool (field `pool`)."""
+        (field `recent`: result ids), or the product's normal pool (field `pool`); the form's other fields; whether
+        the images are new to the pool."""
         length = request.headers.get("content-length")
         if length is None or not length.isdigit():
             raise PackdError("send the upload with a Content-Length")
@@ -110,7 +111,7 @@ def app_for(station: Station) -> Starlette:
             frames = await run_in_threadpool(line.pool_frames)
         else:
             raise PackdError("send images (multipart field 'images'), 'recent' result ids, or pool=1")
-        return frames, fields
+        return frames, fields, not fields.get("pool") or bool(uploads)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -151,18 +152,18 @@ def app_for(station: Station) -> Starlette:
 
     async def changeover(request: Request) -> Response:
         line = _line(station, request)
-        frames, fields = await frames_from(request, line)
+        frames, fields, new = await frames_from(request, line)
         product = fields.get("product") or (line.product.name if line.product else "product")
         who = _who(request)
-        new = await run_in_threadpool(line.changeover, frames, product, who)
+        changed = await run_in_threadpool(line.changeover, frames, product, who, new)
         station.changed(line)
-        return JSONResponse({"line": line.name, "product": new.name, "shots": len(frames), "threshold": None,
+        return JSONResponse({"line": line.name, "product": changed.name, "shots": len(frames), "threshold": None,
                              "calibrated": False})
 
     async def calibrate(request: Request) -> Response:
         line = _line(station, request)
-        frames, fields = await frames_from(request, line)
-        out = await run_in_threadpool(line.calibrate, frames, _who(request))
+        frames, _, new = await frames_from(request, line)
+        out = await run_in_threadpool(line.calibrate, frames, _who(request), new)
         station.changed(line)
         return JSONResponse({"line": line.name, "images": len(frames), **out})
 

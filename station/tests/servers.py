@@ -3,12 +3,14 @@ Debian's mosquitto and PostgreSQL (`.ci/run` installs them), and the station its
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -135,3 +137,26 @@ class StationProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(30)
+
+
+def multipart(files: list[tuple[str, bytes]], fields: dict[str, str] | None = None) -> tuple[bytes, str]:
+    """A multipart/form-data body: each file under the field `images`; its bytes and content type."""
+    boundary = "packd-test-boundary-7f3a"
+    parts = []
+    for name, value in (fields or {}).items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for filename, data in files:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{filename}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def call(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None) -> tuple[int, object]:
+    """An HTTP request to the station; (status, parsed JSON or raw bytes), 4xx and 5xx included."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            status, data, kind = r.status, r.read(), r.headers.get("content-type", "")
+    except urllib.error.HTTPError as e:
+        status, data, kind = e.code, e.read(), e.headers.get("content-type", "")
+    return status, (json.loads(data) if "json" in kind else data)

@@ -214,6 +214,11 @@ async function refresh() {
   }
 }
 
+let pending = null;
+function soon() {  // counts and drift after a burst of verdicts: one refresh, not one per frame
+  if (pending === null) pending = setTimeout(() => { pending = null; refresh(); }, 300);
+}
+
 async function start() {
   await refresh();
   for (const line of lines.values()) {
@@ -224,7 +229,7 @@ async function start() {
   const pill = document.getElementById("stream");
   events.onopen = () => { pill.textContent = "live"; pill.classList.add("live"); };
   events.onerror = () => { pill.textContent = "reconnecting…"; pill.classList.remove("live"); };
-  events.addEventListener("result", ev => showResult(JSON.parse(ev.data)));
+  events.addEventListener("result", ev => { showResult(JSON.parse(ev.data)); soon(); });
   events.addEventListener("line", () => refresh());
   setInterval(refresh, 3000);
 }
