@@ -14,11 +14,11 @@ STATION_VENV ?= .venv-station
 
 .PHONY: demo test lint docs quick triton-env runtime-env station-env station-servers bench-accuracy mutation
 
-$(VENV)/.installed: pyproject.toml runtime/pyproject.toml
+$(VENV)/.installed: pyproject.toml runtime/pyproject.toml station/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -e ./runtime -e './station[postgres]'
 	touch $@
 
 # A real Triton for the serving tests on the CPU: nvidia-pytriton ships tritonserver with the Python

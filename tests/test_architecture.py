@@ -1,11 +1,12 @@
-"""docs/architecture.md maps the code: every module of the five packages is named in its module map, and every
+"""docs/architecture.md maps the code: every module of the six packages is named in its module map, and every
 module the map names exists. A module added without a line there fails here."""
 
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["runtime/packd_runtime", "packd", "export/packd_export", "benchmarks/packd_bench", "demo/packd_demo"]
+PACKAGES = ["runtime/packd_runtime", "station/packd_station", "packd", "export/packd_export", "benchmarks/packd_bench",
+            "demo/packd_demo"]
 
 
 def _module_map() -> str:

@@ -8,12 +8,13 @@ import pytest
 
 HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "scipy", "sklearn")
 ENTRY_POINTS = {"packd": "packd.cli:main", "packd-export": "packd_export.cli:main",
-                "packd-bench": "packd_bench.cli:run", "packd-demo": "packd_demo.demo:main"}
+                "packd-bench": "packd_bench.cli:run", "packd-demo": "packd_demo.demo:main",
+                "packd-station": "packd_station.cli:main"}
 HELP_CALLS = [
     ("packd", []), ("packd", ["train"]), ("packd", ["eval"]), ("packd", ["data"]), ("packd", ["data", "synth"]),
     ("packd", ["data", "convert-visa"]), ("packd-export", []), ("packd-export", ["export"]),
     ("packd-export", ["check"]), ("packd-export", ["build"]), ("packd-export", ["triton"]), ("packd-bench", []),
-    ("packd-demo", []),
+    ("packd-demo", []), ("packd-station", []), ("packd-station", ["serve"]), ("packd-station", ["detect"]),
 ]
 BLOCKED_RUN = """
 import importlib, sys

@@ -61,11 +61,12 @@ def verdict_text(score: float, threshold: float | None) -> str:
 
 
 def overlay(frame: np.ndarray, amap: np.ndarray, score: float, threshold: float | None) -> np.ndarray:
-    """frame | anomaly map blended over it (red where the map is at or above the threshold), under a header
+    """frame | anomaly map blended over it (blue below half the threshold, red at or above it), under a header
     with `verdict_text`: what a defect's record keeps."""
     h, w = frame.shape[:2]
     top = threshold if threshold and threshold > 0 else float(amap.max()) or 1.0
-    level = np.clip(cv2.resize(amap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) / top, 0, 1)
+    level = cv2.resize(amap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) / top
+    level = np.clip(2 * level - 1, 0, 1)  # blue up to half the threshold, red at and above it
     heat = cv2.cvtColor(cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     blend = (0.5 * frame + 0.5 * heat).astype(np.uint8)
     scale = max(1, 256 // h)

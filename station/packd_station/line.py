@@ -5,6 +5,7 @@ calibration under one lock, so a frame is always judged by one product's prototy
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -47,7 +48,9 @@ class Line:
         self._lock = threading.RLock()  # changeover / calibration against inspection
         self._stop = threading.Event()
         self.product = self._restore()
+        self._judged: queue.Queue = queue.Queue(maxsize=64)  # inspector -> recorder; full: the inspector waits
         self._thread = threading.Thread(target=self._run, name=f"line-{self.name}", daemon=True)
+        self._recorder = threading.Thread(target=self._record_loop, name=f"record-{self.name}", daemon=True)
 
     # ---- state ---------------------------------------------------------------------------------------------
 
@@ -91,9 +94,11 @@ class Line:
     # ---- inspection ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._recorder.start()
         self._thread.start()
 
     def _run(self) -> None:
+        """The inspector: frames from the queue, the query graph, verdicts (and overlays) handed to the recorder."""
         while not self._stop.is_set() or len(self.queue):  # a stop finishes what is queued
             frames = self.queue.take(self.batch)
             dropped = self.queue.take_dropped()
@@ -101,13 +106,14 @@ class Line:
                 self.records.count(self.name, dropped=dropped)
             if frames:
                 try:
-                    self.inspect(frames)
+                    self._judged.put(self.judge(frames))
                 except Exception:  # noqa: BLE001 - logged with its traceback; the line goes on
                     log.exception("line %s: %d frames not inspected", self.name, len(frames))
                     self.records.count(self.name, dropped=len(frames))
+        self._judged.put(None)
 
-    def inspect(self, frames: list[Frame]) -> list[dict[str, Any]]:
-        """Score, judge, record and tell: one query-graph call for the batch, one database transaction."""
+    def judge(self, frames: list[Frame]) -> list[tuple[Frame, Verdict]]:
+        """Score and judge a batch: one query-graph call, an overlay for each defect."""
         with self._lock:
             product, det = self.product, self.detector
             scores = maps = None
@@ -116,26 +122,54 @@ class Line:
                                     if not det.few_shot else None)
                 scores, maps = result.scores, result.maps
         t = product.threshold if product is not None else None
-        verdicts, ok_scores = [], []
+        judged = []
         for i, f in enumerate(frames):
             score = None if scores is None else float(scores[i])
             verdict = "uncalibrated" if score is None or t is None else ("defect" if score > t else "ok")
             pictures = {}
             if verdict == "defect":
                 pictures = {"overlay": encode(overlay(f.image, maps[i], score, t), ".jpg"), "frame": encode(f.image)}
-            elif verdict == "ok":
-                ok_scores.append(score)
-            verdicts.append(Verdict(time=f.time, line=self.name, source=f.source, product=product and product.name,
-                                    bundle=det.fingerprint, score=score, threshold=t, verdict=verdict, **pictures))
-        ids = self.records.add(verdicts)
-        for i, (f, v) in enumerate(zip(frames, verdicts)):
+            judged.append((f, Verdict(time=f.time, line=self.name, source=f.source, product=product and product.name,
+                                      bundle=det.fingerprint, score=score, threshold=t, verdict=verdict, **pictures)))
+        return judged
+
+    def _record_loop(self) -> None:
+        """The recorder: whatever the inspector has judged since the last round, in one transaction, then told."""
+        done = False
+        while not done:
+            judged = self._judged.get()
+            if judged is None:
+                return
+            while True:  # everything waiting joins this transaction
+                try:
+                    more = self._judged.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    done = True
+                    break
+                judged += more
+            try:
+                self.record(judged)
+            except Exception:  # noqa: BLE001 - the database away: these frames are counted as dropped
+                log.exception("line %s: %d verdicts not recorded", self.name, len(judged))
+                try:
+                    self.records.count(self.name, dropped=len(judged))
+                except Exception:  # noqa: BLE001
+                    log.exception("line %s: the drop not counted either", self.name)
+
+    def record(self, judged: list[tuple[Frame, Verdict]]) -> list[dict[str, Any]]:
+        """Record verdicts (one transaction; queued for every sink), then tell the page, sinks, OPC UA and drift."""
+        ids = self.records.add([v for _, v in judged])
+        for i, (f, v) in zip(ids, judged):
             if v.verdict != "defect":
-                self.recent[ids[i]] = f.image
+                self.recent[i] = f.image
         while len(self.recent) > RECENT:
             self.recent.popitem(last=False)
         out = [dict(id=i, time=v.time, line=v.line, source=v.source, product=v.product, bundle=v.bundle,
                     score=v.score, threshold=v.threshold, verdict=v.verdict, has_overlay=v.overlay is not None,
-                    feedback=None) for i, v in zip(ids, verdicts)]
+                    feedback=None) for i, (_, v) in zip(ids, judged)]
+        ok_scores = [v.score for _, v in judged if v.verdict == "ok"]
         drift_changed = self.drift.add(ok_scores) if ok_scores else False
         self.on_recorded(self, out)
         if drift_changed:
@@ -237,3 +271,5 @@ class Line:
         self.queue.close()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        if self._recorder.is_alive():
+            self._recorder.join(timeout=30)

@@ -1,6 +1,7 @@
 """The record of every frame, operator verdict and action: one SQLAlchemy Core path for SQLite (WAL, the embedded
-default) and PostgreSQL. The outbox (results a sink has not acknowledged) lives here too, written in the same
-transaction as the result, so a sink that is down, or a crash, loses nothing."""
+default) and PostgreSQL. What each sink has been sent lives here too: sinks take results in id order, so a sink's
+outbox is every result above the highest id it acknowledged (one row per sink, not one per result and sink), and a
+sink that is down, or a crash, loses nothing."""
 
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ RESULTS = sa.Table(
     sa.Index("results_line_id", "line", "id"),
     sa.Index("results_time", "time"),
 )
-OUTBOX = sa.Table(  # (result, sink) pairs not yet acknowledged by the sink
-    "outbox", META,
-    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id", ondelete="CASCADE"), primary_key=True),
+SENT = sa.Table(  # per sink: every result up to this id was acknowledged, in order
+    "sent", META,
     sa.Column("sink", sa.String(32), primary_key=True),
+    sa.Column("up_to", sa.Integer, nullable=False),
 )
 FEEDBACK = sa.Table(
     "feedback", META,
@@ -122,16 +123,20 @@ class Records:
     def __init__(self, url: str, sinks: Iterable[str] = ()):
         self.engine = engine_for(url)
         self.sinks = tuple(sinks)
+        with self.engine.begin() as c:  # a sink new to this record starts from now, not from its whole history
+            known = set(c.execute(sa.select(SENT.c.sink)).scalars())
+            last = c.execute(sa.select(sa.func.coalesce(sa.func.max(RESULTS.c.id), 0))).scalar_one()
+            for sink in set(self.sinks) - known:
+                c.execute(SENT.insert().values(sink=sink, up_to=last))
 
     def add(self, verdicts: list[Verdict]) -> list[int]:
-        """Record a batch of results and queue each for every sink, in one transaction; their ids, in order."""
-        ids = []
+        """Record a batch of results in one transaction (every sink's outbox with it); their ids, in order."""
+        if not verdicts:
+            return []
         with self.engine.begin() as c:
-            for v in verdicts:
-                ids.append(c.execute(RESULTS.insert().values(**v.__dict__)).inserted_primary_key[0])
-            if self.sinks and ids:
-                c.execute(OUTBOX.insert(), [{"result_id": i, "sink": s} for i in ids for s in self.sinks])
-        return ids
+            rows = c.execute(RESULTS.insert().returning(RESULTS.c.id, sort_by_parameter_order=True),
+                             [v.__dict__ for v in verdicts])
+            return [row.id for row in rows]
 
     def count(self, line: str, dropped: int = 0, corrupt: int = 0) -> None:
         """Add to a line's dropped and corrupt frame counts."""
@@ -168,19 +173,23 @@ class Records:
             return set(c.execute(sa.select(RESULTS.c.source).where(RESULTS.c.line == line)).scalars())
 
     def pending(self, sink: str, limit: int = 100) -> list[dict]:
-        """The oldest results a sink has not acknowledged."""
-        q = sa.select(*(RESULTS.c[f] for f in FIELDS)).join(OUTBOX, OUTBOX.c.result_id == RESULTS.c.id).where(
-            OUTBOX.c.sink == sink).order_by(RESULTS.c.id).limit(limit)
+        """The oldest results a sink has not acknowledged, in id order."""
+        mark = sa.select(SENT.c.up_to).where(SENT.c.sink == sink).scalar_subquery()
+        q = sa.select(*(RESULTS.c[f] for f in FIELDS)).where(RESULTS.c.id > mark).order_by(RESULTS.c.id).limit(limit)
         with self.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(q)]
 
-    def delivered(self, sink: str, result_ids: list[int]) -> None:
+    def delivered(self, sink: str, up_to: int) -> None:
+        """A sink acknowledged every result up to this id."""
         with self.engine.begin() as c:
-            c.execute(OUTBOX.delete().where(OUTBOX.c.sink == sink, OUTBOX.c.result_id.in_(result_ids)))
+            c.execute(SENT.update().where(SENT.c.sink == sink, SENT.c.up_to < up_to).values(up_to=up_to))
 
     def unsent(self) -> dict[str, int]:
+        """Results each sink has not acknowledged (sinks with none left out)."""
+        q = sa.select(SENT.c.sink, sa.func.count(RESULTS.c.id)).join(RESULTS, RESULTS.c.id > SENT.c.up_to).where(
+            SENT.c.sink.in_(self.sinks)).group_by(SENT.c.sink)
         with self.engine.connect() as c:
-            return dict(c.execute(sa.select(OUTBOX.c.sink, sa.func.count()).group_by(OUTBOX.c.sink)).all())
+            return {sink: n for sink, n in c.execute(q).all() if n}
 
     def feedback(self, line: str, result_id: int, kind: str, who: str) -> dict:
         """An operator's verdict on a record of `line` (false_alarm on a defect, missed_defect on an ok), once;
@@ -229,7 +238,8 @@ class Records:
 
     def prune(self, max_age_s: float = 0.0, max_bytes: float = 0.0) -> int:
         """Retention: delete records older than `max_age_s`, then the oldest until the records' bytes (overlays,
-        frames and about 200 bytes a row) are within `max_bytes`; returns how many went. Feedback and audit stay."""
+        frames and about 200 bytes a row) are within `max_bytes`; returns how many went (unsent ones too: a sink down
+        longer than the retention loses the oldest). Feedback and audit stay."""
         gone = 0
         with self.engine.begin() as c:
             if max_age_s > 0:
@@ -251,8 +261,6 @@ class Records:
                     c.execute(RESULTS.delete().where(RESULTS.c.id.in_(cut)))
                     gone += len(cut)
                     total -= freed
-            if gone:  # SQLite's foreign keys cascade only with the pragma; say it for both
-                c.execute(OUTBOX.delete().where(~OUTBOX.c.result_id.in_(sa.select(RESULTS.c.id))))
         return gone
 
     def csv_rows(self, line: str) -> Iterator[str]:

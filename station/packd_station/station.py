@@ -31,6 +31,7 @@ from packd_station.sources import FolderSource, Source, VideoSource
 
 log = logging.getLogger("packd_station")
 RETENTION_EVERY_S = 60.0
+COUNTS_EVERY_S = 0.5  # OPC UA's counters lag the last verdict by at most this
 
 Listener = Callable[[str, dict[str, Any]], None]  # (event, data): "result" per frame, "line" on state changes
 
@@ -60,6 +61,7 @@ class Station:
         self.config = config
         self.listeners: list[Listener] = []
         self._told_alarm: dict[str, bool] = {}  # the drift state MQTT last heard, per line
+        self._uncounted: set[str] = set()  # lines with verdicts OPC UA's counters do not count yet
         for line in config.lines:  # every bundle checked before anything starts
             if not Path(line.bundle).is_dir():
                 raise PackdError(f"line {line.name}: bundle {line.bundle} is not a folder")
@@ -95,12 +97,15 @@ class Station:
             raise
         self._stop = threading.Event()
         self._retention = threading.Thread(target=self._prune, name="retention", daemon=True)
+        self._counter = threading.Thread(target=self._count, name="opcua-counts", daemon=True)
 
     def start(self) -> Station:
         for line in self.lines.values():
             line.start()
             self._start_source(line)
         self._retention.start()
+        if self.opcua is not None:
+            self._counter.start()
         return self
 
     def _start_source(self, line: Line) -> None:
@@ -123,9 +128,10 @@ class Station:
 
     def _recorded(self, line: Line, records: list[dict[str, Any]]) -> None:
         for d in self.deliveries:
-            d.wake()
+            d.offer(records)
         self._tell_opcua(line, records[-1])
-        self._tell_drift(line)
+        if self._told_alarm.get(line.name, False) != line.drift.alarm:
+            self._tell_drift(line)
         for record in records:
             for listener in list(self.listeners):
                 listener("result", record)
@@ -136,13 +142,31 @@ class Station:
         if last is None:
             latest = self.records.results(line.name, limit=1)
             last = latest[0] if latest else None
-        counts = self.records.counters(line.name)
-        values: dict[str, Any] = {k: counts[k] for k in ("ok", "defect", "uncalibrated", "dropped")}
+        values: dict[str, Any] = {}
+        if last is None:  # at start and after operator actions; while frames flow, `_count` does it
+            values.update(self._counts(line))
+        else:
+            self._uncounted.add(line.name)
         values.update(product=line.product.name if line.product else "", threshold=line.threshold,
                       alarm=line.drift.alarm, drift_z=line.drift.z())
         if last is not None:
             values.update(verdict=last["verdict"], score=last["score"], source=last["source"], result_id=last["id"])
         self.opcua.update(line.name, **values)
+
+    def _counts(self, line: Line) -> dict[str, int]:
+        counts = self.records.counters(line.name)
+        return {k: counts[k] for k in ("ok", "defect", "uncalibrated", "dropped")}
+
+    def _count(self) -> None:
+        """OPC UA's counters, counted in SQL at most every COUNTS_EVERY_S, not per frame."""
+        while not self._stop.wait(COUNTS_EVERY_S):
+            for name in list(self._uncounted):
+                self._uncounted.discard(name)
+                try:
+                    self.opcua.update(name, **self._counts(self.lines[name]))
+                except Exception as e:  # noqa: BLE001 - counted again next round
+                    self._uncounted.add(name)
+                    log.warning("OPC UA counters of %s not updated: %s", name, e)
 
     def _tell_drift(self, line: Line) -> None:
         state = line.drift.state()

@@ -15,6 +15,7 @@ def verdict(i: int, v: str = "ok", overlay: bytes | None = None, line: str = "l1
 
 
 def test_results_newest_first_search_and_outbox(db_url):
+    Records(db_url).add([verdict(99, line="old")])  # recorded before the sinks were configured: never sent
     r = Records(db_url, sinks=["mqtt", "webhook"])
     ids = r.add([verdict(i, "defect" if i == 3 else "ok", b"x" if i == 3 else None) for i in range(5)])
     r.add([verdict(9, line="l2")])
@@ -28,9 +29,14 @@ def test_results_newest_first_search_and_outbox(db_url):
     assert r.results("l1", source="%") == []  # a LIKE wildcard is a character, not a pattern
     assert r.unsent() == {"mqtt": 6, "webhook": 6}
     assert [p["id"] for p in r.pending("mqtt", limit=2)] == ids[:2]
-    r.delivered("mqtt", ids[:2])
+    r.delivered("mqtt", ids[1])
     assert r.unsent() == {"mqtt": 4, "webhook": 6}
     assert r.pending("mqtt")[0]["id"] == ids[2]
+    r.delivered("mqtt", ids[0])  # an older acknowledgement never moves it back
+    assert r.unsent() == {"mqtt": 4, "webhook": 6}
+    r.close()
+    r = Records(db_url, sinks=["mqtt", "webhook"])  # reopened (a restart): the same outboxes
+    assert r.unsent() == {"mqtt": 4, "webhook": 6}
     r.close()
 
 
@@ -64,7 +70,7 @@ def test_retention_by_age_and_size_and_csv(db_url):
     r.add([verdict(10 + i, "defect", b"z" * 1000) for i in range(4)])
     assert r.prune(max_age_s=2 * 86400) == 3
     assert r.counters("l1")["recorded"] == 4
-    assert r.unsent() == {"mqtt": 4}  # the outbox follows its results
+    assert r.unsent() == {"mqtt": 4}  # the outbox is the results themselves
     assert r.prune(max_bytes=2 * 2200 + 100) == 2  # each defect: 1000 + 1000 bytes + 200
     assert [row["source"] for row in r.results("l1")] == ["f13.png", "f12.png"]
     assert r.unsent() == {"mqtt": 2}

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 
 from packd_runtime.errors import PackdError
+from packd_station.sinks.delivery import Undelivered
 from packd_station.sinks.message import message
 
 ACK_TIMEOUT_S = 5.0
@@ -52,8 +53,22 @@ class MqttSink:
         if not info.is_published():
             raise ConnectionError("MQTT broker did not acknowledge within 5 s")
 
-    def send(self, record: dict[str, Any]) -> None:
-        self._publish(self.topic(record["line"], "result"), message(record))
+    def send_many(self, records: list[dict[str, Any]]) -> None:
+        """Publish every result (QoS 1), then wait for the broker's acknowledgements, in order."""
+        if not self.connected.is_set():
+            raise Undelivered(0, "MQTT broker not connected")
+        infos = []
+        for r in records:
+            info = self.client.publish(self.topic(r["line"], "result"), json.dumps(message(r)), qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                break
+            infos.append(info)
+        for i, info in enumerate(infos):
+            info.wait_for_publish(ACK_TIMEOUT_S)
+            if not info.is_published():
+                raise Undelivered(i, "MQTT broker did not acknowledge within 5 s")
+        if len(infos) < len(records):
+            raise Undelivered(len(infos), "MQTT publish failed: not connected")
 
     def alarm(self, line: str, state: dict[str, Any]) -> None:
         """The drift state (alarm on or off), retained so a client that connects later sees it."""

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from packd_runtime.errors import PackdError
+from packd_station.sinks.delivery import Undelivered
 from packd_station.sinks.message import message
 
 TIMEOUT_S = 5.0
@@ -22,6 +23,13 @@ class WebhookSink:
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
             raise PackdError(f"--webhook {url!r}: give http(s)://HOST[:PORT]/PATH")
         self.url = url
+
+    def send_many(self, records: list[dict[str, Any]]) -> None:
+        for i, record in enumerate(records):
+            try:
+                self.send(record)
+            except ConnectionError as e:
+                raise Undelivered(i, str(e)) from None
 
     def send(self, record: dict[str, Any]) -> None:
         request = urllib.request.Request(self.url, data=json.dumps(message(record)).encode(), method="POST",
