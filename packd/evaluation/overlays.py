@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from packd_runtime.threshold import verdict_text
+
 # jet-like colour ramp: blue -> cyan -> green -> yellow -> red; yellow sits at 4/6 of the scale
 _RAMP = np.array([[0, 0, 0.5], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 1, 0], [1, 0, 0], [0.5, 0, 0]], np.float32)
 THRESHOLD_AT = 4 / 6  # where the threshold falls on the colour scale (yellow)
@@ -74,7 +76,7 @@ def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None, *, sco
     draw = ImageDraw.Draw(canvas)
     defect = score > threshold
     draw.rectangle((0, 0, canvas.width, line), fill=DEFECT_COLOUR if defect else OK_COLOUR)
-    draw.text((8, 4), f"{'DEFECT' if defect else 'OK'}   score {score:.4g}   threshold {threshold:.4g}",
+    draw.text((8, 4), verdict_text(score, threshold),
               fill=(255, 255, 255), font=font)
     canvas.paste(panels, (0, line))
     small = ImageFont.load_default(size=max(10, font.size * 3 // 4))

@@ -33,3 +33,21 @@ def score_range(scores: np.ndarray) -> dict[str, float | int]:
     """How many normal images a threshold came from and their lowest and highest score (a bundle records it)."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     return {"images": int(scores.size), "min": float(scores.min()), "max": float(scores.max())}
+
+
+NEAR = 0.10  # a score within 10 % below the threshold is an OK "near the threshold"
+
+
+def margin(score: float, threshold: float) -> float:
+    """How far a score is from the threshold, as a fraction of it: -0.25 is a quarter below, 0.1 a tenth above."""
+    return (score - threshold) / abs(threshold) if threshold else float("inf")
+
+
+def verdict_text(score: float, threshold: float | None) -> str:
+    """One line an operator reads at a glance: a clear OK, an OK near the threshold, or a defect, with six digits
+    and the margin in per cent (scores that print alike to four digits still differ here)."""
+    if threshold is None:
+        return f"UNCALIBRATED  score {score:.6g}"
+    m = margin(score, threshold)
+    word = "DEFECT" if score > threshold else ("OK (near threshold)" if -m < NEAR else "OK")
+    return f"{word}  score {score:.6g}  threshold {threshold:.6g}  ({m:+.1%})"

@@ -89,9 +89,9 @@ def detect(
     backend: Annotated[str, typer.Option(help="auto, onnxruntime or tensorrt")] = "auto",
 ) -> None:
     """Judge your own images: changeover on --supports, threshold from --calibrate, a verdict per image."""
+    from packd_runtime.threshold import verdict_text
     from packd_station.detect import detect as run
     from packd_station.detect import write_csv, write_json
-    from packd_station.images import verdict_text
 
     if json_out is not None and csv_out is not None:
         _fail("give --json or --csv, not both")

@@ -15,8 +15,8 @@ import numpy as np
 from packd_runtime.atomic import atomic_file
 from packd_runtime.detector import Detector
 from packd_runtime.errors import PackdError
-from packd_runtime.threshold import check_normal_count
-from packd_station.images import decode, encode, fit, margin, overlay
+from packd_runtime.threshold import check_normal_count, margin
+from packd_station.images import decode, encode, fit, overlay
 from packd_station.sources import IMAGE_SUFFIXES
 
 

@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 
 from packd_runtime.errors import PackdError
+from packd_runtime.threshold import verdict_text
 from packd_station import MAX_IMAGE_PIXELS
 
 MAX_IMAGE_BYTES = 64 << 20  # one encoded image file; a camera's 20 MP PNG is about 60 MiB
-NEAR = 0.10  # a verdict within 10 % of the threshold is shown as near it
 
 
 def decode(data: bytes, name: str) -> np.ndarray:
@@ -43,21 +43,6 @@ def encode(image: np.ndarray, ext: str = ".png", quality: int = 90) -> bytes:
     if not ok:
         raise PackdError(f"cannot encode a {image.shape} image as {ext}")
     return buf.tobytes()
-
-
-def margin(score: float, threshold: float) -> float:
-    """How far a score is from the threshold, as a fraction of it: -0.25 is a quarter below, 0.1 a tenth above."""
-    return (score - threshold) / abs(threshold) if threshold else float("inf")
-
-
-def verdict_text(score: float, threshold: float | None) -> str:
-    """One line an operator can read at a glance: a clear OK, an OK near the threshold, or a defect, with the
-    margin in per cent (scores equal to four digits still differ here)."""
-    if threshold is None:
-        return f"UNCALIBRATED  score {score:.6g}"
-    m = margin(score, threshold)
-    word = "DEFECT" if score > threshold else ("OK (near threshold)" if -m < NEAR else "OK")
-    return f"{word}  score {score:.6g}  threshold {threshold:.6g}  ({m:+.1%})"
 
 
 def overlay(frame: np.ndarray, amap: np.ndarray, score: float, threshold: float | None) -> np.ndarray:

@@ -62,29 +62,28 @@ class Station:
         self.listeners: list[Listener] = []
         self._told_alarm: dict[str, bool] = {}  # the drift state MQTT last heard, per line
         self._uncounted: set[str] = set()  # lines with verdicts OPC UA's counters do not count yet
-        for line in config.lines:  # every bundle checked before anything starts
-            if not Path(line.bundle).is_dir():
-                raise PackdError(f"line {line.name}: bundle {line.bundle} is not a folder")
+        for line in config.lines:
             if line.source.startswith("folder:") and not Path(line.source[7:]).is_dir():
                 raise PackdError(f"line {line.name}: source folder {line.source[7:]} does not exist")
-        self.token = station_token(config)
-        sinks: list[Sink] = []
-        if config.mqtt:
-            self.mqtt = MqttSink(config.mqtt)
-            sinks.append(self.mqtt)
-        else:
-            self.mqtt = None
-        if config.webhook:
-            sinks.append(WebhookSink(config.webhook))
-        self.records = Records(config.db, [s.name for s in sinks])
+        self.mqtt: MqttSink | None = None
+        self.opcua: OpcUaNodes | None = None
+        self.records: Records | None = None
         self.lines: dict[str, Line] = {}
         self.sources: list[Source] = []
-        self.opcua = None
-        try:
+        self.deliveries: list[Delivery] = []
+        detectors: dict[str, Detector] = {}
+        try:  # every bundle (and its signature) checked before anything is written or started
             for lc in config.lines:
-                keys = list(lc.trusted_keys) or None
-                detector = Detector.open(lc.bundle, backend=lc.backend, trusted_keys=keys)
-                self.lines[lc.name] = Line(lc, detector, self.records, config.data / "lines" / lc.name,
+                detectors[lc.name] = Detector.open(lc.bundle, backend=lc.backend,
+                                                   trusted_keys=list(lc.trusted_keys) or None)
+            sinks: list[Sink] = [WebhookSink(config.webhook)] if config.webhook else []
+            self.records = Records(config.db, ["mqtt"] * bool(config.mqtt) + [s.name for s in sinks])
+            self.token = station_token(config)
+            if config.mqtt:
+                self.mqtt = MqttSink(config.mqtt)
+                sinks.insert(0, self.mqtt)
+            for lc in config.lines:
+                self.lines[lc.name] = Line(lc, detectors.pop(lc.name), self.records, config.data / "lines" / lc.name,
                                            drift=Drift(config.drift_window, config.drift_limit),
                                            on_recorded=self._recorded)
             self.deliveries = [Delivery(s, self.records) for s in sinks]
@@ -93,6 +92,8 @@ class Station:
                 for line in self.lines.values():
                     self._tell_opcua(line)
         except BaseException:
+            for detector in detectors.values():
+                detector.close()
             self.close()
             raise
         self._stop = threading.Event()
@@ -173,14 +174,14 @@ class Station:
         if self._told_alarm.get(line.name, False) == state["alarm"]:
             return
         self._told_alarm[line.name] = state["alarm"]
+        for listener in list(self.listeners):
+            listener("line", line.status())
         if self.mqtt is not None:
             try:
                 self.mqtt.alarm(line.name, {"line": line.name, **state})
             except ConnectionError as e:
                 self._told_alarm.pop(line.name)  # told again with the next result
                 log.warning("line %s: drift state not sent over MQTT: %s", line.name, e)
-        for listener in list(self.listeners):
-            listener("line", line.status())
 
     def changed(self, line: Line) -> None:
         """After a changeover or calibration: OPC UA and the page see the new product at once."""
@@ -214,13 +215,17 @@ class Station:
         """Sources first (no new frames), then the lines finish what is queued, then sinks, OPC UA, the record."""
         if hasattr(self, "_stop"):
             self._stop.set()
+        if self.records is None:
+            return
         for source in self.sources:
             source.stop()
         for line in self.lines.values():
             line.stop()
             line.detector.close()
-        for d in getattr(self, "deliveries", []):
+        for d in self.deliveries:
             d.close()
+        if self.mqtt is not None and not self.deliveries:
+            self.mqtt.close()
         if self.opcua is not None:
             self.opcua.close()
         self.records.close()

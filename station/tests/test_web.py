@@ -186,3 +186,26 @@ def test_restart_after_kill_keeps_product_records_feedback_and_unsent_results(tm
     finally:
         station.stop()
         server.shutdown()
+
+
+def test_a_line_with_trusted_keys_serves_only_a_bundle_signed_by_them(tmp_path, bundle):
+    import shutil
+
+    from packd_runtime.signing import generate_keys, sign_bundle
+    private, public = generate_keys(tmp_path / "keys" / "line")
+    signed = tmp_path / "signed"
+    shutil.copytree(bundle, signed)
+    sign_bundle(signed, private)
+    common = ["--line", "l1", "--db", f"sqlite:///{tmp_path}/r.db", "--data", str(tmp_path / "state"), "--key",
+              str(public)]
+    out = subprocess.run([*station_command(), "serve", "--bundle", str(bundle), *common], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2 and "error:" in out.stderr and "sign" in out.stderr.lower()
+    assert out.stderr.strip().splitlines() == [f"error: {bundle} is not signed (manifest.sig missing): refused, "
+                                               "because trusted keys were given"]
+    assert not (tmp_path / "r.db").exists() and not (tmp_path / "state").exists()  # checked before anything written
+    station = StationProcess(["--bundle", str(signed), *common], tmp_path).start()
+    try:
+        assert call(f"{station.url}/api/lines")[1][0]["bundle"]
+    finally:
+        station.stop()

@@ -2,7 +2,7 @@
 // Plain JavaScript, no build step. Actions send the token from the box above as "Authorization: Bearer".
 "use strict";
 
-const NEAR = 0.10;  // an OK within 10 % of the threshold is shown as near it (the station's images.NEAR)
+const NEAR = 0.10;  // an OK within 10 % of the threshold is shown as near it (packd_runtime.threshold.NEAR)
 const LIVE = 30;    // verdicts kept on the page per line
 const lines = new Map();  // name -> {el, status, oldest}
 
