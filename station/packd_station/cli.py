@@ -30,6 +30,8 @@ def serve(
     line: Annotated[str, typer.Option(help="the line's name")] = "line1",
     source: Annotated[str, typer.Option(help="folder:DIR, video:FILE|URL|DEVICE|PIPELINE, or api")] = "api",
     key: Annotated[list[Path] | None, typer.Option(help="trusted public key (signed bundles only)")] = None,
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, or triton:http://HOST:PORT (a Triton "
+                                         "server running this bundle's line model)")] = "auto",
     db: Annotated[str, typer.Option(help="sqlite:///PATH or postgresql://USER@HOST/DB")] = "sqlite:///station/records.db",
     data: Annotated[Path, typer.Option(help="products, normal pools, the token")] = Path("station"),
     mqtt: Annotated[str | None, typer.Option(help="mqtt://HOST:PORT/PREFIX")] = None,
@@ -58,7 +60,7 @@ def serve(
             if bundle is None:
                 raise PackdError("give --bundle DIR (one line) or --config FILE (lines in a TOML file)")
             cfg = station_config.StationConfig(
-                lines=(station_config.LineConfig(name=line, bundle=bundle, source=source,
+                lines=(station_config.LineConfig(name=line, bundle=bundle, source=source, backend=backend,
                                                  trusted_keys=tuple(key or ())),),
                 db=db, data=data, http=http, token=token, mqtt=mqtt, webhook=webhook, opcua=opcua,
                 retention_days=retention_days, retention_mb=retention_mb)

@@ -40,7 +40,7 @@ class LineConfig:
     bundle: Path
     source: str = "api"  # folder:DIR, video:URI, or api (station.submit)
     trusted_keys: tuple[Path, ...] = ()
-    backend: str = "auto"
+    backend: str = "auto"  # auto, onnxruntime, tensorrt, or triton:http://HOST:PORT (triton:grpc://...)
     queue: int = 64  # frames waiting; when full, the oldest is dropped and counted
     batch: int = 0  # the most frames scored in one query-graph call; 0: the bundle's limit
 
@@ -51,6 +51,9 @@ class LineConfig:
         kind = self.source.split(":", 1)[0]
         if kind not in ("folder", "video", "api") or (kind != "api" and ":" not in self.source):
             raise PackdError(f"line {self.name}: source {self.source!r} must be folder:DIR, video:URI or api")
+        if self.backend not in ("auto", "onnxruntime", "tensorrt") and not self.backend.startswith("triton:"):
+            raise PackdError(f"line {self.name}: backend {self.backend!r} must be auto, onnxruntime, tensorrt or "
+                             "triton:http://HOST:PORT")
         if not 1 <= self.queue <= 100_000 or not 0 <= self.batch <= 4096:
             raise PackdError(f"line {self.name}: queue must be 1-100000 and batch 0-4096")
 

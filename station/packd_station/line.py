@@ -37,6 +37,7 @@ class Line:
                  drift: Drift, on_recorded: OnRecorded):
         self.config, self.detector, self.records = config, detector, records
         self.name = config.name
+        self.remote = getattr(detector, "remote", False)  # served by Triton: the prototypes live on the server
         self.store = ProductStore(state)
         self.drift = drift
         self.on_recorded = on_recorded
@@ -58,11 +59,13 @@ class Line:
         """The product saved before a stop or a crash, when it belongs to this bundle; per-category bundles
         start with their category and the bundle's own threshold."""
         det = self.detector
-        saved = self.store.load(det.fingerprint, det.few_shot)
+        saved = self.store.load(det.fingerprint, det.few_shot and not self.remote)
         if saved is not None:
             product, prototypes = saved
             if prototypes is not None:
                 det.use(prototypes)
+            elif self.remote and det.few_shot:  # the server may have restarted too: change over again
+                det.prototypes(np.stack(self.store.supports(det.frame_hw)))
             self.drift.reset(product.calibration)
             log.info("line %s: product %s restored (threshold %s)", self.name, product.name, product.threshold)
             return product
@@ -194,12 +197,13 @@ class Line:
             prototypes = det.prototypes(np.stack(frames))
             new = Product(product, det.fingerprint, None, None, time.time())
             self.store.save(new, prototypes)
+            self.store.keep_supports(frames)
             self.product = new
             self.drift.reset(None)
         if pool:
             self.store.add_to_pool(product, frames, "support")
         self.records.audit(self.name, "changeover", who, product=product, shots=len(frames),
-                           prototypes=int(prototypes.arrays[0].shape[-2]))
+                           prototypes=None if prototypes is None else int(prototypes.arrays[0].shape[-2]))
         log.info("line %s: changeover to %s from %d images by %s", self.name, product, len(frames), who)
         return new
 

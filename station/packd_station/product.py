@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from packd_runtime.atomic import atomic_file, write_json
+from packd_runtime.atomic import atomic_dir, atomic_file, text_marker, write_json
 from packd_runtime.detector import Prototypes
 from packd_runtime.errors import PackdError
 from packd_runtime.files import read_json
@@ -20,6 +20,8 @@ from packd_station.images import decode, encode, fit
 
 log = logging.getLogger("packd_station")
 POOL_LIMIT = 500  # normal images kept per product; the oldest go first
+SUPPORTS_WRITTEN = "support images of the last changeover, written by packd-station\n"
+SUPPORTS = text_marker(".packd-supports", "support images", SUPPORTS_WRITTEN)  # only such a folder is replaced
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,20 @@ class ProductStore:
                         "needed", self.folder)
             return None
         return product, prototypes
+
+    def keep_supports(self, frames: list[np.ndarray]) -> None:
+        """The last changeover's images (a line served by Triton changes over again from them after a restart)."""
+        folder = self.folder / "supports"
+        with atomic_dir(folder, SUPPORTS) as tmp:
+            (tmp / SUPPORTS.name).write_text(SUPPORTS_WRITTEN)
+            for i, frame in enumerate(frames):
+                (tmp / f"{i:03d}.png").write_bytes(encode(frame))
+
+    def supports(self, hw: tuple[int, int]) -> list[np.ndarray]:
+        files = sorted((self.folder / "supports").glob("*.png"))
+        if not files:
+            raise PackdError(f"{self.folder} keeps no support images: change the product over again")
+        return [fit(decode(p.read_bytes(), p.name), hw) for p in files]
 
     def pool(self, product: str) -> Path:
         return self.folder / "pool" / check_name(product)

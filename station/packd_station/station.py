@@ -28,6 +28,7 @@ from packd_station.sinks.mqtt import MqttSink
 from packd_station.sinks.opcua import OpcUaNodes
 from packd_station.sinks.webhook import WebhookSink
 from packd_station.sources import FolderSource, Source, VideoSource
+from packd_station.triton_line import TritonLine
 
 log = logging.getLogger("packd_station")
 RETENTION_EVERY_S = 60.0
@@ -71,11 +72,13 @@ class Station:
         self.lines: dict[str, Line] = {}
         self.sources: list[Source] = []
         self.deliveries: list[Delivery] = []
-        detectors: dict[str, Detector] = {}
+        detectors: dict[str, Detector | TritonLine] = {}
         try:  # every bundle (and its signature) checked before anything is written or started
             for lc in config.lines:
-                detectors[lc.name] = Detector.open(lc.bundle, backend=lc.backend,
-                                                   trusted_keys=list(lc.trusted_keys) or None)
+                keys = list(lc.trusted_keys) or None
+                detectors[lc.name] = (TritonLine(lc.bundle, lc.backend[7:], lc.name, keys)
+                                      if lc.backend.startswith("triton:") else
+                                      Detector.open(lc.bundle, backend=lc.backend, trusted_keys=keys))
             sinks: list[Sink] = [WebhookSink(config.webhook)] if config.webhook else []
             self.records = Records(config.db, ["mqtt"] * bool(config.mqtt) + [s.name for s in sinks])
             self.token = station_token(config)
