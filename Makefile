@@ -75,7 +75,7 @@ test: lint docs triton-env runtime-env station-env  # torch-free runtime and sta
 
 quick: lint station-env  # the developers' loop: every module touched, no bundle exported but the shared ones
 	$(PY) -m pytest -q runtime/tests
-	$(STATION_VENV)/bin/python -m pytest -q station/tests
+	$(STATION_VENV)/bin/python -m pytest -q station/tests -m "not slow"
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(XDIST) -m "not slow"
 
 bench-accuracy: $(VENV)/.installed  # every recorded accuracy table again, and what moved beyond its noise band

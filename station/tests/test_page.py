@@ -26,6 +26,7 @@ def browser():
         b.close()
 
 
+@pytest.mark.slow
 def test_operator_changes_over_calibrates_and_marks_a_false_alarm(tmp_path, bundle, browser):
     camera = tmp_path / "camera"
     camera.mkdir()

@@ -164,6 +164,7 @@ class Receiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_webhook_retries_until_delivered_in_order(tmp_path, bundle):
     port = free_port()
     Receiver.fail, Receiver.got = 3, []
@@ -224,6 +225,7 @@ def test_mqtt_results_survive_a_broker_outage(tmp_path, bundle, broker):
         sub.disconnect()
 
 
+@pytest.mark.slow
 def test_opcua_nodes_show_the_latest_verdict_and_counts(tmp_path, bundle):
     from asyncua import Client
 
@@ -249,6 +251,7 @@ def test_opcua_nodes_show_the_latest_verdict_and_counts(tmp_path, bundle):
         assert values["alarm"] is False and values["score"] > t
 
 
+@pytest.mark.slow
 def test_drift_alarm_reaches_the_page_mqtt_opcua_and_the_audit(tmp_path, bundle, broker):
     """Good frames whose scores fall far below the calibration's (a camera gone dark, say) raise the alarm."""
     from asyncua import Client

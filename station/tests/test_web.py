@@ -146,6 +146,7 @@ def test_listening_beyond_loopback_needs_a_token(tmp_path, bundle):
     assert not (tmp_path / "r.db").exists()
 
 
+@pytest.mark.slow
 def test_restart_after_kill_keeps_product_records_feedback_and_unsent_results(tmp_path, bundle):
     import http.server
     import threading
@@ -188,6 +189,7 @@ def test_restart_after_kill_keeps_product_records_feedback_and_unsent_results(tm
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_a_line_with_trusted_keys_serves_only_a_bundle_signed_by_them(tmp_path, bundle):
     import shutil
 
