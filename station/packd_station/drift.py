@@ -9,6 +9,7 @@ window's mean against the calibration frames' mean, with both samples' uncertain
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass
 
@@ -32,25 +33,34 @@ class Calibration:
 
 
 class Drift:
+    """One line's monitor: the recorder adds scores, the page and the sinks read its state (under one lock)."""
+
     def __init__(self, window: int, limit: float):
         self.window, self.limit = window, limit
         self.scores: deque[float] = deque(maxlen=window)
         self.calibration: Calibration | None = None
         self.alarm = False
+        self._lock = threading.Lock()
 
     def reset(self, calibration: Calibration | None) -> None:
-        self.calibration, self.alarm = calibration, False
-        self.scores.clear()
+        with self._lock:
+            self.calibration, self.alarm = calibration, False
+            self.scores.clear()
 
     def add(self, scores: list[float]) -> bool:
         """Add OK scores; True when the alarm switched on or off."""
-        self.scores.extend(scores)
-        z = self.z()
-        alarm = z is not None and abs(z) > self.limit
-        changed, self.alarm = alarm != self.alarm, alarm
-        return changed
+        with self._lock:
+            self.scores.extend(scores)
+            z = self._z()
+            alarm = z is not None and abs(z) > self.limit
+            changed, self.alarm = alarm != self.alarm, alarm
+            return changed
 
     def z(self) -> float | None:
+        with self._lock:
+            return self._z()
+
+    def _z(self) -> float | None:
         c = self.calibration
         if c is None or len(self.scores) < MIN_SCORES:
             return None
@@ -59,9 +69,9 @@ class Drift:
 
     def state(self) -> dict:
         """What the page, MQTT and OPC UA show: the window's mean and quantiles, z, its limit and the alarm."""
-        s = np.asarray(self.scores, np.float64)
-        c = self.calibration
+        with self._lock:
+            s, c, z, alarm = np.asarray(self.scores, np.float64), self.calibration, self._z(), self.alarm
         q = np.quantile(s, [0.1, 0.5, 0.9]).tolist() if s.size else [None] * 3
         return {"scores": int(s.size), "window": self.window, "mean": float(s.mean()) if s.size else None,
-                "q10": q[0], "q50": q[1], "q90": q[2], "z": self.z(), "limit": self.limit, "alarm": self.alarm,
+                "q10": q[0], "q50": q[1], "q90": q[2], "z": z, "limit": self.limit, "alarm": alarm,
                 "calibration": None if c is None else {"mean": c.mean, "std": c.std, "n": c.n}}

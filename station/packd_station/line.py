@@ -44,7 +44,8 @@ class Line:
         self.queue = FrameQueue(config.queue)
         self.batch = min(config.batch or detector.max_batch, detector.max_batch)
         self.received = 0  # since start: frames that reached the queue
-        self.recent: OrderedDict[int, np.ndarray] = OrderedDict()  # result id -> frame, OK verdicts only
+        self.recent: OrderedDict[int, np.ndarray] = OrderedDict()  # result id -> frame, verdicts other than defect
+        self._recent_lock = threading.Lock()  # the recorder adds, the page's requests read
         self.source: Any = None  # its Source, None for the Python API
         self._lock = threading.RLock()  # changeover / calibration against inspection
         self._stop = threading.Event()
@@ -164,11 +165,12 @@ class Line:
     def record(self, judged: list[tuple[Frame, Verdict]]) -> list[dict[str, Any]]:
         """Record verdicts (one transaction; queued for every sink), then tell the page, sinks, OPC UA and drift."""
         ids = self.records.add([v for _, v in judged])
-        for i, (f, v) in zip(ids, judged):
-            if v.verdict != "defect":
-                self.recent[i] = f.image
-        while len(self.recent) > RECENT:
-            self.recent.popitem(last=False)
+        with self._recent_lock:
+            for i, (f, v) in zip(ids, judged):
+                if v.verdict != "defect":
+                    self.recent[i] = f.image
+            while len(self.recent) > RECENT:
+                self.recent.popitem(last=False)
         out = [dict(id=i, time=v.time, line=v.line, source=v.source, product=v.product, bundle=v.bundle,
                     score=v.score, threshold=v.threshold, verdict=v.verdict, has_overlay=v.overlay is not None,
                     feedback=None) for i, (_, v) in zip(ids, judged)]
@@ -241,10 +243,12 @@ class Line:
         return self.store.pool_frames(self.product.name, self.detector.frame_hw)
 
     def recent_frames(self, ids: list[int]) -> list[np.ndarray]:
-        missing = [i for i in ids if i not in self.recent]
-        if missing:
-            raise PackdError(f"frames {missing} are not among line {self.name}'s {RECENT} most recent OK frames")
-        return [self.recent[i] for i in ids]
+        with self._recent_lock:
+            missing = [i for i in ids if i not in self.recent]
+            if missing:
+                raise PackdError(f"frames {missing} are not among line {self.name}'s {RECENT} most recent frames "
+                                 "(defects excluded)")
+            return [self.recent[i] for i in ids]
 
     def feedback(self, result_id: int, kind: str, who: str) -> dict[str, Any]:
         """An operator's verdict; a confirmed false alarm's frame joins the product's normal pool."""
@@ -268,7 +272,11 @@ class Line:
                 "received": self.received, "batch": self.batch, "frame_hw": list(self.detector.frame_hw),
                 "max_shots": self.detector.max_shots if self.detector.few_shot else None,
                 "pool": len(list(self.store.pool(p.name).glob("*.png"))) if p and self.store.pool(p.name).is_dir()
-                else 0, "recent_ok": list(self.recent)[::-1], "drift": self.drift.state()}
+                else 0, "recent_ok": self._recent_ids(), "drift": self.drift.state()}
+
+    def _recent_ids(self) -> list[int]:
+        with self._recent_lock:
+            return list(self.recent)[::-1]
 
     def stop(self) -> None:
         self._stop.set()

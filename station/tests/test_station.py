@@ -291,3 +291,4 @@ def test_drift_alarm_reaches_the_page_mqtt_opcua_and_the_audit(tmp_path, bundle,
     finally:
         sub.loop_stop()
         sub.disconnect()
+
