@@ -25,7 +25,7 @@ from packd.models.loading import load_scorer
 from packd.models.scoring import Scorer
 from packd_export.fp16 import to_fp16
 from packd_export.graphs import GraphSpec, graph_specs
-from packd_export.int8 import Int8Settings, mixed_int8
+from packd_export.int8 import Int8Settings, check_quantizer, mixed_int8
 from packd_export.int8_data import calibration_feeds, sample_tiles, validation_sets
 from packd_export.normal_frames import NORMAL_IMAGES, VALIDATION_IMAGES, normal_frames
 from packd_export.onnx_export import check_onnx, export_onnx, graph_io, in_memory_backend
@@ -125,6 +125,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precision: str = "
                          f"{MAX_DYNAMIC['shots']}, got {max_batch} and {max_shots}")
     if precision != "int8" and (report is not None or (int8 is not None and int8 != Int8Settings())):
         raise PackdError("--report, --calibration and --fp16-fallback describe an int8 export: add --precision int8")
+    if precision == "int8":
+        check_quantizer()
     if report is not None:
         if Path(report).resolve() == Path(out).resolve() or Path(out).resolve() in Path(report).resolve().parents:
             raise PackdError(f"--report {report} would be written into the bundle --out {out}: choose another file")

@@ -102,6 +102,19 @@ def int8_layers(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.name in trunk and n.op_type in TRUNK_SEEDS]
 
 
+def check_quantizer() -> None:
+    """Before any long work: int8 export needs ONNX Runtime's quantizer with a calibration cache (1.27 or newer, so
+    Python 3.11 or newer), not a TypeError after the checkpoint is loaded and the frames read."""
+    import inspect
+
+    from onnxruntime import __version__
+    from onnxruntime.quantization import quantize_static
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise PackdError(f"--precision int8 needs onnxruntime 1.27 or newer (this is {__version__}; Python 3.10 "
+                         "stops at 1.23): pip install 'onnxruntime>=1.27' on Python 3.11+, or export fp32 / fp16")
+
+
 def quantize(model: onnx.ModelProto, feeds: Feeds, settings: Int8Settings, cache: Path, *,
              only: list[str] | None = None, exclude: list[str] = ()) -> onnx.ModelProto:
     """Q/DQ on the inputs of the trunk convolutions (`only` these, or all but `exclude`). The activation

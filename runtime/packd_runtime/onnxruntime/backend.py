@@ -47,7 +47,8 @@ class OnnxRuntimeBackend:
         return cls({g: _model_source(bundle / spec.file, verified.get(spec.file)) for g, spec in graphs.items()},
                    graphs, device)
 
-    def __init__(self, models: Mapping[str, bytes | str], graphs: Mapping[str, Graph], device: int | None = 0):
+    def __init__(self, models: Mapping[str, bytes | str], graphs: Mapping[str, Graph], device: int | None = 0,
+                 exact_qdq: bool = False):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -58,6 +59,10 @@ class OnnxRuntimeBackend:
                      else ["CPUExecutionProvider"])
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if exact_qdq:  # int8 graphs in their own arithmetic (Q, DQ, then fp32), the same on every CPU: not fused into
+            # ONNX Runtime's int8 kernels, whose u8 x s8 products saturate on CPUs without VNNI (6.4 % mean map
+            # error instead of 1.2 % on an AVX2 EPYC; docs/export.md)
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
         self._sessions = {g: ort.InferenceSession(models[g], sess_options=opts, providers=providers)
                           for g in graphs}
         self._outputs = {g: [o.name for o in spec.outputs] for g, spec in graphs.items()}
