@@ -175,13 +175,12 @@ class Line:
                     score=v.score, threshold=v.threshold, verdict=v.verdict, has_overlay=v.overlay is not None,
                     feedback=None) for i, (_, v) in zip(ids, judged)]
         ok_scores = [v.score for _, v in judged if v.verdict == "ok"]
-        drift_changed = self.drift.add(ok_scores) if ok_scores else False
-        self.on_recorded(self, out)
-        if drift_changed:
+        if ok_scores and self.drift.add(ok_scores):  # the alarm switched: recorded before anyone is told
             state = self.drift.state()
             log.warning("line %s: drift alarm %s (z %.2f, limit %g)", self.name, "ON" if state["alarm"] else "off",
                         state["z"] or 0.0, state["limit"])
             self.records.audit(self.name, "drift", "station", **state)
+        self.on_recorded(self, out)
         return out
 
     # ---- operator actions ----------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def test_webhook_retries_until_delivered_in_order(tmp_path, bundle):
             wait_for(lambda: len(Receiver.got) == 5, timeout=20)
             assert [m["source"] for m in Receiver.got] == [f"{i}.png" for i in range(5)]
             assert set(Receiver.got[0]) >= {"source", "score", "threshold", "verdict", "line", "product"}
-            assert st.records.unsent() == {}
+            wait_for(lambda: st.records.unsent() == {})  # the acknowledgement written after the answer
     finally:
         server.shutdown()
 
@@ -284,8 +284,8 @@ def test_drift_alarm_reaches_the_page_mqtt_opcua_and_the_audit(tmp_path, bundle,
                     return await node.read_value()
 
             assert wait_for(lambda: asyncio.run(alarm()), timeout=15) is True
-            trail = st.records.audit_trail("l1")
-            assert trail[0]["action"] == "drift" and trail[0]["detail"]["alarm"] is True
+            trail = wait_for(lambda: (a := st.records.audit_trail("l1")) and a[0]["action"] == "drift" and a)
+            assert trail[0]["detail"]["alarm"] is True and trail[0]["who"] == "station"
             line.calibrate(list(frames(8, seed=2)), "tester")  # a new reference clears it
             assert not line.drift.alarm and line.drift.state()["scores"] == 0
     finally:
