@@ -44,8 +44,8 @@ def test_a_line_served_by_triton_judges_as_the_local_runtime(bundles, tmp_path):
     with local_triton(repo, TRITON_ENV) as server:
         results = {}
         for name, backend in (("local", "onnxruntime"), ("served", f"triton:http://{server.http}")):
-            cfg = StationConfig(lines=(LineConfig("l1", bundle, backend=backend),), db=f"sqlite:///{tmp_path}/{name}.db",
-                                data=tmp_path / name)
+            cfg = StationConfig(lines=(LineConfig("l1", bundle, backend=backend),),
+                                db=f"sqlite:///{tmp_path}/{name}.db", data=tmp_path / name)
             with Station(cfg) as st:
                 line = st.lines["l1"]
                 line.changeover(list(supports), "p1", "tester")

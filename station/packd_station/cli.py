@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from packd_runtime.errors import PackdError
+from packd_station.config import DEFAULT_DB
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("packd_station")
@@ -32,7 +33,7 @@ def serve(
     key: Annotated[list[Path] | None, typer.Option(help="trusted public key (signed bundles only)")] = None,
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt, or triton:http://HOST:PORT (a Triton "
                                          "server running this bundle's line model)")] = "auto",
-    db: Annotated[str, typer.Option(help="sqlite:///PATH or postgresql://USER@HOST/DB")] = "sqlite:///station/records.db",
+    db: Annotated[str, typer.Option(help="sqlite:///PATH or postgresql://USER@HOST/DB")] = DEFAULT_DB,
     data: Annotated[Path, typer.Option(help="products, normal pools, the token")] = Path("station"),
     mqtt: Annotated[str | None, typer.Option(help="mqtt://HOST:PORT/PREFIX")] = None,
     webhook: Annotated[str | None, typer.Option(help="http(s)://HOST/PATH")] = None,

@@ -29,6 +29,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
+DEFAULT_DB = "sqlite:///station/records.db"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -63,7 +64,7 @@ class StationConfig:
     """The station: its lines and what they share."""
 
     lines: tuple[LineConfig, ...]
-    db: str = "sqlite:///station/records.db"
+    db: str = DEFAULT_DB
     data: Path = Path("station")
     http: str = "127.0.0.1:8321"
     token: str | None = None  # required to listen beyond loopback; generated into DATA/token when not given

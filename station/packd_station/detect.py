@@ -16,7 +16,7 @@ from packd_runtime.atomic import atomic_file
 from packd_runtime.detector import Detector
 from packd_runtime.errors import PackdError
 from packd_runtime.threshold import check_normal_count, margin
-from packd_station.images import decode, encode, fit, overlay
+from packd_station.images import encode, overlay, read_frames
 from packd_station.sources import IMAGE_SUFFIXES
 
 
@@ -42,7 +42,7 @@ def image_files(where: Path, what: str) -> list[Path]:
 
 
 def load(files: Iterable[Path], hw: tuple[int, int]) -> np.ndarray:
-    return np.stack([fit(decode(Path(f).read_bytes(), str(f)), hw) for f in files])
+    return np.stack(read_frames(files, hw))
 
 
 def detect(bundle: Path, images: Path, *, supports: Path | None, calibrate: Path | None,

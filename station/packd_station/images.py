@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -26,6 +29,17 @@ def decode(data: bytes, name: str) -> np.ndarray:
     if image is None:
         raise PackdError(f"{name}: not an image OpenCV can decode, truncated, or over {MAX_IMAGE_PIXELS} pixels")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read(path: Path) -> np.ndarray:
+    """An image file -> uint8 RGB (at most MAX_IMAGE_BYTES read: a larger file is refused, never read whole)."""
+    with open(path, "rb") as f:
+        return decode(f.read(MAX_IMAGE_BYTES + 1), path.name)
+
+
+def read_frames(paths: Iterable[Path], hw: tuple[int, int]) -> list[np.ndarray]:
+    """Image files -> frames at a bundle's frame size."""
+    return [fit(read(Path(p)), hw) for p in paths]
 
 
 def fit(frame: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -16,7 +16,7 @@ from packd_runtime.errors import PackdError
 from packd_runtime.files import read_json
 from packd_station.config import NAME
 from packd_station.drift import Calibration
-from packd_station.images import decode, encode, fit
+from packd_station.images import encode, read_frames
 
 log = logging.getLogger("packd_station")
 POOL_LIMIT = 500  # normal images kept per product; the oldest go first
@@ -93,7 +93,7 @@ class ProductStore:
         files = sorted((self.folder / "supports").glob("*.png"))
         if not files:
             raise PackdError(f"{self.folder} keeps no support images: change the product over again")
-        return [fit(decode(p.read_bytes(), p.name), hw) for p in files]
+        return read_frames(files, hw)
 
     def pool(self, product: str) -> Path:
         return self.folder / "pool" / check_name(product)
@@ -112,4 +112,4 @@ class ProductStore:
         return names[-POOL_LIMIT:]
 
     def pool_frames(self, product: str, hw: tuple[int, int]) -> list[np.ndarray]:
-        return [fit(decode(p.read_bytes(), p.name), hw) for p in sorted(self.pool(product).glob("*.png"))]
+        return read_frames(sorted(self.pool(product).glob("*.png")), hw)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from packd_runtime.errors import PackdError
-from packd_station.images import MAX_IMAGE_BYTES, decode
+from packd_station.images import read
 
 log = logging.getLogger("packd_station")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm"}
@@ -87,9 +87,7 @@ class FolderSource(Source):
             for _, name in sorted(fresh):
                 self.seen.add(name)
                 try:
-                    with open(self.folder / name, "rb") as f:
-                        data = f.read(MAX_IMAGE_BYTES + 1)
-                    frame = decode(data, name)
+                    frame = read(self.folder / name)
                 except (OSError, PackdError) as e:
                     self.on_corrupt(name, str(e))
                     continue

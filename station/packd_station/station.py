@@ -60,6 +60,7 @@ def station_token(config: StationConfig) -> str:
 class Station:
     def __init__(self, config: StationConfig):
         self.config = config
+        self._stop = threading.Event()
         self.listeners: list[Listener] = []
         self._told_alarm: dict[str, bool] = {}  # the drift state MQTT last heard, per line
         self._uncounted: set[str] = set()  # lines with verdicts OPC UA's counters do not count yet
@@ -79,12 +80,10 @@ class Station:
                 detectors[lc.name] = (TritonLine(lc.bundle, lc.backend[7:], lc.name, keys)
                                       if lc.backend.startswith("triton:") else
                                       Detector.open(lc.bundle, backend=lc.backend, trusted_keys=keys))
-            sinks: list[Sink] = [WebhookSink(config.webhook)] if config.webhook else []
-            self.records = Records(config.db, ["mqtt"] * bool(config.mqtt) + [s.name for s in sinks])
+            self.mqtt = MqttSink(config.mqtt) if config.mqtt else None  # connects in the background
+            sinks: list[Sink] = [s for s in (self.mqtt, config.webhook and WebhookSink(config.webhook)) if s]
+            self.records = Records(config.db, [s.name for s in sinks])
             self.token = station_token(config)
-            if config.mqtt:
-                self.mqtt = MqttSink(config.mqtt)
-                sinks.insert(0, self.mqtt)
             for lc in config.lines:
                 self.lines[lc.name] = Line(lc, detectors.pop(lc.name), self.records, config.data / "lines" / lc.name,
                                            drift=Drift(config.drift_window, config.drift_limit),
@@ -99,7 +98,6 @@ class Station:
                 detector.close()
             self.close()
             raise
-        self._stop = threading.Event()
         self._retention = threading.Thread(target=self._prune, name="retention", daemon=True)
         self._counter = threading.Thread(target=self._count, name="opcua-counts", daemon=True)
 
@@ -216,8 +214,7 @@ class Station:
 
     def close(self) -> None:
         """Sources first (no new frames), then the lines finish what is queued, then sinks, OPC UA, the record."""
-        if hasattr(self, "_stop"):
-            self._stop.set()
+        self._stop.set()
         if self.records is None:
             return
         for source in self.sources:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-MESSAGE_FIELDS = ("id", "time", "line", "source", "product", "bundle", "score", "threshold", "verdict")
+from packd_station.records import FIELDS
 
 
 def message(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record[k] for k in MESSAGE_FIELDS}
+    """A record's fields, as the records API and the CSV export have them (no pictures)."""
+    return {k: record[k] for k in FIELDS}
