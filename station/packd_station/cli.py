@@ -93,12 +93,15 @@ def detect(
 ) -> None:
     """Judge your own images: changeover on --supports, threshold from --calibrate, a verdict per image."""
     from packd_runtime.threshold import verdict_text
+    from packd_station.detect import check_output, write_csv, write_json
     from packd_station.detect import detect as run
-    from packd_station.detect import write_csv, write_json
 
     if json_out is not None and csv_out is not None:
         _fail("give --json or --csv, not both")
     try:
+        for path, kind in ((json_out, "json"), (csv_out, "csv")):
+            if path is not None:
+                check_output(path, kind)
         judged = run(bundle, images, supports=supports, calibrate=calibrate, trusted_keys=key, overlays=overlays,
                      backend=backend)
         if json_out is not None:

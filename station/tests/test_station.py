@@ -274,7 +274,7 @@ def test_drift_alarm_reaches_the_page_mqtt_opcua_and_the_audit(tmp_path, bundle,
             state = line.drift.state()
             assert state["z"] < -4 and state["scores"] == 40 and state["mean"] == 0.0
             _, message = wait_for(lambda: got and got[-1], timeout=15)
-            assert message["alarm"] is True and message["line"] == "l1" and message["z"] == pytest.approx(state["z"])
+            assert message["alarm"] is True and message["line"] == "l1" and message["z"] < -4  # when it rose
             wait_for(lambda: any(e == "line" and d["drift"]["alarm"] for e, d in events))  # the page is told
 
             async def alarm() -> bool:
